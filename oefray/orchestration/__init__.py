@@ -1,0 +1,1 @@
+"""Thin orchestration over the pure layers: Ray Data preprocessing, cohort simulation."""
