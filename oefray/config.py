@@ -1,0 +1,193 @@
+"""Configuration: frozen dataclasses and named presets.
+
+Everything a command needs is one of these objects; the CLI builds them from flags (and later a
+``--config`` file) and hands them to one orchestration call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# The paper's cohort (DESIGN.md section 1.5): 8 training/validation subjects, 10 test subjects.
+PAPER_TRAIN_SUBJECTS: tuple[str, ...] = ("P3", "P4", "P5", "P14", "P16", "P28", "P29", "P34")
+PAPER_TEST_SUBJECTS: tuple[str, ...] = (
+    "P6", "P11", "P12", "P13", "P15", "P17", "P23", "P26", "P27", "P31",
+)
+PAPER_SUBJECTS: tuple[str, ...] = PAPER_TRAIN_SUBJECTS + PAPER_TEST_SUBJECTS
+
+# Field of view of the phantom head in mm (x: left-right, y: anterior-posterior, z: inferior-superior).
+FOV_MM: tuple[float, float, float] = (176.0, 208.0, 160.0)
+
+
+@dataclass(frozen=True)
+class EchoScheme:
+    """Echo times of a multi-echo GRE acquisition.
+
+    Parameters
+    ----------
+    te_s : tuple of float
+        Echo times in seconds, in acquisition order (any spacing).
+    """
+
+    te_s: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        te = tuple(float(t) for t in self.te_s)
+        if len(te) < 2:
+            raise ValueError(f"an echo scheme needs at least 2 echoes, got {len(te)}")
+        if any(not math.isfinite(t) or t <= 0 for t in te):
+            raise ValueError(f"echo times must be finite and positive (seconds), got {te}")
+        if len(set(te)) != len(te):
+            raise ValueError(f"echo times must be distinct, got {te}")
+        object.__setattr__(self, "te_s", te)
+
+    @classmethod
+    def uniform(cls, te1_s: float, dte_s: float, n_echoes: int) -> EchoScheme:
+        """``n_echoes`` echoes at ``te1_s + k * dte_s`` (k = 0..n_echoes-1)."""
+        return cls(tuple(te1_s + k * dte_s for k in range(n_echoes)))
+
+    @property
+    def n_echoes(self) -> int:
+        return len(self.te_s)
+
+
+#: Default echo scheme: 8 echoes, TE1 = 4.5 ms, dTE = 5 ms (the Cornell protocol).
+DEFAULT_ECHOES = EchoScheme.uniform(4.5e-3, 5.0e-3, 8)
+
+
+@dataclass(frozen=True)
+class CohortPreset:
+    """Size of a simulated cohort: the voxel grid of every subject over ``FOV_MM``."""
+
+    name: str
+    shape: tuple[int, int, int]
+    description: str
+
+    @property
+    def voxel_mm(self) -> tuple[float, float, float]:
+        return tuple(f / n for f, n in zip(FOV_MM, self.shape, strict=True))  # type: ignore[return-value]
+
+
+COHORT_PRESETS: dict[str, CohortPreset] = {
+    p.name: p
+    for p in (
+        CohortPreset("tiny", (20, 24, 16), "~9 mm voxels, ~2k brain voxels/subject: tests, seconds"),
+        CohortPreset("demo", (44, 52, 40), "4 mm voxels, ~20k brain voxels/subject: the demo"),
+        CohortPreset("full", (176, 208, 160), "1 mm voxels, ~1.2M brain voxels/subject: benchmarks, GPUs"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What ``oefray simulate`` makes.
+
+    Parameters
+    ----------
+    preset : str
+        Grid size, a key of ``COHORT_PRESETS``.
+    subjects : tuple of str
+        Subject labels (without ``sub-``). The paper's labels keep the paper's split.
+    echoes : EchoScheme
+        Echo times.
+    snr : float
+        Magnitude SNR at echo 1 inside the brain.
+    qsm_noise_ppm : float
+        Standard deviation of the Gaussian noise added to the QSM map (ppm).
+    b0_t : float
+        Field strength in tesla.
+    seed : int
+        Master seed; each subject's stream depends only on (seed, label).
+    lesion_fraction : float
+        Probability that a subject carries an infarct core with penumbra.
+    """
+
+    preset: str = "demo"
+    subjects: tuple[str, ...] = PAPER_SUBJECTS
+    echoes: EchoScheme = field(default_factory=lambda: DEFAULT_ECHOES)
+    snr: float = 100.0
+    qsm_noise_ppm: float = 0.002
+    b0_t: float = 3.0
+    seed: int = 0
+    lesion_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.preset not in COHORT_PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(COHORT_PRESETS)}")
+        if not self.subjects:
+            raise ValueError("at least one subject is needed")
+        bad = [s for s in self.subjects if not s.isalnum()]
+        if bad:
+            raise ValueError(f"BIDS labels must be alphanumeric, got {bad}")
+        if len(set(self.subjects)) != len(self.subjects):
+            raise ValueError(f"duplicate subject labels in {self.subjects}")
+        if not (self.snr > 0 and math.isfinite(self.snr)):
+            raise ValueError(f"snr must be positive, got {self.snr}")
+        if not (self.b0_t > 0 and math.isfinite(self.b0_t)):
+            raise ValueError(f"b0 must be positive (tesla), got {self.b0_t}")
+        if self.qsm_noise_ppm < 0:
+            raise ValueError(f"QSM noise must be >= 0 ppm, got {self.qsm_noise_ppm}")
+        if not 0.0 <= self.lesion_fraction <= 1.0:
+            raise ValueError(f"lesion fraction must be in [0, 1], got {self.lesion_fraction}")
+
+    @property
+    def cohort(self) -> CohortPreset:
+        return COHORT_PRESETS[self.preset]
+
+
+def split_of(labels: tuple[str, ...]) -> dict[str, str]:
+    """Train/test split for subject labels.
+
+    The paper's labels keep the paper's split. Other labels are assigned in order, the first
+    ``round(n * 8/18)`` (at least one) to ``train`` and the rest to ``test``, so any cohort keeps
+    roughly the paper's 8:10 proportion.
+    """
+    split = {s: "train" for s in labels if s in PAPER_TRAIN_SUBJECTS}
+    split.update({s: "test" for s in labels if s in PAPER_TEST_SUBJECTS})
+    others = [s for s in labels if s not in split]
+    n_train = max(1, round(len(others) * len(PAPER_TRAIN_SUBJECTS) / len(PAPER_SUBJECTS)))
+    for i, s in enumerate(others):
+        split[s] = "train" if i < n_train else "test"
+    return {s: split[s] for s in labels}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What ``oefray preprocess`` does.
+
+    Parameters
+    ----------
+    workers : int
+        CPUs for a local Ray runtime, and the maximum number of concurrent fit tasks.
+    slab : int
+        z planes per block; bounds the memory of one task.
+    normalize : str
+        ``"none"`` or ``"first-echo"`` (divide every echo by echo 1, voxel-wise; ground-truth S0
+        is divided the same way).
+    address : str or None
+        An existing Ray cluster (``ray://`` or ``host:port``); None starts a local runtime unless
+        ``RAY_ADDRESS`` is set.
+    force : bool
+        Redo subjects that are already complete.
+    keep_going : bool
+        Let the other subjects complete when one fails (the exit code still reports it).
+    """
+
+    workers: int = 2
+    slab: int = 8
+    normalize: str = "none"
+    address: str | None = None
+    force: bool = False
+    keep_going: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.slab < 1:
+            raise ValueError(f"slab must be >= 1 z plane, got {self.slab}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {self.normalize!r}; choose from {NORMALIZATIONS}")
+
+
+NORMALIZATIONS: tuple[str, ...] = ("none", "first-echo")

@@ -1,0 +1,463 @@
+"""BIDS datasets of multi-echo GRE magnitude, QSM and optional QQ ground truth (DESIGN.md §4).
+
+Layout::
+
+    <dataset>/
+      dataset_description.json
+      participants.tsv                       participant_id [, split, group]
+      sub-<L>/anat/sub-<L>_echo-<k>_part-mag_MEGRE.nii.gz   k = 1..n, 3-D each, same grid
+      sub-<L>/anat/sub-<L>_echo-<k>_part-mag_MEGRE.json     {"EchoTime": <seconds>, ...}
+      derivatives/qsm/sub-<L>/anat/sub-<L>_Chimap.nii.gz            QSM, ppm
+      derivatives/qsm/sub-<L>/anat/sub-<L>_desc-brain_mask.nii.gz   0/1
+      derivatives/qq/sub-<L>/anat/sub-<L>_desc-<P>_qq.nii.gz        optional, P in Y, v, R2, S0, chinb
+
+Writing uses nibabel; reading is lazy (``img.dataobj`` slabs along z) and accepts gzipped or plain
+``.nii``, any affine, float or integer storage with ``scl_slope``/``scl_inter``. Every contract
+violation raises :class:`~oefray.errors.DatasetError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from oefray.errors import DatasetError
+
+#: Ground-truth parameter names as used in arrays/columns, and their BIDS ``desc-`` labels.
+TRUTH_DESC: dict[str, str] = {"Y": "Y", "v": "v", "R2": "R2", "S0": "S0", "chi_nb": "chinb"}
+
+_ECHO_RE = re.compile(r"^sub-(?P<label>[A-Za-z0-9]+)_echo-(?P<echo>\d+)_part-mag_MEGRE\.nii(\.gz)?$")
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def write_dataset_description(root: Path, name: str, *, generated_by: str | None = None) -> None:
+    """Write ``dataset_description.json`` (raw dataset, or a derivative when ``generated_by``)."""
+    desc: dict[str, object] = {"Name": name, "BIDSVersion": "1.10.0"}
+    if generated_by is None:
+        desc["DatasetType"] = "raw"
+    else:
+        desc["DatasetType"] = "derivative"
+        desc["GeneratedBy"] = [{"Name": generated_by}]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps(desc, indent=2) + "\n")
+
+
+def write_participants(root: Path, rows: Sequence[Mapping[str, str]]) -> None:
+    """Write ``participants.tsv``; ``rows`` carry ``participant_id`` (``sub-<L>``) first."""
+    if not rows:
+        raise ValueError("participants.tsv needs at least one row")
+    columns = list(rows[0])
+    with open(root / "participants.tsv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _save(data: np.ndarray, affine: np.ndarray, path: Path, *, dtype: type) -> None:
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+
+
+def write_subject(
+    root: Path,
+    label: str,
+    affine: np.ndarray,
+    magnitude: np.ndarray,
+    te_s: Sequence[float],
+    chi: np.ndarray,
+    mask: np.ndarray,
+    truth: Mapping[str, np.ndarray] | None = None,
+    *,
+    b0_t: float = 3.0,
+    sidecar: Mapping[str, object] | None = None,
+    suffix: str = ".nii.gz",
+) -> None:
+    """Write one subject following the data contract.
+
+    Parameters
+    ----------
+    root : Path
+        Dataset root.
+    label : str
+        Subject label without ``sub-``.
+    affine : (4, 4) array
+        Voxel-to-world (mm) transform shared by every image of the subject.
+    magnitude : (X, Y, Z, n_echoes) array
+        Echo magnitudes, echo axis last; written one 3-D float32 file per echo.
+    te_s : (n_echoes,) sequence of float
+        Echo times in seconds (the ``EchoTime`` of each sidecar).
+    chi : (X, Y, Z) array
+        QSM susceptibility in ppm.
+    mask : (X, Y, Z) array of bool
+        Brain mask.
+    truth : mapping of str to (X, Y, Z) array, optional
+        Ground-truth maps keyed by ``Y, v, R2, S0, chi_nb``.
+    b0_t : float
+        Field strength written as ``MagneticFieldStrength``.
+    sidecar : mapping, optional
+        Extra sidecar entries.
+    suffix : {".nii.gz", ".nii"}
+        Compressed or plain NIfTI.
+    """
+    if suffix not in _NIFTI_SUFFIXES:
+        raise ValueError(f"suffix must be one of {_NIFTI_SUFFIXES}, got {suffix!r}")
+    if magnitude.ndim != 4 or magnitude.shape[-1] != len(te_s):
+        raise ValueError(f"magnitude must be (X, Y, Z, {len(te_s)}), got {magnitude.shape}")
+    anat = root / f"sub-{label}" / "anat"
+    for k, te in enumerate(te_s, start=1):
+        stem = anat / f"sub-{label}_echo-{k}_part-mag_MEGRE"
+        _save(magnitude[..., k - 1], affine, stem.with_name(stem.name + suffix), dtype=np.float32)
+        meta = {"EchoTime": float(te), "EchoNumber": k, "MagneticFieldStrength": float(b0_t)}
+        meta.update(sidecar or {})
+        stem.with_name(stem.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+    qsm = root / "derivatives" / "qsm" / f"sub-{label}" / "anat"
+    _save(chi, affine, qsm / f"sub-{label}_Chimap{suffix}", dtype=np.float32)
+    _save(mask, affine, qsm / f"sub-{label}_desc-brain_mask{suffix}", dtype=np.uint8)
+    if truth:
+        qq = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
+        for name, desc in TRUTH_DESC.items():
+            _save(truth[name], affine, qq / f"sub-{label}_desc-{desc}_qq{suffix}", dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubjectFiles:
+    """Where one subject's images are, validated against the contract (plain data, picklable).
+
+    Attributes
+    ----------
+    label : str
+        Subject label without ``sub-``.
+    echoes : tuple of str
+        Magnitude files in acquisition order (echo-1 first).
+    te_s : tuple of float
+        Echo times in seconds, one per echo file.
+    chi, mask : str
+        QSM map and brain mask.
+    truth : dict of str to str
+        Ground-truth maps keyed by ``Y, v, R2, S0, chi_nb``; empty when absent.
+    shape : tuple of int
+        The (X, Y, Z) grid shared by every image.
+    affine : tuple of tuple of float
+        The 4x4 voxel-to-world transform of echo 1.
+    n_brain : int
+        Number of voxels in the mask.
+    """
+
+    label: str
+    echoes: tuple[str, ...]
+    te_s: tuple[float, ...]
+    chi: str
+    mask: str
+    truth: dict[str, str]
+    shape: tuple[int, int, int]
+    affine: tuple[tuple[float, ...], ...]
+    n_brain: int
+
+    @property
+    def depth(self) -> int:
+        return self.shape[2]
+
+
+@dataclass(frozen=True)
+class Slab:
+    """Voxel data of the z planes ``z0:z1`` of one subject.
+
+    Attributes
+    ----------
+    magnitude : (X, Y, z1-z0, n_echoes) float32 array
+    chi : (X, Y, z1-z0) float32 array
+    mask : (X, Y, z1-z0) bool array
+    truth : dict of str to (X, Y, z1-z0) float32 arrays (empty when absent)
+    """
+
+    z0: int
+    z1: int
+    magnitude: np.ndarray
+    chi: np.ndarray
+    mask: np.ndarray
+    truth: dict[str, np.ndarray]
+
+
+def _nifti(path: Path, stem: str) -> Path | None:
+    """The ``.nii.gz`` or ``.nii`` file with this stem, if any (error if both exist)."""
+    found = [path / (stem + s) for s in _NIFTI_SUFFIXES if (path / (stem + s)).is_file()]
+    if len(found) > 1:
+        raise DatasetError(found[0], f"both {found[0].name} and {found[1].name} exist; keep one")
+    return found[0] if found else None
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    try:
+        img = nib.load(path)
+    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
+        raise DatasetError(path, f"cannot read NIfTI header ({exc})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise DatasetError(path, "not a NIfTI-1/2 image")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DatasetError(path, f"expected a 3-D volume, got shape {tuple(img.shape)}")
+    return img
+
+
+def _grid(img: nib.Nifti1Image) -> tuple[tuple[int, int, int], np.ndarray]:
+    return tuple(int(n) for n in img.shape[:3]), np.asarray(img.affine, dtype=np.float64)  # type: ignore[return-value]
+
+
+def _check_grid(path: Path, img: nib.Nifti1Image, ref_path: Path, shape, affine) -> None:
+    s, a = _grid(img)
+    if s != shape:
+        raise DatasetError(path, f"shape {s} differs from {Path(ref_path).name}'s {shape}")
+    if not np.allclose(a, affine, rtol=0, atol=1e-3):
+        raise DatasetError(path, f"grid (affine) differs from {Path(ref_path).name}'s")
+
+
+def _echo_time(sidecar: Path) -> float:
+    if not sidecar.is_file():
+        raise DatasetError(sidecar, "JSON sidecar is missing (it must give EchoTime in seconds)")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(sidecar, f"malformed JSON ({exc})") from None
+    if not isinstance(meta, dict) or "EchoTime" not in meta:
+        raise DatasetError(sidecar, "no EchoTime")
+    te = meta["EchoTime"]
+    if isinstance(te, bool) or not isinstance(te, int | float) or not np.isfinite(te) or te <= 0:
+        raise DatasetError(sidecar, f"EchoTime must be a positive number of seconds, got {te!r}")
+    if te > 1.0:
+        raise DatasetError(sidecar, f"EchoTime {te} looks like milliseconds; BIDS uses seconds")
+    return float(te)
+
+
+def read_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a brain mask as a bool array (nonzero = brain)."""
+    path = Path(path)
+    img = _load(path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise DatasetError(path, f"cannot read image data, file corrupt or truncated ({exc})") from None
+    data = data.reshape(data.shape[:3])
+    if not np.all(np.isfinite(data)):
+        raise DatasetError(path, "mask contains NaN or inf")
+    return data != 0
+
+
+def scan_subject(root: Path, label: str) -> SubjectFiles:
+    """Locate and validate one subject's files (headers, sidecars, grids, mask).
+
+    Reads every header, every sidecar and the mask; image data is read later, slab by slab.
+
+    Raises
+    ------
+    DatasetError
+        On any contract violation, naming the offending file.
+    """
+    anat = root / f"sub-{label}" / "anat"
+    if not anat.is_dir():
+        raise DatasetError(anat, "missing anat folder")
+    echoes: dict[int, Path] = {}
+    for p in anat.iterdir():
+        m = _ECHO_RE.match(p.name)
+        if m is None or m["label"] != label:
+            continue
+        k = int(m["echo"])
+        if k in echoes:
+            raise DatasetError(p, f"echo {k} is present twice ({echoes[k].name})")
+        echoes[k] = p
+    if len(echoes) < 2:
+        raise DatasetError(anat, f"found {len(echoes)} magnitude echo(es) (*_echo-<k>_part-mag_MEGRE.nii[.gz]); need at least 2")
+    order = sorted(echoes)
+    if order != list(range(1, len(order) + 1)):
+        raise DatasetError(anat, f"echo numbers must run 1..n without gaps, got {order}")
+    files = [echoes[k] for k in order]
+    te = []
+    for f in files:
+        sidecar = f.with_name(f.name.split(".nii")[0] + ".json")
+        te.append(_echo_time(sidecar))
+    if len(set(te)) != len(te):
+        raise DatasetError(anat, f"duplicate echo times {te}")
+    ref = _load(files[0])
+    shape, affine = _grid(ref)
+    for f in files[1:]:
+        _check_grid(f, _load(f), files[0], shape, affine)
+    qsm_dir = root / "derivatives" / "qsm" / f"sub-{label}" / "anat"
+    chi = _nifti(qsm_dir, f"sub-{label}_Chimap")
+    if chi is None:
+        raise DatasetError(qsm_dir / f"sub-{label}_Chimap.nii.gz", "QSM map is missing")
+    _check_grid(chi, _load(chi), files[0], shape, affine)
+    mask_path = _nifti(qsm_dir, f"sub-{label}_desc-brain_mask")
+    if mask_path is None:
+        raise DatasetError(qsm_dir / f"sub-{label}_desc-brain_mask.nii.gz", "brain mask is missing")
+    _check_grid(mask_path, _load(mask_path), files[0], shape, affine)
+    n_brain = int(read_mask(mask_path).sum())
+    if n_brain == 0:
+        raise DatasetError(mask_path, "brain mask is empty")
+    qq_dir = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
+    truth: dict[str, str] = {}
+    for name, desc in TRUTH_DESC.items():
+        p = _nifti(qq_dir, f"sub-{label}_desc-{desc}_qq")
+        if p is not None:
+            _check_grid(p, _load(p), files[0], shape, affine)
+            truth[name] = str(p)
+    if truth and len(truth) != len(TRUTH_DESC):
+        missing = sorted(set(TRUTH_DESC) - set(truth))
+        raise DatasetError(qq_dir, f"ground truth is incomplete, missing {missing}")
+    return SubjectFiles(
+        label=label,
+        echoes=tuple(str(f) for f in files),
+        te_s=tuple(te),
+        chi=str(chi),
+        mask=str(mask_path),
+        truth=truth,
+        shape=shape,
+        affine=tuple(tuple(float(v) for v in row) for row in affine),
+        n_brain=n_brain,
+    )
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """The subjects of a dataset: those that validate, and one error line for each that doesn't."""
+
+    root: Path
+    name: str
+    subjects: dict[str, SubjectFiles]
+    errors: dict[str, DatasetError]
+    split: dict[str, str]
+
+
+def list_subjects(root: Path) -> list[str]:
+    """Subject labels of a BIDS dataset (``sub-*`` folders), in natural order.
+
+    Raises
+    ------
+    DatasetError
+        If ``root`` is not a BIDS dataset or holds no subjects.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, "not a folder")
+    if not (root / "dataset_description.json").is_file():
+        raise DatasetError(root, "not a BIDS dataset (no dataset_description.json)")
+    labels = [p.name[4:] for p in root.iterdir() if p.is_dir() and re.fullmatch(r"sub-[A-Za-z0-9]+", p.name)]
+    if not labels:
+        raise DatasetError(root, "BIDS dataset has no sub-<label> folders")
+    return sorted(labels, key=_natural_key)
+
+
+def _natural_key(label: str) -> list[object]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", label)]
+
+
+def read_participants(root: Path) -> dict[str, dict[str, str]]:
+    """``participants.tsv`` rows keyed by label (without ``sub-``); empty if the file is absent."""
+    path = Path(root) / "participants.tsv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        if reader.fieldnames is None or "participant_id" not in reader.fieldnames:
+            raise DatasetError(path, "no participant_id column")
+        rows = {}
+        for row in reader:
+            pid = row["participant_id"] or ""
+            rows[pid.removeprefix("sub-")] = {k: v for k, v in row.items() if k is not None}
+    return rows
+
+
+def scan_dataset(root: str | Path, subjects: Sequence[str] | None = None) -> DatasetIndex:
+    """Validate a dataset, subject by subject.
+
+    Parameters
+    ----------
+    root : path
+        Dataset root.
+    subjects : sequence of str, optional
+        Labels to scan (default: every ``sub-*`` folder).
+
+    Returns
+    -------
+    DatasetIndex
+        Valid subjects, and the error of each invalid one (so ``--keep-going`` can go on).
+
+    Raises
+    ------
+    DatasetError
+        If the folder itself is not a BIDS dataset, or a requested subject does not exist.
+    """
+    root = Path(root).resolve()
+    labels = list_subjects(root)
+    if subjects is not None:
+        unknown = [s for s in subjects if s not in labels]
+        if unknown:
+            raise DatasetError(root, f"no such subject(s): {', '.join(unknown)}")
+        labels = list(subjects)
+    try:
+        name = str(json.loads((root / "dataset_description.json").read_text()).get("Name", root.name))
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise DatasetError(root / "dataset_description.json", f"malformed JSON ({exc})") from None
+    participants = read_participants(root)
+    found: dict[str, SubjectFiles] = {}
+    errors: dict[str, DatasetError] = {}
+    for label in labels:
+        try:
+            found[label] = scan_subject(root, label)
+        except DatasetError as exc:
+            errors[label] = exc
+    split = {s: participants.get(s, {}).get("split", "") for s in labels}
+    return DatasetIndex(root=root, name=name, subjects=found, errors=errors, split=split)
+
+
+def _read_planes(path: str, z0: int, z1: int) -> np.ndarray:
+    img = _load(Path(path))
+    try:
+        data = img.dataobj[:, :, z0:z1] if img.ndim == 3 else img.dataobj[:, :, z0:z1, 0]
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise DatasetError(path, f"cannot read image data, file corrupt or truncated ({exc})") from None
+    return np.asarray(data, dtype=np.float32)
+
+
+def read_slab(subject: SubjectFiles, z0: int, z1: int) -> Slab:
+    """Read the z planes ``z0:z1`` of every image of a subject, lazily from ``img.dataobj``.
+
+    Integer storage is scaled by ``scl_slope``/``scl_inter`` (nibabel) and returned as float32.
+    """
+    if not 0 <= z0 < z1 <= subject.depth:
+        raise ValueError(f"slab {z0}:{z1} outside 0:{subject.depth}")
+    x, y = subject.shape[:2]
+    magnitude = np.empty((x, y, z1 - z0, len(subject.echoes)), dtype=np.float32)
+    for k, path in enumerate(subject.echoes):
+        magnitude[..., k] = _read_planes(path, z0, z1)
+    return Slab(
+        z0=z0,
+        z1=z1,
+        magnitude=magnitude,
+        chi=_read_planes(subject.chi, z0, z1),
+        mask=_read_planes(subject.mask, z0, z1) != 0,
+        truth={name: _read_planes(p, z0, z1) for name, p in subject.truth.items()},
+    )

@@ -1,0 +1,181 @@
+"""The features dataset: Parquet partitioned by subject, plus ``manifest.json`` (DESIGN.md §5).
+
+Layout::
+
+    FEATURES/
+      manifest.json
+      subject=<L>/part-z<z0>-<z1>.parquet     one file per slab that holds brain voxels
+
+Columns: ``subject`` (from the hive partition), ``x, y, z, idx, A, B, E, S, status`` and, when the
+dataset carries ground truth, ``Y, v, R2, S0, chi_nb``. ``idx`` is the C-order flat index of
+``(x, y, z)`` in the subject's grid. Rows of a file are sorted by ``idx``.
+
+A subject appears by one ``rename`` of its finished folder, so a reader never sees half a subject;
+files and the manifest are written to a temporary name first and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from oefray.errors import FeaturesError
+
+FORMAT = "oefray-features"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STAGING_PREFIX = ".staging-"
+
+FEATURE_COLUMNS: tuple[str, ...] = ("A", "B", "E", "S")
+TRUTH_COLUMNS: tuple[str, ...] = ("Y", "v", "R2", "S0", "chi_nb")
+_BASE_FIELDS = [
+    pa.field("x", pa.int32()),
+    pa.field("y", pa.int32()),
+    pa.field("z", pa.int32()),
+    pa.field("idx", pa.int64()),
+    pa.field("A", pa.float32()),
+    pa.field("B", pa.float32()),
+    pa.field("E", pa.float32()),
+    pa.field("S", pa.float32()),
+    pa.field("status", pa.int8()),
+]
+
+
+def file_schema(with_truth: bool) -> pa.Schema:
+    """Schema of one Parquet file (``subject`` lives in the partition path, not in the file)."""
+    fields = list(_BASE_FIELDS)
+    if with_truth:
+        fields += [pa.field(c, pa.float32()) for c in TRUTH_COLUMNS]
+    return pa.schema(fields)
+
+
+def columns(with_truth: bool) -> tuple[str, ...]:
+    """Column names of the dataset as read, in order."""
+    return ("subject",) + tuple(file_schema(with_truth).names)
+
+
+def subject_dir(root: Path, label: str) -> Path:
+    return Path(root) / f"subject={label}"
+
+
+def write_slab_table(directory: Path, table: pa.Table, z0: int, z1: int) -> Path:
+    """Write one slab's rows as ``part-z<z0>-<z1>.parquet`` via a temporary file and a rename.
+
+    The name depends only on the slab, so a retried task overwrites its own earlier attempt.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"part-z{z0:04d}-{z1:04d}.parquet"
+    tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, final)
+    return final
+
+
+def table_from_columns(cols: Mapping[str, np.ndarray], with_truth: bool) -> pa.Table:
+    """A Parquet-ready table from numpy columns (cast to the file schema)."""
+    schema = file_schema(with_truth)
+    return pa.table({f.name: pa.array(np.asarray(cols[f.name]), type=f.type) for f in schema}, schema=schema)
+
+
+def checksum_subject(directory: Path) -> tuple[int, str, dict[str, int]]:
+    """Row count, content checksum and fit-status counts of a subject folder.
+
+    The checksum is a SHA-256 over every column's bytes in ``idx`` order, so it depends on the
+    content only, not on how rows were split into files.
+    """
+    files = sorted(Path(directory).glob("part-*.parquet"))
+    if not files:
+        return 0, hashlib.sha256(b"").hexdigest(), {}
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    table = table.sort_by("idx")
+    h = hashlib.sha256()
+    for name in table.column_names:
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(table[name].to_numpy()).tobytes())
+    codes, counts = np.unique(table["status"].to_numpy(), return_counts=True)
+    return table.num_rows, h.hexdigest(), {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
+
+
+def publish_subject(staged: Path, final: Path) -> None:
+    """Move a finished subject folder into place atomically, replacing an older one."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex}")
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The manifest of a features folder, or None if there is none yet.
+
+    Raises
+    ------
+    FeaturesError
+        If the manifest is unreadable or was written by another tool or format version.
+    """
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FeaturesError(path, f"malformed manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FeaturesError(path, f"not an oefray features manifest (format != {FORMAT!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FeaturesError(
+            path,
+            f"features format version {manifest.get('format_version')} is not the supported "
+            f"{FORMAT_VERSION}; re-run oefray preprocess with --force",
+        )
+    return manifest
+
+
+def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
+    """Write ``manifest.json`` atomically (temporary file + rename)."""
+    path = Path(root) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_features(root: str | Path, subjects: list[str] | None = None) -> pa.Table:
+    """Read a features folder (every complete subject, or ``subjects``) as one Arrow table.
+
+    Columns come in the order of :func:`columns`; rows are sorted by subject, then ``idx``.
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise FeaturesError(root, "no manifest.json: not a features folder (run oefray preprocess)")
+    done = list(manifest["subjects"])
+    wanted = done if subjects is None else list(subjects)
+    missing = [s for s in wanted if s not in done]
+    if missing:
+        raise FeaturesError(root, f"subject(s) not in the features: {', '.join(missing)}")
+    with_truth = bool(manifest.get("has_truth"))
+    parts = []
+    for label in wanted:
+        files = sorted(subject_dir(root, label).glob("part-*.parquet"))
+        if not files:
+            continue
+        t = pads.dataset(files, schema=file_schema(with_truth), format="parquet").to_table()
+        t = t.sort_by("idx")
+        parts.append(t.add_column(0, "subject", pa.array([label] * t.num_rows, type=pa.string())))
+    if not parts:
+        schema = pa.schema([pa.field("subject", pa.string())] + list(file_schema(with_truth)))
+        return schema.empty_table()
+    return pa.concat_tables(parts)

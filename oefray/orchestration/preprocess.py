@@ -1,0 +1,426 @@
+"""``oefray preprocess``: BIDS dataset → decay-fit features Parquet, sharded by Ray Data.
+
+Pipeline: one item per slab (a range of z planes of one subject) → ``from_items`` with one block
+per slab → one ``map_batches`` task per slab that reads the slab lazily (``img.dataobj``), fits
+the decay of every brain voxel (:func:`oefray.physics.decay.fit_decay`) and writes the slab's
+Parquet file into a staging folder → a one-row summary per slab streams back to the driver.
+
+The driver commits a subject as soon as its last slab is in: it checks the row count against the
+mask, checksums the content, and renames the subject's staged folder into place, then rewrites the
+manifest. So an interrupted run loses only the subjects in flight, a re-run skips the finished
+ones, and no reader ever sees half a subject. Only plain data (dicts of numpy arrays, strings)
+crosses Ray boundaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oefray import __version__
+from oefray.config import PreprocessConfig
+from oefray.errors import DatasetError, FeaturesError, OefrayError
+from oefray.io import features as fio
+from oefray.io.bids import DatasetIndex, SubjectFiles, read_slab, scan_dataset
+from oefray.physics.decay import fit_decay
+
+log = logging.getLogger(__name__)
+
+#: Called as ``progress(slabs_done, slabs_total, message)``.
+ProgressFn = Callable[[int, int, str], None]
+
+
+# --------------------------------------------------------------------------------------------
+# The per-slab work (no Ray here: the same functions run in a worker or in a test)
+# --------------------------------------------------------------------------------------------
+
+
+def slab_features(
+    subject: SubjectFiles, z0: int, z1: int, *, normalize: str = "none", with_truth: bool = False
+) -> dict[str, np.ndarray]:
+    """Decay-fit features of the brain voxels in planes ``z0:z1`` of one subject.
+
+    Returns
+    -------
+    dict of str to (n,) arrays
+        Columns ``x, y, z, idx, A, B, E, S, status`` (+ ``Y, v, R2, S0, chi_nb`` when
+        ``with_truth``), one row per brain voxel, in increasing ``idx`` (C order).
+
+    Notes
+    -----
+    With ``normalize="first-echo"`` every echo is divided by echo 1 of the same voxel, and so is
+    the ground-truth S0, so S0 stays the amplitude of the normalised signal at TE = 0.
+    """
+    slab = read_slab(subject, z0, z1)
+    xs, ys, zl = np.nonzero(slab.mask)  # C order within the slab == increasing global idx
+    signal = slab.magnitude[xs, ys, zl]  # (n, n_echoes) float32
+    first = None
+    if normalize == "first-echo":
+        first = signal[:, :1].copy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # a voxel whose echo 1 is 0 becomes NaN/inf and gets a NONFINITE status from the fit
+            signal = signal / first
+    elif normalize != "none":
+        raise ValueError(f"unknown normalisation {normalize!r}")
+    fit = fit_decay(signal, np.asarray(subject.te_s))
+    z = zl + z0
+    cols: dict[str, np.ndarray] = {
+        "x": xs.astype(np.int32),
+        "y": ys.astype(np.int32),
+        "z": z.astype(np.int32),
+        "idx": np.ravel_multi_index((xs, ys, z), subject.shape).astype(np.int64),
+        "A": fit.A,
+        "B": fit.B,
+        "E": fit.E,
+        "S": slab.chi[xs, ys, zl],
+        "status": fit.status,
+    }
+    if with_truth:
+        for name in fio.TRUTH_COLUMNS:
+            cols[name] = slab.truth[name][xs, ys, zl]
+        if first is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cols["S0"] = cols["S0"] / first[:, 0]
+    return cols
+
+
+def _fit_slabs(
+    batch: dict[str, np.ndarray],
+    *,
+    subjects: dict[str, SubjectFiles],
+    staging: str,
+    normalize: str,
+    with_truth: bool,
+) -> dict[str, np.ndarray]:
+    """``map_batches`` body: fit and write each slab of the batch; return one summary row each."""
+    out: dict[str, list[Any]] = {"subject": [], "z0": [], "z1": [], "rows": [], "error": []}
+    for label, z0, z1 in zip(batch["subject"], batch["z0"], batch["z1"], strict=True):
+        label, z0, z1 = str(label), int(z0), int(z1)
+        rows, error = 0, ""
+        try:
+            cols = slab_features(subjects[label], z0, z1, normalize=normalize, with_truth=with_truth)
+            rows = len(cols["idx"])
+            if rows:
+                table = fio.table_from_columns(cols, with_truth)
+                fio.write_slab_table(fio.subject_dir(Path(staging), label), table, z0, z1)
+        except OefrayError as exc:
+            error = str(exc)
+        for key, value in zip(out, (label, z0, z1, rows, error), strict=True):
+            out[key].append(value)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def plan_slabs(subjects: Sequence[SubjectFiles], slab: int) -> list[dict[str, Any]]:
+    """One item per slab: ``{"subject", "z0", "z1"}`` covering every plane of every subject."""
+    return [
+        {"subject": s.label, "z0": z0, "z1": min(z0 + slab, s.depth)}
+        for s in subjects
+        for z0 in range(0, s.depth, slab)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Ray runtime
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ray_runtime(address: str | None, workers: int) -> Iterator[None]:
+    """Use the Ray runtime already initialised, connect to ``address``/``RAY_ADDRESS``, or
+    start a local one with ``workers`` CPUs; shut down only what this call started."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise OefrayError(address, f"cannot connect to the Ray cluster ({exc})") from None
+    else:
+        ray.init(num_cpus=workers, include_dashboard=False, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreprocessResult:
+    """What a preprocess run did (serialised into ``results.json``)."""
+
+    features: str
+    dataset: str
+    completed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    voxels: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def voxels_per_second(self) -> float:
+        return self.voxels / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": "preprocess",
+            "features": self.features,
+            "dataset": self.dataset,
+            "completed": self.completed,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "voxels": self.voxels,
+            "seconds": round(self.seconds, 3),
+            "voxels_per_second": round(self.voxels_per_second, 1),
+        }
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the features folder for the duration of a run."""
+    lock = open(out / ".lock", "w")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FeaturesError(out, "another oefray preprocess is writing to this folder") from None
+        yield
+    finally:
+        lock.close()
+
+
+def _options(config: PreprocessConfig) -> dict[str, Any]:
+    return {"normalize": config.normalize}
+
+
+def _new_manifest(index: DatasetIndex, config: PreprocessConfig, with_truth: bool) -> dict[str, Any]:
+    return {
+        "format": fio.FORMAT,
+        "format_version": fio.FORMAT_VERSION,
+        "oefray_version": __version__,
+        "source": {"dataset": str(index.root), "name": index.name},
+        "options": _options(config),
+        "has_truth": with_truth,
+        "columns": list(fio.columns(with_truth)),
+        "echo_times_s": None,
+        "subjects": {},
+    }
+
+
+def _echo_times(manifest: dict[str, Any]) -> list[float] | None:
+    """The dataset-level echo scheme if every subject shares one, else None."""
+    schemes = {tuple(s["echo_times_s"]) for s in manifest["subjects"].values()}
+    return list(schemes.pop()) if len(schemes) == 1 else None
+
+
+def _check_existing(out: Path, manifest: dict[str, Any] | None, config: PreprocessConfig, with_truth: bool) -> None:
+    if manifest is None:
+        if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+            raise FeaturesError(out, "exists and is not an oefray features folder (no manifest.json)")
+        return
+    if config.force:
+        return
+    if manifest.get("options") != _options(config):
+        raise FeaturesError(
+            out / fio.MANIFEST,
+            f"was made with options {manifest.get('options')}, not {_options(config)}; "
+            "use --force to redo every subject",
+        )
+    if bool(manifest.get("has_truth")) != with_truth:
+        raise FeaturesError(
+            out / fio.MANIFEST,
+            "ground-truth presence differs from the dataset's; use --force to redo every subject",
+        )
+
+
+def preprocess(
+    dataset: str | Path,
+    out: str | Path,
+    config: PreprocessConfig = PreprocessConfig(),
+    *,
+    subjects: Sequence[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> PreprocessResult:
+    """Fit the decay of every brain voxel of a BIDS dataset and write the features Parquet.
+
+    Parameters
+    ----------
+    dataset : path
+        BIDS dataset (DESIGN.md §4).
+    out : path
+        Features folder (created; subjects already complete are skipped unless ``config.force``).
+    config : PreprocessConfig
+        Workers, slab size, normalisation, cluster address, force, keep-going.
+    subjects : sequence of str, optional
+        Only these subject labels.
+    progress : callable, optional
+        ``progress(slabs_done, slabs_total, message)``.
+
+    Returns
+    -------
+    PreprocessResult
+        ``result.failed`` maps each failed subject to its one-line error; without
+        ``keep_going`` the run stops at the first failure (nothing is written for that subject).
+
+    Raises
+    ------
+    OefrayError
+        When the dataset as a whole or the output folder is unusable.
+    """
+    t0 = time.perf_counter()
+    index = scan_dataset(dataset, subjects)
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise FeaturesError(out, "exists and is not a folder")
+    result = PreprocessResult(features=str(out), dataset=str(index.root))
+    result.failed.update({s: str(e) for s, e in index.errors.items()})
+    if index.errors and not config.keep_going:
+        return result
+    valid = list(index.subjects.values())
+    if not valid:
+        raise DatasetError(index.root, "no valid subject to preprocess")
+    with_truth = all(s.truth for s in valid)
+    if not with_truth and any(s.truth for s in valid):
+        log.warning("ground truth present for some subjects only; it is left out for all")
+
+    manifest = fio.read_manifest(out) if out.is_dir() else None
+    _check_existing(out, manifest, config, with_truth)
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        for stale in out.glob(f"{fio.STAGING_PREFIX}*"):  # left by a run that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        if manifest is None or config.force:
+            manifest = _new_manifest(index, config, with_truth)
+        todo = []
+        for s in valid:
+            done = s.label in manifest["subjects"] and fio.subject_dir(out, s.label).is_dir()
+            if done and not config.force:
+                result.skipped.append(s.label)
+            else:
+                todo.append(s)
+        if todo:
+            _run(index, todo, out, manifest, config, with_truth, result, progress)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _run(
+    index: DatasetIndex,
+    todo: list[SubjectFiles],
+    out: Path,
+    manifest: dict[str, Any],
+    config: PreprocessConfig,
+    with_truth: bool,
+    result: PreprocessResult,
+    progress: ProgressFn | None,
+) -> None:
+    import ray.data
+
+    staging = out / f"{fio.STAGING_PREFIX}{uuid.uuid4().hex}"
+    items = plan_slabs(todo, config.slab)
+    remaining = {s.label: sum(1 for it in items if it["subject"] == s.label) for s in todo}
+    rows = dict.fromkeys(remaining, 0)
+    errors: dict[str, str] = {}
+    by_label = {s.label: s for s in todo}
+    total, done = len(items), 0
+    if progress:
+        progress(0, total, f"{len(todo)} subject(s), {total} slab(s)")
+    try:
+        with ray_runtime(config.address, config.workers):
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                _fit_slabs,
+                batch_size=1,
+                batch_format="numpy",
+                num_cpus=1,
+                concurrency=config.workers,
+                fn_kwargs={
+                    "subjects": by_label,
+                    "staging": str(staging),
+                    "normalize": config.normalize,
+                    "with_truth": with_truth,
+                },
+            )
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+                for label, n, error in zip(batch["subject"], batch["rows"], batch["error"], strict=True):
+                    label = str(label)
+                    done += 1
+                    remaining[label] -= 1
+                    rows[label] += int(n)
+                    if error and label not in errors:
+                        errors[label] = str(error)
+                        shutil.rmtree(fio.subject_dir(staging, label), ignore_errors=True)
+                        if not config.keep_going:
+                            result.failed[label] = errors[label]
+                            return
+                    if remaining[label] == 0:
+                        if label in errors:
+                            result.failed[label] = errors[label]
+                        else:
+                            _commit(by_label[label], staging, out, manifest, index, rows[label])
+                            result.completed.append(label)
+                            result.voxels += rows[label]
+                    if progress:
+                        progress(done, total, f"sub-{label}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(
+    subject: SubjectFiles,
+    staging: Path,
+    out: Path,
+    manifest: dict[str, Any],
+    index: DatasetIndex,
+    reported_rows: int,
+) -> None:
+    """Verify a fully staged subject, move it into place, and record it in the manifest."""
+    staged = fio.subject_dir(staging, subject.label)
+    staged.mkdir(parents=True, exist_ok=True)  # a subject whose slabs hold no rows is impossible
+    n_rows, digest, status_counts = fio.checksum_subject(staged)
+    if n_rows != subject.n_brain or n_rows != reported_rows:
+        raise OefrayError(
+            staged,
+            f"wrote {n_rows} rows (tasks reported {reported_rows}) but the mask has {subject.n_brain} voxels",
+        )
+    fio.publish_subject(staged, fio.subject_dir(out, subject.label))
+    manifest["subjects"][subject.label] = {
+        "rows": n_rows,
+        "sha256": digest,
+        "status_counts": status_counts,
+        "split": index.split.get(subject.label, ""),
+        "shape": list(subject.shape),
+        "affine": [list(r) for r in subject.affine],
+        "echo_times_s": list(subject.te_s),
+        "source_files": {"echoes": list(subject.echoes), "chi": subject.chi, "mask": subject.mask},
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    manifest["subjects"] = dict(sorted(manifest["subjects"].items(), key=lambda kv: kv[0]))
+    manifest["echo_times_s"] = _echo_times(manifest)
+    manifest["oefray_version"] = __version__
+    fio.write_manifest(out, manifest)
