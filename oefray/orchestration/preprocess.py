@@ -237,6 +237,10 @@ def _echo_times(manifest: dict[str, Any]) -> list[float] | None:
     return list(schemes.pop()) if len(schemes) == 1 else None
 
 
+def _compatible(manifest: dict[str, Any], config: PreprocessConfig, with_truth: bool) -> bool:
+    return manifest.get("options") == _options(config) and bool(manifest.get("has_truth")) == with_truth
+
+
 def _check_existing(out: Path, manifest: dict[str, Any] | None, config: PreprocessConfig, with_truth: bool) -> None:
     if manifest is None:
         if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
@@ -313,7 +317,12 @@ def preprocess(
     with _locked(out):
         for stale in out.glob(f"{fio.STAGING_PREFIX}*"):  # left by a run that was killed
             shutil.rmtree(stale, ignore_errors=True)
-        if manifest is None or config.force:
+        if manifest is not None and not _compatible(manifest, config, with_truth):
+            # --force with other options: subjects made the old way would not match; drop them
+            for label in manifest["subjects"]:
+                shutil.rmtree(fio.subject_dir(out, label), ignore_errors=True)
+            manifest = None
+        if manifest is None:
             manifest = _new_manifest(index, config, with_truth)
         todo = []
         for s in valid:
@@ -352,13 +361,15 @@ def _run(
     try:
         with ray_runtime(config.address, config.workers):
             ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False
+            ctx.enable_progress_bars = False  # the caller shows progress per slab and subject
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+            logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 _fit_slabs,
                 batch_size=1,
                 batch_format="numpy",
                 num_cpus=1,
-                concurrency=config.workers,
+                compute=ray.data.TaskPoolStrategy(size=config.workers),
                 fn_kwargs={
                     "subjects": by_label,
                     "staging": str(staging),

@@ -1,0 +1,92 @@
+"""Features Parquet helpers: schema, content checksum, atomic publish, manifest checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from oefray.errors import FeaturesError
+from oefray.io import features as fio
+
+
+def _cols(idx: np.ndarray, with_truth: bool) -> dict[str, np.ndarray]:
+    n = len(idx)
+    x, y, z = np.unravel_index(idx, (10, 10, 10))
+    cols = {
+        "x": x, "y": y, "z": z, "idx": idx,
+        "A": np.linspace(0.9, 1.1, n), "B": np.linspace(10, 30, n), "E": np.full(n, 1e-3),
+        "S": np.zeros(n), "status": np.zeros(n, np.int8),
+    }
+    if with_truth:
+        cols.update({c: np.full(n, 0.5) for c in fio.TRUTH_COLUMNS})
+    return cols
+
+
+def test_schema_and_columns():
+    assert fio.columns(False) == ("subject", "x", "y", "z", "idx", "A", "B", "E", "S", "status")
+    assert fio.columns(True)[-5:] == ("Y", "v", "R2", "S0", "chi_nb")
+    t = fio.table_from_columns(_cols(np.arange(5), True), True)
+    assert t.schema == fio.file_schema(True)
+    assert str(t.schema.field("A").type) == "float" and str(t.schema.field("idx").type) == "int64"
+
+
+def test_checksum_depends_on_content_not_on_file_split(tmp_path):
+    idx = np.arange(0, 1000, 3)
+    table = fio.table_from_columns(_cols(idx, False), False)
+    one, two = tmp_path / "one", tmp_path / "two"
+    fio.write_slab_table(one, table, 0, 10)
+    fio.write_slab_table(two, table.slice(150), 5, 10)  # the same rows in two files
+    fio.write_slab_table(two, table.slice(0, 150), 0, 5)
+    n1, h1, s1 = fio.checksum_subject(one)
+    n2, h2, s2 = fio.checksum_subject(two)
+    assert (n1, s1) == (len(idx), {"0": len(idx)})
+    assert (n1, h1, s1) == (n2, h2, s2)
+    # one changed value changes the checksum
+    cols = _cols(idx, False)
+    cols["B"][7] += 1e-3
+    three = tmp_path / "three"
+    fio.write_slab_table(three, fio.table_from_columns(cols, False), 0, 10)
+    assert fio.checksum_subject(three)[1] != h1
+
+
+def test_write_slab_is_idempotent_and_leaves_no_temporaries(tmp_path):
+    t = fio.table_from_columns(_cols(np.arange(10), False), False)
+    p1 = fio.write_slab_table(tmp_path, t, 0, 4)
+    p2 = fio.write_slab_table(tmp_path, t, 0, 4)
+    assert p1 == p2 and p1.name == "part-z0000-0004.parquet"
+    assert [p.name for p in tmp_path.iterdir()] == [p1.name]
+    assert pq.read_table(p1).equals(t)
+
+
+def test_publish_replaces_atomically(tmp_path):
+    final = tmp_path / "subject=A"
+    for value in (1, 2):
+        staged = tmp_path / f"stage{value}"
+        staged.mkdir()
+        (staged / "f").write_text(str(value))
+        fio.publish_subject(staged, final)
+        assert (final / "f").read_text() == str(value) and not staged.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["subject=A"]
+
+
+def test_manifest_checks(tmp_path):
+    assert fio.read_manifest(tmp_path) is None
+    (tmp_path / fio.MANIFEST).write_text("{not json")
+    with pytest.raises(FeaturesError, match="malformed manifest"):
+        fio.read_manifest(tmp_path)
+    (tmp_path / fio.MANIFEST).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(FeaturesError, match="not an oefray features manifest"):
+        fio.read_manifest(tmp_path)
+    fio.write_manifest(tmp_path, {"format": fio.FORMAT, "format_version": 0, "subjects": {}})
+    with pytest.raises(FeaturesError, match="format version 0"):
+        fio.read_manifest(tmp_path)
+    with pytest.raises(FeaturesError, match="format version 0"):
+        fio.read_features(tmp_path)
+
+
+def test_read_features_requires_a_manifest(tmp_path):
+    with pytest.raises(FeaturesError, match="no manifest.json"):
+        fio.read_features(tmp_path)

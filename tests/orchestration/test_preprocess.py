@@ -1,0 +1,226 @@
+"""``preprocess`` on a real local Ray runtime (2 CPUs): output contract, equality with the bare
+kernel, idempotence, atomicity and bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from oefray.config import PreprocessConfig
+from oefray.errors import FeaturesError
+from oefray.io import bids
+from oefray.io import features as fio
+from oefray.orchestration.preprocess import preprocess
+from oefray.physics.decay import fit_decay
+
+from ..conftest import TINY_SUBJECTS
+
+pytestmark = pytest.mark.ray
+
+EXPECTED_COLUMNS = ["subject", "x", "y", "z", "idx", "A", "B", "E", "S", "status", "Y", "v", "R2", "S0", "chi_nb"]
+
+
+def _direct(cohort, label, normalize="none"):
+    """The bare kernel on the same voxels: whole volumes read with nibabel, one fit_decay call."""
+    sub = bids.scan_subject(cohort, label)
+    mag = np.stack([np.asarray(nib.load(p).dataobj, dtype=np.float32) for p in sub.echoes], axis=-1)
+    mask = np.asarray(nib.load(sub.mask).dataobj) != 0
+    signal = mag[mask]
+    if normalize == "first-echo":
+        signal = signal / signal[:, :1]
+    fit = fit_decay(signal, np.asarray(sub.te_s))
+    x, y, z = np.nonzero(mask)
+    chi = np.asarray(nib.load(sub.chi).dataobj, dtype=np.float32)[mask]
+    return {"x": x, "y": y, "z": z, "idx": np.ravel_multi_index((x, y, z), sub.shape), "A": fit.A, "B": fit.B,
+            "E": fit.E, "S": chi, "status": fit.status}
+
+
+@pytest.fixture(scope="module")
+def features(tiny_cohort, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("features") / "tiny"
+    result = preprocess(tiny_cohort, out, PreprocessConfig(workers=2, slab=4))
+    assert result.ok, result.failed
+    return out
+
+
+def test_output_contract(features, tiny_cohort):
+    manifest = fio.read_manifest(features)
+    assert list(manifest["subjects"]) == sorted(TINY_SUBJECTS)
+    assert manifest["has_truth"] is True and manifest["columns"] == EXPECTED_COLUMNS
+    assert manifest["echo_times_s"] == pytest.approx([0.0045 + 0.005 * k for k in range(8)], abs=1e-12)
+    assert manifest["source"]["dataset"] == str(tiny_cohort)
+    assert {s: e["split"] for s, e in manifest["subjects"].items()} == {"P3": "train", "P4": "train", "P6": "test", "P11": "test"}
+    for label in TINY_SUBJECTS:
+        entry = manifest["subjects"][label]
+        mask = bids.read_mask(bids.scan_subject(tiny_cohort, label).mask)
+        assert entry["rows"] == mask.sum() > 500
+        assert fio.checksum_subject(fio.subject_dir(features, label))[:2] == (entry["rows"], entry["sha256"])
+        assert entry["status_counts"].get("0", 0) >= 0.99 * entry["rows"]  # brain voxels fit fine at SNR 100
+    # no staging or temporary leftovers
+    assert not [p for p in features.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
+
+
+def test_readable_by_pyarrow_duckdb_polars(features):
+    manifest = fio.read_manifest(features)
+    total = sum(e["rows"] for e in manifest["subjects"].values())
+    t = pq.read_table(features, partitioning="hive", ignore_prefixes=[".", "_", "manifest.json", "results.json"])
+    assert sorted(t.column_names) == sorted(EXPECTED_COLUMNS) and t.num_rows == total
+    ours = fio.read_features(features)
+    assert ours.column_names == EXPECTED_COLUMNS and ours.num_rows == total
+
+    import duckdb
+    import polars as pl
+
+    glob = str(features / "*" / "*.parquet")
+    con = duckdb.connect()
+    n, subjects, mean_b = con.execute(
+        f"SELECT count(*), count(DISTINCT subject), avg(B) FROM read_parquet('{glob}', hive_partitioning=true)"
+    ).fetchone()
+    assert (n, subjects) == (total, len(TINY_SUBJECTS))
+    assert mean_b == pytest.approx(float(np.nanmean(ours["B"].to_numpy())), rel=1e-5)
+    df = pl.read_parquet(glob, hive_partitioning=True)
+    assert df.height == total and set(df.columns) == set(EXPECTED_COLUMNS)
+    per_subject = dict(df.group_by("subject").len().iter_rows())
+    assert per_subject == {s: e["rows"] for s, e in manifest["subjects"].items()}
+
+
+@pytest.mark.parametrize("slab", [1, 5, 40])  # 1 plane, fewer than the depth (16), more than it
+def test_ray_output_equals_direct_kernel(tiny_cohort, ray_local, tmp_path, slab):
+    out = tmp_path / "f"
+    result = preprocess(tiny_cohort, out, PreprocessConfig(slab=slab), subjects=["P3", "P6"])
+    assert result.ok and sorted(result.completed) == ["P3", "P6"]
+    table = fio.read_features(out)
+    for label in ("P3", "P6"):
+        got = table.filter(pc.equal(table["subject"], label))
+        want = _direct(tiny_cohort, label)
+        assert got.num_rows == len(want["idx"])
+        for col, values in want.items():
+            # identical: the same float32 kernel on the same voxels
+            np.testing.assert_array_equal(got[col].to_numpy(), values, err_msg=f"{label}.{col} slab={slab}")
+        truth = nib.load(bids.scan_subject(tiny_cohort, label).truth["Y"]).get_fdata(dtype=np.float32)
+        np.testing.assert_array_equal(got["Y"].to_numpy(), truth[want["x"], want["y"], want["z"]])
+
+
+def test_normalize_first_echo(tiny_cohort, ray_local, tmp_path):
+    out = tmp_path / "f"
+    preprocess(tiny_cohort, out, PreprocessConfig(slab=8, normalize="first-echo"), subjects=["P4"])
+    got = fio.read_features(out)
+    want = _direct(tiny_cohort, "P4", normalize="first-echo")
+    np.testing.assert_array_equal(got["A"].to_numpy(), want["A"])
+    # normalised amplitude at TE=0 is exp(B*TE1) / (noise) ~ 1.0-1.2, and S0 truth is rescaled alike
+    assert 0.95 < float(np.median(got["A"].to_numpy())) < 1.3
+    assert 0.95 < float(np.median(got["S0"].to_numpy())) < 1.3
+    # the manifest records the option; a different option on the same folder is refused
+    assert fio.read_manifest(out)["options"] == {"normalize": "first-echo"}
+    with pytest.raises(FeaturesError, match="was made with options"):
+        preprocess(tiny_cohort, out, PreprocessConfig(), subjects=["P4"])
+
+
+def test_rerun_is_idempotent_and_force_redoes(tiny_cohort, ray_local, tmp_path):
+    out = tmp_path / "f"
+    first = preprocess(tiny_cohort, out, PreprocessConfig(slab=8), subjects=["P3", "P11"])
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    manifest = fio.read_manifest(out)
+    again = preprocess(tiny_cohort, out, PreprocessConfig(slab=8), subjects=["P3", "P11"])
+    assert again.skipped == ["P3", "P11"] and again.completed == [] and again.voxels == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
+    more = preprocess(tiny_cohort, out, PreprocessConfig(slab=8))  # adds the two missing subjects
+    assert sorted(more.completed) == ["P4", "P6"] and sorted(more.skipped) == ["P11", "P3"]
+    forced = preprocess(tiny_cohort, out, PreprocessConfig(slab=3, force=True), subjects=["P3"])
+    assert forced.completed == ["P3"] and first.voxels > 0
+    after = fio.read_manifest(out)
+    # the content checksum does not depend on the slab size
+    assert after["subjects"]["P3"]["sha256"] == manifest["subjects"]["P3"]["sha256"]
+    assert set(after["subjects"]) == {"P3", "P4", "P6", "P11"}
+
+
+def test_stale_staging_and_half_written_subjects_are_ignored(tiny_cohort, ray_local, tmp_path):
+    """What a killed run leaves (a staging folder, a subject folder without a manifest entry)
+    is cleaned up or redone by the next run."""
+    out = tmp_path / "f"
+    preprocess(tiny_cohort, out, PreprocessConfig(), subjects=["P3"])
+    stale = out / f"{fio.STAGING_PREFIX}dead"
+    (stale / "subject=P6").mkdir(parents=True)
+    (stale / "subject=P6" / "part-z0000-0004.parquet").write_bytes(b"partial")
+    orphan = fio.subject_dir(out, "P4")  # published but never recorded: not complete
+    orphan.mkdir()
+    (orphan / "part-z0000-0001.parquet").write_bytes(b"junk")
+    result = preprocess(tiny_cohort, out, PreprocessConfig(), subjects=["P3", "P4"])
+    assert result.skipped == ["P3"] and result.completed == ["P4"]
+    assert not stale.exists()
+    n, digest, _ = fio.checksum_subject(orphan)
+    assert fio.read_manifest(out)["subjects"]["P4"]["sha256"] == digest
+
+
+def _broken_copy(cohort, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(cohort, root)
+    # P4: header fine, voxels truncated -> fails inside a Ray task
+    bad = root / "sub-P4" / "anat" / "sub-P4_echo-3_part-mag_MEGRE.nii.gz"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    # P6: missing EchoTime -> fails during the scan, before Ray starts
+    (root / "sub-P6" / "anat" / "sub-P6_echo-2_part-mag_MEGRE.json").write_text("{}")
+    return root, bad
+
+
+def test_bad_subject_stops_the_run(tiny_cohort, ray_local, tmp_path):
+    root, _ = _broken_copy(tiny_cohort, tmp_path)
+    out = tmp_path / "f"
+    result = preprocess(root, out, PreprocessConfig())
+    assert not result.ok and "no EchoTime" in result.failed["P6"]
+    assert not out.exists()  # failed in the scan: nothing written at all
+    result = preprocess(root, out, PreprocessConfig(), subjects=["P4"])
+    assert list(result.failed) == ["P4"] and "corrupt or truncated" in result.failed["P4"]
+    assert "sub-P4_echo-3_part-mag_MEGRE.nii.gz" in result.failed["P4"]
+    assert not fio.subject_dir(out, "P4").exists()
+    assert (fio.read_manifest(out) or {"subjects": {}})["subjects"] == {}
+
+
+def test_keep_going_completes_the_others(tiny_cohort, ray_local, tmp_path):
+    root, bad = _broken_copy(tiny_cohort, tmp_path)
+    out = tmp_path / "f"
+    result = preprocess(root, out, PreprocessConfig(keep_going=True, slab=4))
+    assert sorted(result.completed) == ["P11", "P3"]
+    assert sorted(result.failed) == ["P4", "P6"] and bad.name in result.failed["P4"]
+    assert sorted(fio.read_manifest(out)["subjects"]) == ["P11", "P3"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("subject=")) == ["subject=P11", "subject=P3"]
+
+
+def test_refuses_a_foreign_output_folder(tiny_cohort, ray_local, tmp_path):
+    out = tmp_path / "f"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FeaturesError, match="not an oefray features folder"):
+        preprocess(tiny_cohort, out, PreprocessConfig(), subjects=["P3"])
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_plain_nii_and_integer_storage(tiny_cohort, ray_local, tmp_path):
+    """A dataset written by another tool: plain .nii, int16 magnitudes with scl_slope."""
+    root = tmp_path / "other"
+    shutil.copytree(tiny_cohort, root)
+    for gz in root.rglob("*.nii.gz"):
+        img = nib.load(gz)
+        data = np.asanyarray(img.dataobj)
+        if "MEGRE" in gz.name:
+            slope = float(data.max()) / 32000
+            new = nib.Nifti1Image(np.round(data / slope).astype(np.int16), img.affine)
+            new.header.set_slope_inter(slope, 0.0)
+        else:
+            new = nib.Nifti1Image(data, img.affine)
+        nib.save(new, gz.with_name(gz.name[:-3]))
+        gz.unlink()
+    out = tmp_path / "f"
+    result = preprocess(root, out, PreprocessConfig(), subjects=["P3"])
+    assert result.ok
+    got = fio.read_features(out)
+    ref = _direct(tiny_cohort, "P3")
+    ok = ref["status"] == 0
+    # int16 quantisation (step ~ max/32000) moves the fit only slightly
+    np.testing.assert_allclose(got["B"].to_numpy()[ok], ref["B"][ok], rtol=2e-2, atol=0.5)
