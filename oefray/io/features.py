@@ -16,7 +16,6 @@ files and the manifest are written to a temporary name first and renamed into pl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -77,7 +76,8 @@ def write_slab_table(directory: Path, table: pa.Table, z0: int, z1: int) -> Path
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"part-z{z0:04d}-{z1:04d}.parquet"
     tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, tmp, compression="zstd")
+    # Dictionary encoding of float columns costs 3x the write time for no gain on measured data.
+    pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=False)
     os.replace(tmp, final)
     return final
 
@@ -88,23 +88,55 @@ def table_from_columns(cols: Mapping[str, np.ndarray], with_truth: bool) -> pa.T
     return pa.table({f.name: pa.array(np.asarray(cols[f.name]), type=f.type) for f in schema}, schema=schema)
 
 
-def checksum_subject(directory: Path) -> tuple[int, str, dict[str, int]]:
-    """Row count, content checksum and fit-status counts of a subject folder.
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
+_SEED = np.uint64(0x9E3779B97F4A7C15)
 
-    The checksum is a SHA-256 over every column's bytes in ``idx`` order, so it depends on the
-    content only, not on how rows were split into files.
+
+def row_hashes(table: pa.Table) -> np.ndarray:
+    """A 64-bit hash of every row (all columns, in schema order), vectorised.
+
+    Returns
+    -------
+    (n_rows,) uint64 array
+    """
+    h = np.full(table.num_rows, _SEED, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for position, name in enumerate(table.column_names):
+            values = np.ascontiguousarray(table[name].to_numpy(zero_copy_only=False))
+            if values.dtype.kind not in "iuf":
+                raise TypeError(f"column {name!r} of dtype {values.dtype} cannot be hashed")
+            bits = values.view(f"u{values.dtype.itemsize}").astype(np.uint64)
+            h ^= bits + np.uint64(position)
+            h *= _MIX
+            h ^= h >> np.uint64(31)
+    return h
+
+
+def checksum(table: pa.Table) -> int:
+    """Content checksum of a table: the sum (mod 2**64) of its row hashes.
+
+    Being a sum, it does not depend on row order or on how rows are split into files, so slab
+    checksums add up to the subject's checksum.
+    """
+    return int(np.sum(row_hashes(table), dtype=np.uint64))
+
+
+def format_checksum(value: int) -> str:
+    return f"xsum64:{value % 2**64:016x}"
+
+
+def checksum_subject(directory: Path) -> tuple[int, str, dict[str, int]]:
+    """Row count, content checksum and fit-status counts of a subject folder, read from its files.
+
+    Equals what ``preprocess`` recorded in the manifest (there it is summed from the slabs).
     """
     files = sorted(Path(directory).glob("part-*.parquet"))
     if not files:
-        return 0, hashlib.sha256(b"").hexdigest(), {}
+        return 0, format_checksum(0), {}
     table = pa.concat_tables([pq.read_table(f) for f in files])
-    table = table.sort_by("idx")
-    h = hashlib.sha256()
-    for name in table.column_names:
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(table[name].to_numpy()).tobytes())
     codes, counts = np.unique(table["status"].to_numpy(), return_counts=True)
-    return table.num_rows, h.hexdigest(), {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
+    status = {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
+    return table.num_rows, format_checksum(checksum(table)), status
 
 
 def publish_subject(staged: Path, final: Path) -> None:
