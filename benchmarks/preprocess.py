@@ -50,10 +50,14 @@ def main() -> None:
         suffix = ".nii.gz" if args.gzip else ".nii"
         t = time.perf_counter()
         ds = work / "bids"
-        simulate_cohort(ds, SimulationConfig(preset=args.preset, subjects=("P3",), seed=1), suffix=suffix)
+        simulate_cohort(
+            ds, SimulationConfig(preset=args.preset, subjects=("P3",), seed=1), suffix=suffix
+        )
         print(f"simulated 1 subject ({args.preset}, {suffix}) in {time.perf_counter() - t:.1f} s")
         sub = bids.scan_subject(ds, "P3")
-        mag = np.stack([np.asarray(nib.load(p).dataobj, dtype=np.float32) for p in sub.echoes], axis=-1)
+        mag = np.stack(
+            [np.asarray(nib.load(p).dataobj, dtype=np.float32) for p in sub.echoes], axis=-1
+        )
         mask = bids.read_mask(sub.mask)
         voxels = mag[mask]
         te = np.asarray(sub.te_s)
@@ -76,10 +80,17 @@ def main() -> None:
             for item in plan_slabs([sub], args.slab):
                 cols = slab_features(sub, item["z0"], item["z1"], with_truth=bool(sub.truth))
                 if len(cols["idx"]):
-                    fio.write_slab_table(target, fio.table_from_columns(cols, bool(sub.truth)), item["z0"], item["z1"])
+                    fio.write_slab_table(
+                        target,
+                        fio.table_from_columns(cols, bool(sub.truth)),
+                        item["z0"],
+                        item["z1"],
+                    )
             serial.append(time.perf_counter() - t)
         t_serial = statistics.median(serial)
-        print(f"serial pipeline, no Ray:   {t_serial:7.3f} s  ({n / t_serial:,.0f} voxels/s)  read + fit + write")
+        print(
+            f"serial pipeline, no Ray:   {t_serial:7.3f} s  ({n / t_serial:,.0f} voxels/s)  read + fit + write"
+        )
 
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         try:
@@ -90,7 +101,11 @@ def main() -> None:
                 runs = []
                 for r in range(args.repeats):
                     t = time.perf_counter()
-                    res = preprocess(ds, work / f"f{workers}-{r}", PreprocessConfig(workers=workers, slab=args.slab))
+                    res = preprocess(
+                        ds,
+                        work / f"f{workers}-{r}",
+                        PreprocessConfig(workers=workers, slab=args.slab),
+                    )
                     runs.append(time.perf_counter() - t)
                     assert res.ok and res.voxels == n, res
                 timings[workers] = statistics.median(runs)

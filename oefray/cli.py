@@ -72,7 +72,9 @@ def _parse_ms_list(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise UsageError(f"--te must be a comma-separated list of milliseconds, got {text!r}") from None
+        raise UsageError(
+            f"--te must be a comma-separated list of milliseconds, got {text!r}"
+        ) from None
     return tuple(v * 1e-3 for v in values)
 
 
@@ -88,20 +90,32 @@ def _root(
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Argument(help="Folder of the BIDS dataset to create.")],
-    preset: Annotated[str, typer.Option(help="Grid size: tiny (tests), demo, full (~1e6 brain voxels/subject).")] = "demo",
-    subjects: Annotated[str | None, typer.Option(help="Comma-separated labels (default: the paper's 18, P3..P34).")] = None,
+    preset: Annotated[
+        str, typer.Option(help="Grid size: tiny (tests), demo, full (~1e6 brain voxels/subject).")
+    ] = "demo",
+    subjects: Annotated[
+        str | None, typer.Option(help="Comma-separated labels (default: the paper's 18, P3..P34).")
+    ] = None,
     te1: Annotated[float | None, typer.Option(help="First echo time, ms.")] = None,
     dte: Annotated[float | None, typer.Option(help="Echo spacing, ms.")] = None,
     echoes: Annotated[int | None, typer.Option(help="Number of echoes.")] = None,
-    te: Annotated[str | None, typer.Option(help="Explicit echo times, ms, comma-separated (any spacing).")] = None,
+    te: Annotated[
+        str | None, typer.Option(help="Explicit echo times, ms, comma-separated (any spacing).")
+    ] = None,
     snr: Annotated[float, typer.Option(help="Magnitude SNR at echo 1 in the brain.")] = 100.0,
     b0: Annotated[float, typer.Option(help="Field strength, tesla.")] = 3.0,
     qsm_noise: Annotated[float, typer.Option(help="QSM noise standard deviation, ppm.")] = 0.002,
-    lesion_fraction: Annotated[float, typer.Option(help="Share of subjects with an infarct and penumbra.")] = 0.5,
+    lesion_fraction: Annotated[
+        float, typer.Option(help="Share of subjects with an infarct and penumbra.")
+    ] = 0.5,
     seed: Annotated[int, typer.Option(help="Master seed (each subject: seed and label).")] = 0,
-    plain_nii: Annotated[bool, typer.Option("--plain-nii", help="Write uncompressed .nii instead of .nii.gz.")] = False,
+    plain_nii: Annotated[
+        bool, typer.Option("--plain-nii", help="Write uncompressed .nii instead of .nii.gz.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
-    results: Annotated[Path | None, typer.Option(help="Where to write results.json (default OUT/results.json).")] = None,
+    results: Annotated[
+        Path | None, typer.Option(help="Where to write results.json (default OUT/results.json).")
+    ] = None,
 ) -> None:
     """Simulate a synthetic BIDS cohort (mGRE magnitude, QSM, mask, ground-truth QQ maps)."""
     from oefray.config import DEFAULT_ECHOES, PAPER_SUBJECTS, EchoScheme, SimulationConfig
@@ -121,16 +135,28 @@ def simulate(
             )
         else:
             scheme = DEFAULT_ECHOES
-        labels = PAPER_SUBJECTS if subjects is None else tuple(s.strip().removeprefix("sub-") for s in subjects.split(",") if s.strip())
+        labels = (
+            PAPER_SUBJECTS
+            if subjects is None
+            else tuple(s.strip().removeprefix("sub-") for s in subjects.split(",") if s.strip())
+        )
         config = SimulationConfig(
-            preset=preset, subjects=labels, echoes=scheme, snr=snr, qsm_noise_ppm=qsm_noise,
-            b0_t=b0, seed=seed, lesion_fraction=lesion_fraction,
+            preset=preset,
+            subjects=labels,
+            echoes=scheme,
+            snr=snr,
+            qsm_noise_ppm=qsm_noise,
+            b0_t=b0,
+            seed=seed,
+            lesion_fraction=lesion_fraction,
         )
     except (UsageError, ValueError) as exc:
         _fail(str(exc), 2)
     try:
         with _progress("simulate") as update:
-            result = simulate_cohort(out, config, force=force, suffix=".nii" if plain_nii else ".nii.gz", progress=update)
+            result = simulate_cohort(
+                out, config, force=force, suffix=".nii" if plain_nii else ".nii.gz", progress=update
+            )
     except OefrayError as exc:
         _fail(str(exc), 1)
     payload = result.to_dict()
@@ -147,15 +173,34 @@ def simulate(
 @app.command()
 def preprocess(
     dataset: Annotated[Path, typer.Argument(help="BIDS dataset (see DESIGN.md section 4).")],
-    out: Annotated[Path, typer.Option("--out", help="Features folder to write (Parquet + manifest.json).")],
-    workers: Annotated[int, typer.Option(help="CPUs of the local Ray runtime / concurrent fit tasks.")] = 2,
-    slab: Annotated[int, typer.Option(help="z planes per Ray Data block (bounds memory per task).")] = 8,
-    normalize: Annotated[str, typer.Option(help="Intensity normalisation: none or first-echo.")] = "none",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or a local runtime).")] = None,
-    subjects: Annotated[str | None, typer.Option(help="Comma-separated labels (default: all).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Redo subjects that are already complete.")] = False,
-    keep_going: Annotated[bool, typer.Option("--keep-going", help="Finish the other subjects when one fails.")] = False,
-    results: Annotated[Path | None, typer.Option(help="Where to write results.json (default OUT/results.json).")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Features folder to write (Parquet + manifest.json).")
+    ],
+    workers: Annotated[
+        int, typer.Option(help="CPUs of the local Ray runtime / concurrent fit tasks.")
+    ] = 2,
+    slab: Annotated[
+        int, typer.Option(help="z planes per Ray Data block (bounds memory per task).")
+    ] = 8,
+    normalize: Annotated[
+        str, typer.Option(help="Intensity normalisation: none or first-echo.")
+    ] = "none",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (default: RAY_ADDRESS or a local runtime)."),
+    ] = None,
+    subjects: Annotated[
+        str | None, typer.Option(help="Comma-separated labels (default: all).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo subjects that are already complete.")
+    ] = False,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="Finish the other subjects when one fails.")
+    ] = False,
+    results: Annotated[
+        Path | None, typer.Option(help="Where to write results.json (default OUT/results.json).")
+    ] = None,
 ) -> None:
     """Fit A·exp(-B·TE) per brain voxel with Ray Data and write the features Parquet."""
     from oefray.config import PreprocessConfig
@@ -163,11 +208,20 @@ def preprocess(
 
     try:
         config = PreprocessConfig(
-            workers=workers, slab=slab, normalize=normalize, address=address, force=force, keep_going=keep_going
+            workers=workers,
+            slab=slab,
+            normalize=normalize,
+            address=address,
+            force=force,
+            keep_going=keep_going,
         )
     except ValueError as exc:
         _fail(str(exc), 2)
-    labels = None if subjects is None else [s.strip().removeprefix("sub-") for s in subjects.split(",") if s.strip()]
+    labels = (
+        None
+        if subjects is None
+        else [s.strip().removeprefix("sub-") for s in subjects.split(",") if s.strip()]
+    )
     logging.getLogger("ray").setLevel(logging.WARNING)
     try:
         with _progress("preprocess") as update:
@@ -179,13 +233,19 @@ def preprocess(
     for col in ("done", "skipped", "failed", "voxels", "seconds", "voxels/s"):
         table.add_column(col, justify="right")
     table.add_row(
-        str(len(result.completed)), str(len(result.skipped)), str(len(result.failed)),
-        f"{result.voxels:,}", f"{result.seconds:.1f}", f"{result.voxels_per_second:,.0f}",
+        str(len(result.completed)),
+        str(len(result.skipped)),
+        str(len(result.failed)),
+        f"{result.voxels:,}",
+        f"{result.seconds:.1f}",
+        f"{result.voxels_per_second:,.0f}",
     )
     out_console.print(table)
     out_console.print(f"features: {result.features}")
     for label, message in result.failed.items():
-        err_console.print(f"oefray: error: sub-{label}: {message}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"oefray: error: sub-{label}: {message}", markup=False, highlight=False, soft_wrap=True
+        )
     if not result.ok:
         raise typer.Exit(1)
 

@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 # The paper's cohort (DESIGN.md section 1.5): 8 training/validation subjects, 10 test subjects.
 PAPER_TRAIN_SUBJECTS: tuple[str, ...] = ("P3", "P4", "P5", "P14", "P16", "P28", "P29", "P34")
 PAPER_TEST_SUBJECTS: tuple[str, ...] = (
-    "P6", "P11", "P12", "P13", "P15", "P17", "P23", "P26", "P27", "P31",
+    "P6",
+    "P11",
+    "P12",
+    "P13",
+    "P15",
+    "P17",
+    "P23",
+    "P26",
+    "P27",
+    "P31",
 )
 PAPER_SUBJECTS: tuple[str, ...] = PAPER_TRAIN_SUBJECTS + PAPER_TEST_SUBJECTS
 
@@ -33,7 +42,7 @@ class EchoScheme:
     te_s: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        te = tuple(float(t) for t in self.te_s)
+        te = tuple(round(float(t), 12) for t in self.te_s)  # 4.5e-3 + 2 * 5e-3 -> 0.0145, not ...99
         if len(te) < 2:
             raise ValueError(f"an echo scheme needs at least 2 echoes, got {len(te)}")
         if any(not math.isfinite(t) or t <= 0 for t in te):
@@ -72,9 +81,13 @@ class CohortPreset:
 COHORT_PRESETS: dict[str, CohortPreset] = {
     p.name: p
     for p in (
-        CohortPreset("tiny", (20, 24, 16), "~9 mm voxels, ~2k brain voxels/subject: tests, seconds"),
+        CohortPreset(
+            "tiny", (20, 24, 16), "~9 mm voxels, ~2k brain voxels/subject: tests, seconds"
+        ),
         CohortPreset("demo", (44, 52, 40), "4 mm voxels, ~20k brain voxels/subject: the demo"),
-        CohortPreset("full", (176, 208, 160), "1 mm voxels, ~1.2M brain voxels/subject: benchmarks, GPUs"),
+        CohortPreset(
+            "full", (176, 208, 160), "1 mm voxels, ~1.2M brain voxels/subject: benchmarks, GPUs"
+        ),
     )
 }
 
@@ -114,7 +127,9 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in COHORT_PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(COHORT_PRESETS)}")
+            raise ValueError(
+                f"unknown preset {self.preset!r}; choose from {sorted(COHORT_PRESETS)}"
+            )
         if not self.subjects:
             raise ValueError("at least one subject is needed")
         bad = [s for s in self.subjects if not s.isalnum()]
@@ -187,7 +202,9 @@ class PreprocessConfig:
         if self.slab < 1:
             raise ValueError(f"slab must be >= 1 z plane, got {self.slab}")
         if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalisation {self.normalize!r}; choose from {NORMALIZATIONS}")
+            raise ValueError(
+                f"unknown normalisation {self.normalize!r}; choose from {NORMALIZATIONS}"
+            )
 
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "first-echo")

@@ -22,20 +22,32 @@ def main(out: Path) -> None:
     n_train = sum(1 for s in subjects.values() if s["split"] == "train")
     ok = pc.equal(table["status"], 0)
     status = {FitStatus(int(k)).name: v for k, v in _counts(table["status"].to_numpy()).items()}
-    print(f"dataset   {sim['dataset']}  ({len(sim['subjects'])} subjects, simulated in {sim['seconds']:.1f} s)")
+    print(
+        f"dataset   {sim['dataset']}  ({len(sim['subjects'])} subjects, simulated in {sim['seconds']:.1f} s)"
+    )
     print(f"features  {pre['features']}")
     print(f"subjects  {len(subjects)} ({n_train} train, {len(subjects) - n_train} test)")
     print(f"voxels    {table.num_rows:,} brain voxels, fit status {status}")
-    print(f"speed     {pre['voxels']:,} voxels in {pre['seconds']:.1f} s end to end "
-          f"= {pre['voxels_per_second']:,.0f} voxels/s (Ray start-up included)")
+    print(
+        f"speed     {pre['voxels']:,} voxels in {pre['seconds']:.1f} s end to end "
+        f"= {pre['voxels_per_second']:,.0f} voxels/s (Ray start-up included)"
+    )
     for col in ("A", "B", "E", "S", "Y"):
         v = table[col].filter(ok).to_numpy()
-        print(f"  {col:<2} median {np.median(v):9.4g}   5-95 %  [{np.percentile(v, 5):.4g}, {np.percentile(v, 95):.4g}]")
+        print(
+            f"  {col:<2} median {np.median(v):9.4g}   5-95 %  [{np.percentile(v, 5):.4g}, {np.percentile(v, 95):.4g}]"
+        )
     glob = out.resolve() / "features" / "*" / "*.parquet"
     print("look at it:")
-    print(f"  duckdb -c \"SELECT subject, count(*), avg(B) FROM read_parquet('{glob}', hive_partitioning=true) GROUP BY ALL\"")
-    print(f"  python -c \"import polars as pl; print(pl.read_parquet('{glob}', hive_partitioning=True))\"")
-    print(f"  python -c \"from oefray.io.features import read_features; print(read_features('{out / 'features'}'))\"")
+    print(
+        f"  duckdb -c \"SELECT subject, count(*), avg(B) FROM read_parquet('{glob}', hive_partitioning=true) GROUP BY ALL\""
+    )
+    print(
+        f"  python -c \"import polars as pl; print(pl.read_parquet('{glob}', hive_partitioning=True))\""
+    )
+    print(
+        f"  python -c \"from oefray.io.features import read_features; print(read_features('{out / 'features'}'))\""
+    )
 
 
 def _counts(values: np.ndarray) -> dict[int, int]:

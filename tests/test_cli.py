@@ -21,7 +21,9 @@ OEFRAY = [sys.executable, "-m", "oefray.cli"]
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, COLUMNS="200", RAY_ADDRESS="")
-    return subprocess.run([*OEFRAY, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [*OEFRAY, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -30,7 +32,20 @@ def _error_lines(stderr: str) -> list[str]:
 
 def test_simulate_command(tmp_path, capsys):
     out = tmp_path / "ds"
-    code = main(["simulate", str(out), "--preset", "tiny", "--subjects", "P3,sub-P6,X1", "--te", "3,6.8,10.6,14.4,18.2", "--seed", "3"])
+    code = main(
+        [
+            "simulate",
+            str(out),
+            "--preset",
+            "tiny",
+            "--subjects",
+            "P3,sub-P6,X1",
+            "--te",
+            "3,6.8,10.6,14.4,18.2",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "Wrote 3 subjects (2 train, 1 test)" in " ".join(printed.split())
@@ -39,12 +54,30 @@ def test_simulate_command(tmp_path, capsys):
     assert sub.te_s == pytest.approx((0.003, 0.0068, 0.0106, 0.0144, 0.0182), abs=1e-12)
     results = json.loads((out / "results.json").read_text())
     assert results["command"] == "simulate" and set(results["subjects"]) == {"P3", "P6", "X1"}
-    assert results["brain_voxels"] == sum(bids.read_mask(bids.scan_subject(out, s).mask).sum() for s in ("P3", "P6", "X1"))
+    assert results["brain_voxels"] == sum(
+        bids.read_mask(bids.scan_subject(out, s).mask).sum() for s in ("P3", "P6", "X1")
+    )
     rows = (out / "participants.tsv").read_text().splitlines()
     assert rows == ["participant_id\tsplit", "sub-P3\ttrain", "sub-P6\ttest", "sub-X1\ttrain"]
     # deterministic for a seed: the same subject is identical when simulated again (alone)
     again = tmp_path / "again"
-    assert main(["simulate", str(again), "--preset", "tiny", "--subjects", "X1", "--te", "3,6.8,10.6,14.4,18.2", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(again),
+                "--preset",
+                "tiny",
+                "--subjects",
+                "X1",
+                "--te",
+                "3,6.8,10.6,14.4,18.2",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     a = bids.read_slab(sub, 0, sub.depth)
     b = bids.read_slab(bids.scan_subject(again, "X1"), 0, sub.depth)
     np.testing.assert_array_equal(a.magnitude, b.magnitude)
@@ -76,7 +109,21 @@ def test_simulate_bad_arguments(tmp_path, capsys, args, message):
 @pytest.mark.ray
 def test_preprocess_command(tiny_cohort, ray_local, tmp_path, capsys):
     out = tmp_path / "features"
-    assert main(["preprocess", str(tiny_cohort), "--out", str(out), "--slab", "6", "--subjects", "P3,P6"]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                str(tiny_cohort),
+                "--out",
+                str(out),
+                "--slab",
+                "6",
+                "--subjects",
+                "P3,P6",
+            ]
+        )
+        == 0
+    )
     printed = " ".join(capsys.readouterr().out.split())
     assert f"features: {out}" in printed
     results = json.loads((out / "results.json").read_text())

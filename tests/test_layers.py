@@ -9,8 +9,15 @@ import sys
 import pytest
 
 PURE = [
-    "oefray.physics.constants", "oefray.physics.fs", "oefray.physics.qq", "oefray.physics.decay",
-    "oefray.physics.phantom", "oefray.io.bids", "oefray.io.features", "oefray.config", "oefray.errors",
+    "oefray.physics.constants",
+    "oefray.physics.fs",
+    "oefray.physics.qq",
+    "oefray.physics.decay",
+    "oefray.physics.phantom",
+    "oefray.io.bids",
+    "oefray.io.features",
+    "oefray.config",
+    "oefray.errors",
 ]
 
 
@@ -32,5 +39,7 @@ def test_cli_import_is_light_and_side_effect_free(tmp_path):
         "import oefray.cli, oefray.orchestration.preprocess, oefray.orchestration.simulate\n"
         "print(int('ray' in sys.modules), int('mlflow' in sys.modules), len(os.listdir('.')))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert out.stdout.split() == ["0", "0", "0"]  # ray is imported lazily, nothing written

@@ -35,7 +35,9 @@ from oefray.errors import DatasetError
 #: Ground-truth parameter names as used in arrays/columns, and their BIDS ``desc-`` labels.
 TRUTH_DESC: dict[str, str] = {"Y": "Y", "v": "v", "R2": "R2", "S0": "S0", "chi_nb": "chinb"}
 
-_ECHO_RE = re.compile(r"^sub-(?P<label>[A-Za-z0-9]+)_echo-(?P<echo>\d+)_part-mag_MEGRE\.nii(\.gz)?$")
+_ECHO_RE = re.compile(
+    r"^sub-(?P<label>[A-Za-z0-9]+)_echo-(?P<echo>\d+)_part-mag_MEGRE\.nii(\.gz)?$"
+)
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -125,7 +127,11 @@ def write_subject(
     for k, te in enumerate(te_s, start=1):
         stem = anat / f"sub-{label}_echo-{k}_part-mag_MEGRE"
         _save(magnitude[..., k - 1], affine, stem.with_name(stem.name + suffix), dtype=np.float32)
-        meta = {"EchoTime": float(te), "EchoNumber": k, "MagneticFieldStrength": float(b0_t)}
+        meta: dict[str, object] = {
+            "EchoTime": float(te),
+            "EchoNumber": k,
+            "MagneticFieldStrength": float(b0_t),
+        }
         meta.update(sidecar or {})
         stem.with_name(stem.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
     qsm = root / "derivatives" / "qsm" / f"sub-{label}" / "anat"
@@ -260,7 +266,9 @@ def read_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndar
     try:
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error) as exc:
-        raise DatasetError(path, f"cannot read image data, file corrupt or truncated ({exc})") from None
+        raise DatasetError(
+            path, f"cannot read image data, file corrupt or truncated ({exc})"
+        ) from None
     data = data.reshape(data.shape[:3])
     if not np.all(np.isfinite(data)):
         raise DatasetError(path, "mask contains NaN or inf")
@@ -290,7 +298,10 @@ def scan_subject(root: Path, label: str) -> SubjectFiles:
             raise DatasetError(p, f"echo {k} is present twice ({echoes[k].name})")
         echoes[k] = p
     if len(echoes) < 2:
-        raise DatasetError(anat, f"found {len(echoes)} magnitude echo(es) (*_echo-<k>_part-mag_MEGRE.nii[.gz]); need at least 2")
+        raise DatasetError(
+            anat,
+            f"found {len(echoes)} magnitude echo(es) (*_echo-<k>_part-mag_MEGRE.nii[.gz]); need at least 2",
+        )
     order = sorted(echoes)
     if order != list(range(1, len(order) + 1)):
         raise DatasetError(anat, f"echo numbers must run 1..n without gaps, got {order}")
@@ -320,10 +331,10 @@ def scan_subject(root: Path, label: str) -> SubjectFiles:
     qq_dir = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
     truth: dict[str, str] = {}
     for name, desc in TRUTH_DESC.items():
-        p = _nifti(qq_dir, f"sub-{label}_desc-{desc}_qq")
-        if p is not None:
-            _check_grid(p, _load(p), files[0], shape, affine)
-            truth[name] = str(p)
+        found = _nifti(qq_dir, f"sub-{label}_desc-{desc}_qq")
+        if found is not None:
+            _check_grid(found, _load(found), files[0], shape, affine)
+            truth[name] = str(found)
     if truth and len(truth) != len(TRUTH_DESC):
         missing = sorted(set(TRUTH_DESC) - set(truth))
         raise DatasetError(qq_dir, f"ground truth is incomplete, missing {missing}")
@@ -364,7 +375,11 @@ def list_subjects(root: Path) -> list[str]:
         raise DatasetError(root, "not a folder")
     if not (root / "dataset_description.json").is_file():
         raise DatasetError(root, "not a BIDS dataset (no dataset_description.json)")
-    labels = [p.name[4:] for p in root.iterdir() if p.is_dir() and re.fullmatch(r"sub-[A-Za-z0-9]+", p.name)]
+    labels = [
+        p.name[4:]
+        for p in root.iterdir()
+        if p.is_dir() and re.fullmatch(r"sub-[A-Za-z0-9]+", p.name)
+    ]
     if not labels:
         raise DatasetError(root, "BIDS dataset has no sub-<label> folders")
     return sorted(labels, key=_natural_key)
@@ -418,7 +433,9 @@ def scan_dataset(root: str | Path, subjects: Sequence[str] | None = None) -> Dat
             raise DatasetError(root, f"no such subject(s): {', '.join(unknown)}")
         labels = list(subjects)
     try:
-        name = str(json.loads((root / "dataset_description.json").read_text()).get("Name", root.name))
+        name = str(
+            json.loads((root / "dataset_description.json").read_text()).get("Name", root.name)
+        )
     except (json.JSONDecodeError, AttributeError) as exc:
         raise DatasetError(root / "dataset_description.json", f"malformed JSON ({exc})") from None
     participants = read_participants(root)
@@ -438,7 +455,9 @@ def _read_planes(path: str, z0: int, z1: int) -> np.ndarray:
     try:
         data = img.dataobj[:, :, z0:z1] if img.ndim == 3 else img.dataobj[:, :, z0:z1, 0]
     except (OSError, EOFError, ValueError, zlib.error) as exc:
-        raise DatasetError(path, f"cannot read image data, file corrupt or truncated ({exc})") from None
+        raise DatasetError(
+            path, f"cannot read image data, file corrupt or truncated ({exc})"
+        ) from None
     return np.asarray(data, dtype=np.float32)
 
 

@@ -85,7 +85,9 @@ def write_slab_table(directory: Path, table: pa.Table, z0: int, z1: int) -> Path
 def table_from_columns(cols: Mapping[str, np.ndarray], with_truth: bool) -> pa.Table:
     """A Parquet-ready table from numpy columns (cast to the file schema)."""
     schema = file_schema(with_truth)
-    return pa.table({f.name: pa.array(np.asarray(cols[f.name]), type=f.type) for f in schema}, schema=schema)
+    return pa.table(
+        {f.name: pa.array(np.asarray(cols[f.name]), type=f.type) for f in schema}, schema=schema
+    )
 
 
 _MIX = np.uint64(0xBF58476D1CE4E5B9)

@@ -106,19 +106,25 @@ def _fit_slabs(
     with_truth: bool,
 ) -> dict[str, np.ndarray]:
     """``map_batches`` body: fit and write each slab of the batch; return one summary row each."""
-    out: dict[str, list[Any]] = {k: [] for k in ("subject", "z0", "z1", "rows", "checksum", "status", "error")}
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("subject", "z0", "z1", "rows", "checksum", "status", "error")
+    }
     for label, z0, z1 in zip(batch["subject"], batch["z0"], batch["z1"], strict=True):
         label, z0, z1 = str(label), int(z0), int(z1)
         rows, xsum, status, error = 0, 0, "{}", ""
         try:
-            cols = slab_features(subjects[label], z0, z1, normalize=normalize, with_truth=with_truth)
+            cols = slab_features(
+                subjects[label], z0, z1, normalize=normalize, with_truth=with_truth
+            )
             rows = len(cols["idx"])
             if rows:
                 table = fio.table_from_columns(cols, with_truth)
                 fio.write_slab_table(fio.subject_dir(Path(staging), label), table, z0, z1)
                 xsum = fio.checksum(table)
                 codes, counts = np.unique(cols["status"], return_counts=True)
-                status = json.dumps({str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)})
+                status = json.dumps(
+                    {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
+                )
         except OefrayError as exc:
             error = str(exc)
         for key, value in zip(out, (label, z0, z1, rows, xsum, status, error), strict=True):
@@ -242,7 +248,9 @@ def _locked(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FeaturesError(out, "another oefray preprocess is writing to this folder") from None
+            raise FeaturesError(
+                out, "another oefray preprocess is writing to this folder"
+            ) from None
         yield
     finally:
         lock.close()
@@ -252,7 +260,9 @@ def _options(config: PreprocessConfig) -> dict[str, Any]:
     return {"normalize": config.normalize}
 
 
-def _new_manifest(index: DatasetIndex, config: PreprocessConfig, with_truth: bool) -> dict[str, Any]:
+def _new_manifest(
+    index: DatasetIndex, config: PreprocessConfig, with_truth: bool
+) -> dict[str, Any]:
     return {
         "format": fio.FORMAT,
         "format_version": fio.FORMAT_VERSION,
@@ -273,13 +283,20 @@ def _echo_times(manifest: dict[str, Any]) -> list[float] | None:
 
 
 def _compatible(manifest: dict[str, Any], config: PreprocessConfig, with_truth: bool) -> bool:
-    return manifest.get("options") == _options(config) and bool(manifest.get("has_truth")) == with_truth
+    return (
+        manifest.get("options") == _options(config)
+        and bool(manifest.get("has_truth")) == with_truth
+    )
 
 
-def _check_existing(out: Path, manifest: dict[str, Any] | None, config: PreprocessConfig, with_truth: bool) -> None:
+def _check_existing(
+    out: Path, manifest: dict[str, Any] | None, config: PreprocessConfig, with_truth: bool
+) -> None:
     if manifest is None:
         if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-            raise FeaturesError(out, "exists and is not an oefray features folder (no manifest.json)")
+            raise FeaturesError(
+                out, "exists and is not an oefray features folder (no manifest.json)"
+            )
         return
     if config.force:
         return
@@ -299,7 +316,7 @@ def _check_existing(out: Path, manifest: dict[str, Any] | None, config: Preproce
 def preprocess(
     dataset: str | Path,
     out: str | Path,
-    config: PreprocessConfig = PreprocessConfig(),
+    config: PreprocessConfig | None = None,
     *,
     subjects: Sequence[str] | None = None,
     progress: ProgressFn | None = None,
@@ -312,8 +329,8 @@ def preprocess(
         BIDS dataset (DESIGN.md §4).
     out : path
         Features folder (created; subjects already complete are skipped unless ``config.force``).
-    config : PreprocessConfig
-        Workers, slab size, normalisation, cluster address, force, keep-going.
+    config : PreprocessConfig, optional
+        Workers, slab size, normalisation, cluster address, force, keep-going (default: defaults).
     subjects : sequence of str, optional
         Only these subject labels.
     progress : callable, optional
@@ -331,6 +348,7 @@ def preprocess(
         When the dataset as a whole or the output folder is unusable.
     """
     t0 = time.perf_counter()
+    config = config or PreprocessConfig()
     index = scan_dataset(dataset, subjects)
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
@@ -398,7 +416,7 @@ def _run(
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                _fit_slabs,
+                _fit_slabs,  # type: ignore[arg-type]  # ray's stub has no keyword-only callables
                 batch_size=1,
                 batch_format="numpy",
                 num_cpus=1,
@@ -415,7 +433,9 @@ def _run(
                     label, error = str(label), str(batch["error"][i])
                     done += 1
                     remaining[label] -= 1
-                    tally[label].add(int(batch["rows"][i]), int(batch["checksum"][i]), str(batch["status"][i]))
+                    tally[label].add(
+                        int(batch["rows"][i]), int(batch["checksum"][i]), str(batch["status"][i])
+                    )
                     if error and label not in errors:
                         errors[label] = str(error)
                         shutil.rmtree(fio.subject_dir(staging, label), ignore_errors=True)
@@ -461,7 +481,9 @@ def _commit(
     """Move a fully staged subject into place and record it in the manifest."""
     staged = fio.subject_dir(staging, subject.label)
     if tally.rows != subject.n_brain:
-        raise OefrayError(staged, f"slabs reported {tally.rows} rows but the mask has {subject.n_brain} voxels")
+        raise OefrayError(
+            staged, f"slabs reported {tally.rows} rows but the mask has {subject.n_brain} voxels"
+        )
     fio.publish_subject(staged, fio.subject_dir(out, subject.label))
     manifest["subjects"][subject.label] = {
         "rows": tally.rows,

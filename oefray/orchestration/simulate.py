@@ -62,7 +62,7 @@ class SimulationResult:
 
 def simulate_cohort(
     out: str | Path,
-    config: SimulationConfig = SimulationConfig(),
+    config: SimulationConfig | None = None,
     *,
     force: bool = False,
     suffix: str = ".nii.gz",
@@ -74,7 +74,7 @@ def simulate_cohort(
     ----------
     out : path
         Dataset folder to create.
-    config : SimulationConfig
+    config : SimulationConfig, optional
         Preset, subjects, echo scheme, SNR, QSM noise, field strength, seed.
     force : bool
         Replace ``out`` if it exists.
@@ -89,6 +89,7 @@ def simulate_cohort(
         If ``out`` exists (without ``force``) or cannot be written.
     """
     t0 = time.perf_counter()
+    config = config or SimulationConfig()
     out = Path(out).resolve()
     if out.exists() and not force:
         raise OefrayError(out, "already exists; use --force to replace it")
@@ -99,10 +100,14 @@ def simulate_cohort(
     split = split_of(config.subjects)
     try:
         partial.mkdir(parents=True)
-        bids.write_dataset_description(partial, f"oefray synthetic cohort ({preset.name}, seed {config.seed})")
+        bids.write_dataset_description(
+            partial, f"oefray synthetic cohort ({preset.name}, seed {config.seed})"
+        )
         for pipeline in ("qsm", "qq"):
             bids.write_dataset_description(
-                partial / "derivatives" / pipeline, f"{pipeline} maps", generated_by=f"oefray {__version__}"
+                partial / "derivatives" / pipeline,
+                f"{pipeline} maps",
+                generated_by=f"oefray {__version__}",
             )
         bids.write_participants(
             partial, [{"participant_id": f"sub-{s}", "split": split[s]} for s in config.subjects]

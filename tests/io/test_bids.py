@@ -18,7 +18,7 @@ TE = (0.0045, 0.0095, 0.0145, 0.0195)
 SHAPE = (6, 7, 5)
 
 
-def _subject_arrays(rng: np.random.Generator, shape=SHAPE, n_echoes=len(TE)):
+def _subject_arrays(rng: np.random.Generator, shape=SHAPE, n_echoes=4):
     magnitude = rng.uniform(0.1, 1.2, size=(*shape, n_echoes)).astype(np.float32)
     chi = rng.normal(0, 0.05, size=shape).astype(np.float32)
     mask = np.zeros(shape, bool)
@@ -27,15 +27,21 @@ def _subject_arrays(rng: np.random.Generator, shape=SHAPE, n_echoes=len(TE)):
     return magnitude, chi, mask, truth
 
 
-def _write_dataset(root: Path, labels=("A1",), suffix=".nii.gz", affine=None, rng=None, truth=True, shape=SHAPE):
+def _write_dataset(
+    root: Path, labels=("A1",), suffix=".nii.gz", affine=None, rng=None, truth=True, shape=SHAPE
+):
     rng = rng or np.random.default_rng(0)
     affine = np.diag([2.0, 2.0, 3.0, 1.0]) if affine is None else affine
     bids.write_dataset_description(root, "test")
-    bids.write_participants(root, [{"participant_id": f"sub-{s}", "split": "train"} for s in labels])
+    bids.write_participants(
+        root, [{"participant_id": f"sub-{s}", "split": "train"} for s in labels]
+    )
     arrays = {}
     for label in labels:
         mag, chi, mask, tr = _subject_arrays(rng, shape)
-        bids.write_subject(root, label, affine, mag, TE, chi, mask, tr if truth else None, suffix=suffix)
+        bids.write_subject(
+            root, label, affine, mag, TE, chi, mask, tr if truth else None, suffix=suffix
+        )
         arrays[label] = (mag, chi, mask, tr)
     return arrays
 
@@ -51,7 +57,9 @@ def test_round_trip_exact(tmp_path, suffix):
         assert sub.te_s == TE and sub.shape == SHAPE and sub.n_brain == mask.sum()
         for z0, z1 in [(0, SHAPE[2]), (1, 3), (4, 5)]:
             slab = bids.read_slab(sub, z0, z1)
-            np.testing.assert_array_equal(slab.magnitude, mag[:, :, z0:z1])  # float32 stored exactly
+            np.testing.assert_array_equal(
+                slab.magnitude, mag[:, :, z0:z1]
+            )  # float32 stored exactly
             np.testing.assert_array_equal(slab.chi, chi[:, :, z0:z1])
             np.testing.assert_array_equal(slab.mask, mask[:, :, z0:z1])
             for k in bids.TRUTH_DESC:
@@ -64,7 +72,9 @@ def test_integer_storage_with_scaling_and_oblique_affine(tmp_path):
     mag = arrays["A1"][0]
     # Rewrite echo 2 as int16 with scl_slope/scl_inter, as scanner converters do, on an oblique grid.
     theta = np.deg2rad(17)
-    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    rot = np.array(
+        [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]]
+    )
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag([2.0, 2.0, 3.0])
     affine[:3, 3] = [-10, 5, 7]
@@ -72,7 +82,10 @@ def test_integer_storage_with_scaling_and_oblique_affine(tmp_path):
     qsm = tmp_path / "derivatives" / "qsm" / "sub-A1" / "anat"
     slope, inter = 1.2 / 30000, 0.01
     ints = np.round((mag[..., 1] - inter) / slope).astype(np.int16)
-    for p in [*anat.glob("*.nii.gz"), *qsm.glob("*.nii.gz")]:  # move every image onto the oblique grid
+    for p in [
+        *anat.glob("*.nii.gz"),
+        *qsm.glob("*.nii.gz"),
+    ]:  # move every image onto the oblique grid
         img = nib.load(p)
         data = np.asanyarray(img.dataobj)
         new = nib.Nifti1Image(data, affine, img.header)

@@ -16,9 +16,15 @@ def _cols(idx: np.ndarray, with_truth: bool) -> dict[str, np.ndarray]:
     n = len(idx)
     x, y, z = np.unravel_index(idx, (10, 10, 10))
     cols = {
-        "x": x, "y": y, "z": z, "idx": idx,
-        "A": np.linspace(0.9, 1.1, n), "B": np.linspace(10, 30, n), "E": np.full(n, 1e-3),
-        "S": np.zeros(n), "status": np.zeros(n, np.int8),
+        "x": x,
+        "y": y,
+        "z": z,
+        "idx": idx,
+        "A": np.linspace(0.9, 1.1, n),
+        "B": np.linspace(10, 30, n),
+        "E": np.full(n, 1e-3),
+        "S": np.zeros(n),
+        "status": np.zeros(n, np.int8),
     }
     if with_truth:
         cols.update({c: np.full(n, 0.5) for c in fio.TRUTH_COLUMNS})

@@ -22,7 +22,23 @@ from ..conftest import TINY_SUBJECTS
 
 pytestmark = pytest.mark.ray
 
-EXPECTED_COLUMNS = ["subject", "x", "y", "z", "idx", "A", "B", "E", "S", "status", "Y", "v", "R2", "S0", "chi_nb"]
+EXPECTED_COLUMNS = [
+    "subject",
+    "x",
+    "y",
+    "z",
+    "idx",
+    "A",
+    "B",
+    "E",
+    "S",
+    "status",
+    "Y",
+    "v",
+    "R2",
+    "S0",
+    "chi_nb",
+]
 
 
 def _direct(cohort, label, normalize="none"):
@@ -36,8 +52,17 @@ def _direct(cohort, label, normalize="none"):
     fit = fit_decay(signal, np.asarray(sub.te_s))
     x, y, z = np.nonzero(mask)
     chi = np.asarray(nib.load(sub.chi).dataobj, dtype=np.float32)[mask]
-    return {"x": x, "y": y, "z": z, "idx": np.ravel_multi_index((x, y, z), sub.shape), "A": fit.A, "B": fit.B,
-            "E": fit.E, "S": chi, "status": fit.status}
+    return {
+        "x": x,
+        "y": y,
+        "z": z,
+        "idx": np.ravel_multi_index((x, y, z), sub.shape),
+        "A": fit.A,
+        "B": fit.B,
+        "E": fit.E,
+        "S": chi,
+        "status": fit.status,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +77,16 @@ def test_output_contract(features, tiny_cohort):
     manifest = fio.read_manifest(features)
     assert list(manifest["subjects"]) == sorted(TINY_SUBJECTS)
     assert manifest["has_truth"] is True and manifest["columns"] == EXPECTED_COLUMNS
-    assert manifest["echo_times_s"] == pytest.approx([0.0045 + 0.005 * k for k in range(8)], abs=1e-12)
+    assert manifest["echo_times_s"] == pytest.approx(
+        [0.0045 + 0.005 * k for k in range(8)], abs=1e-12
+    )
     assert manifest["source"]["dataset"] == str(tiny_cohort)
-    assert {s: e["split"] for s, e in manifest["subjects"].items()} == {"P3": "train", "P4": "train", "P6": "test", "P11": "test"}
+    assert {s: e["split"] for s, e in manifest["subjects"].items()} == {
+        "P3": "train",
+        "P4": "train",
+        "P6": "test",
+        "P11": "test",
+    }
     for label in TINY_SUBJECTS:
         entry = manifest["subjects"][label]
         mask = bids.read_mask(bids.scan_subject(tiny_cohort, label).mask)
@@ -62,7 +94,9 @@ def test_output_contract(features, tiny_cohort):
         # the checksum summed from the slabs equals the one recomputed from the files
         on_disk = fio.checksum_subject(fio.subject_dir(features, label))
         assert on_disk == (entry["rows"], entry["checksum"], entry["status_counts"])
-        assert entry["status_counts"].get("0", 0) >= 0.99 * entry["rows"]  # brain voxels fit fine at SNR 100
+        assert (
+            entry["status_counts"].get("0", 0) >= 0.99 * entry["rows"]
+        )  # brain voxels fit fine at SNR 100
     # no staging or temporary leftovers
     assert not [p for p in features.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
 
@@ -70,7 +104,9 @@ def test_output_contract(features, tiny_cohort):
 def test_readable_by_pyarrow_duckdb_polars(features):
     manifest = fio.read_manifest(features)
     total = sum(e["rows"] for e in manifest["subjects"].values())
-    t = pq.read_table(features, partitioning="hive", ignore_prefixes=[".", "_", "manifest.json", "results.json"])
+    t = pq.read_table(
+        features, partitioning="hive", ignore_prefixes=[".", "_", "manifest.json", "results.json"]
+    )
     assert sorted(t.column_names) == sorted(EXPECTED_COLUMNS) and t.num_rows == total
     ours = fio.read_features(features)
     assert ours.column_names == EXPECTED_COLUMNS and ours.num_rows == total
@@ -103,8 +139,12 @@ def test_ray_output_equals_direct_kernel(tiny_cohort, ray_local, tmp_path, slab)
         assert got.num_rows == len(want["idx"])
         for col, values in want.items():
             # identical: the same float32 kernel on the same voxels
-            np.testing.assert_array_equal(got[col].to_numpy(), values, err_msg=f"{label}.{col} slab={slab}")
-        truth = nib.load(bids.scan_subject(tiny_cohort, label).truth["Y"]).get_fdata(dtype=np.float32)
+            np.testing.assert_array_equal(
+                got[col].to_numpy(), values, err_msg=f"{label}.{col} slab={slab}"
+            )
+        truth = nib.load(bids.scan_subject(tiny_cohort, label).truth["Y"]).get_fdata(
+            dtype=np.float32
+        )
         np.testing.assert_array_equal(got["Y"].to_numpy(), truth[want["x"], want["y"], want["z"]])
 
 
@@ -191,7 +231,10 @@ def test_keep_going_completes_the_others(tiny_cohort, ray_local, tmp_path):
     assert sorted(result.completed) == ["P11", "P3"]
     assert sorted(result.failed) == ["P4", "P6"] and bad.name in result.failed["P4"]
     assert sorted(fio.read_manifest(out)["subjects"]) == ["P11", "P3"]
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("subject=")) == ["subject=P11", "subject=P3"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("subject=")) == [
+        "subject=P11",
+        "subject=P3",
+    ]
 
 
 def test_refuses_a_foreign_output_folder(tiny_cohort, ray_local, tmp_path):
