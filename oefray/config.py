@@ -174,7 +174,8 @@ class PreprocessConfig:
     Parameters
     ----------
     workers : int
-        CPUs for a local Ray runtime, and the maximum number of concurrent fit tasks.
+        CPUs of the local Ray runtime, i.e. the number of slabs fitted at once. On an existing
+        cluster (``address``) every CPU the cluster offers is used and this is ignored.
     slab : int
         z planes per block; bounds the memory of one task.
     normalize : str

@@ -480,3 +480,44 @@ def read_slab(subject: SubjectFiles, z0: int, z1: int) -> Slab:
         mask=_read_planes(subject.mask, z0, z1) != 0,
         truth={name: _read_planes(p, z0, z1) for name, p in subject.truth.items()},
     )
+
+
+@dataclass(frozen=True)
+class BrainVoxels:
+    """The brain voxels of the z planes ``z0:z1`` of one subject, gathered in C order.
+
+    Attributes
+    ----------
+    mask : (X, Y, z1-z0) bool array
+        Which voxels of the slab are brain; ``np.nonzero(mask)`` gives their coordinates.
+    signal : (n, n_echoes) float32 array
+        Magnitude of every brain voxel at each echo.
+    chi : (n,) float32 array
+    truth : dict of str to (n,) float32 arrays (empty when absent)
+    """
+
+    z0: int
+    z1: int
+    mask: np.ndarray
+    signal: np.ndarray
+    chi: np.ndarray
+    truth: dict[str, np.ndarray]
+
+
+def read_brain_voxels(subject: SubjectFiles, z0: int, z1: int) -> BrainVoxels:
+    """Like :func:`read_slab`, but keep only the brain voxels, gathering each image as it is read
+    (no (X, Y, Z, n_echoes) array is built; memory is one slab plane set plus the brain voxels)."""
+    if not 0 <= z0 < z1 <= subject.depth:
+        raise ValueError(f"slab {z0}:{z1} outside 0:{subject.depth}")
+    mask = _read_planes(subject.mask, z0, z1) != 0
+    signal = np.empty((int(mask.sum()), len(subject.echoes)), dtype=np.float32)
+    for k, path in enumerate(subject.echoes):
+        signal[:, k] = _read_planes(path, z0, z1)[mask]
+    return BrainVoxels(
+        z0=z0,
+        z1=z1,
+        mask=mask,
+        signal=signal,
+        chi=_read_planes(subject.chi, z0, z1)[mask],
+        truth={name: _read_planes(p, z0, z1)[mask] for name, p in subject.truth.items()},
+    )

@@ -34,7 +34,7 @@ from oefray import __version__
 from oefray.config import PreprocessConfig
 from oefray.errors import DatasetError, FeaturesError, OefrayError
 from oefray.io import features as fio
-from oefray.io.bids import DatasetIndex, SubjectFiles, read_slab, scan_dataset
+from oefray.io.bids import DatasetIndex, SubjectFiles, read_brain_voxels, scan_dataset
 from oefray.physics.decay import fit_decay
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,9 @@ def slab_features(
     With ``normalize="first-echo"`` every echo is divided by echo 1 of the same voxel, and so is
     the ground-truth S0, so S0 stays the amplitude of the normalised signal at TE = 0.
     """
-    slab = read_slab(subject, z0, z1)
-    xs, ys, zl = np.nonzero(slab.mask)  # C order within the slab == increasing global idx
-    signal = slab.magnitude[slab.mask]  # (n, n_echoes) float32, same C order
+    voxels = read_brain_voxels(subject, z0, z1)
+    xs, ys, zl = np.nonzero(voxels.mask)  # C order within the slab == increasing global idx
+    signal = voxels.signal  # (n, n_echoes) float32, same order
     first = None
     if normalize == "first-echo":
         first = signal[:, :1].copy()
@@ -85,12 +85,12 @@ def slab_features(
         "A": fit.A,
         "B": fit.B,
         "E": fit.E,
-        "S": slab.chi[slab.mask],
+        "S": voxels.chi,
         "status": fit.status,
     }
     if with_truth:
         for name in fio.TRUTH_COLUMNS:
-            cols[name] = slab.truth[name][slab.mask]
+            cols[name] = voxels.truth[name]
         if first is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 cols["S0"] = cols["S0"] / first[:, 0]
@@ -186,9 +186,11 @@ def _data_context() -> Iterator[None]:
 
     Measured with ray 2.60 on 2 CPUs: the default backpressure policies (the resource budget with
     per-operator reservations, and the dynamic concurrency cap) let only one fit task run at a
-    time, which halves throughput. This pipeline's memory is bounded without them: its inputs are
-    slab descriptors, its outputs one-row summaries, and the task pool caps the slabs in flight
-    at ``workers``. Progress is shown by the caller, per slab and subject.
+    time, which halves throughput; switching off only the reservation or only the dynamic cap
+    did not help. This pipeline's memory is bounded without them: its inputs are slab
+    descriptors, its outputs one-row summaries, and each task holds one slab and one CPU, so
+    Ray's CPU accounting caps the slabs in flight at the CPUs of the runtime. Progress is shown
+    by the caller, per slab and subject.
     """
     import ray.data
 
@@ -420,7 +422,6 @@ def _run(
                 batch_size=1,
                 batch_format="numpy",
                 num_cpus=1,
-                compute=ray.data.TaskPoolStrategy(size=config.workers),
                 fn_kwargs={
                     "subjects": by_label,
                     "staging": str(staging),
