@@ -183,3 +183,13 @@ def test_version_and_help():
     assert proc.returncode == 0 and proc.stdout.strip() == "oefray 0.1.0"
     proc = _run("--help")
     assert proc.returncode == 0 and "simulate" in proc.stdout and "preprocess" in proc.stdout
+
+
+def test_preprocess_unreachable_cluster(tiny_cohort, tmp_path):
+    """A cluster address that does not answer fails in seconds with one line, writing nothing."""
+    out = tmp_path / "f"
+    proc = _run("preprocess", str(tiny_cohort), "--out", str(out), "--address", "127.0.0.1:1")
+    assert proc.returncode == 1, proc.stderr
+    lines = _error_lines(proc.stderr)
+    assert len(lines) == 1 and "127.0.0.1:1: cannot reach the Ray cluster" in lines[0]
+    assert not out.exists()

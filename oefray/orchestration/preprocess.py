@@ -20,7 +20,9 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -148,6 +150,22 @@ def plan_slabs(subjects: Sequence[SubjectFiles], slab: int) -> list[dict[str, An
 # --------------------------------------------------------------------------------------------
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one line when a ``[scheme://]host:port`` cluster address does not answer
+    (``ray.init`` would otherwise retry for minutes)."""
+    match = re.fullmatch(r"(?:[a-z]+://)?\[?([^\]/]+?)\]?:(\d+)/?", address.strip())
+    if match is None:
+        return  # "auto", "local" and other forms are ray.init's business
+    host, port = match[1], int(match[2])
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise OefrayError(
+            address, f"cannot reach the Ray cluster ({exc.strerror or exc})"
+        ) from None
+
+
 @contextlib.contextmanager
 def ray_runtime(address: str | None, workers: int) -> Iterator[None]:
     """Use the Ray runtime already initialised, connect to ``address``/``RAY_ADDRESS``, or
@@ -160,6 +178,7 @@ def ray_runtime(address: str | None, workers: int) -> Iterator[None]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -368,7 +387,28 @@ def preprocess(
 
     manifest = fio.read_manifest(out) if out.is_dir() else None
     _check_existing(out, manifest, config, with_truth)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        _process(index, valid, out, manifest, config, with_truth, result, progress)
+    finally:
+        if created and fio.read_manifest(out) is None:  # nothing completed: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _process(
+    index: DatasetIndex,
+    valid: list[SubjectFiles],
+    out: Path,
+    manifest: dict[str, Any] | None,
+    config: PreprocessConfig,
+    with_truth: bool,
+    result: PreprocessResult,
+    progress: ProgressFn | None,
+) -> None:
+    """Under the folder lock: clean up after killed runs, pick the subjects to do, run them."""
     with _locked(out):
         for stale in out.glob(f"{fio.STAGING_PREFIX}*"):  # left by a run that was killed
             shutil.rmtree(stale, ignore_errors=True)
@@ -388,8 +428,6 @@ def preprocess(
                 todo.append(s)
         if todo:
             _run(index, todo, out, manifest, config, with_truth, result, progress)
-    result.seconds = time.perf_counter() - t0
-    return result
 
 
 def _run(
