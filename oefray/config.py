@@ -209,3 +209,77 @@ class PreprocessConfig:
 
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "first-echo")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``oefray train`` does (model widths and schedule come from the preset unless set).
+
+    Parameters
+    ----------
+    preset : str
+        ``small`` (CPU) or ``paper`` (the paper's network), see :data:`oefray.ml.model.PRESETS`.
+    epochs, batch_size, learning_rate, patience : optional
+        Overrides of the preset's schedule.
+    lstm_units, dense_units : tuple of int, optional
+        Overrides of the preset's widths.
+    window, anchor : int, str
+        Window length and target anchor (``centre`` or ``last``).
+    val_fraction : float
+        Share of the training subjects' windows held out for validation (seeded split).
+    seed : int
+        Seed of the split, the initial weights and the shuffling.
+    workers : int
+        Ray Train workers (data-parallel replicas).
+    gpus : bool
+        One GPU per worker (same code path).
+    max_train_windows : int, optional
+        Subsample the training windows (seeded) for quick runs; None uses all.
+    train_subjects, test_subjects : tuple of str, optional
+        Override the split recorded in the features manifest.
+    experiment : str
+        MLflow experiment name.
+    tracking_uri : str, optional
+        MLflow tracking URI (default: ``MLFLOW_TRACKING_URI`` or ``./mlruns/mlflow.db``).
+    address : str, optional
+        Ray cluster address (default: ``RAY_ADDRESS`` or a local runtime).
+    """
+
+    preset: str = "small"
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    patience: int | None = None
+    lstm_units: tuple[int, ...] | None = None
+    dense_units: tuple[int, ...] | None = None
+    window: int = 5
+    anchor: str = "centre"
+    val_fraction: float = 0.2
+    seed: int = 0
+    workers: int = 1
+    gpus: bool = False
+    max_train_windows: int | None = None
+    train_subjects: tuple[str, ...] | None = None
+    test_subjects: tuple[str, ...] | None = None
+    experiment: str = "oefray"
+    tracking_uri: str | None = None
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_train_windows is not None and self.max_train_windows < 1:
+            raise ValueError(f"max_train_windows must be >= 1, got {self.max_train_windows}")
+
+    def model_overrides(self) -> dict[str, object]:
+        """The preset overrides that are set, keyed as ``ModelConfig`` fields."""
+        names = ("epochs", "batch_size", "learning_rate", "patience", "lstm_units", "dense_units")
+        out: dict[str, object] = {
+            n: getattr(self, n) for n in names if getattr(self, n) is not None
+        }
+        out["window"] = self.window
+        return out

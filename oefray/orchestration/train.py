@@ -1,0 +1,507 @@
+"""``oefray train``: the paper's LSTM on Ray Train, tracked in MLflow.
+
+Three layers (as Ray's own TensorFlow example and Made-With-ML keep them):
+
+1. step math — :mod:`oefray.ml.training` (distributed train/validation steps, no Ray);
+2. :func:`train_loop_per_worker` — runs on every Ray Train worker: builds the model in a
+   ``MultiWorkerMirroredStrategy`` scope, feeds the worker's shard of the training set from Ray
+   Data (``get_dataset_shard``), validates, reports per-epoch metrics and checkpoints, stops early;
+3. :func:`build_trainer` — assembles ``ScalingConfig``/``RunConfig`` into a ``TensorflowTrainer``;
+   shared by ``oefray train`` and ``oefray tune``.
+
+One code path for CPU and GPU: ``--gpus`` only sets ``use_gpu`` in the scaling config.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Files of a training checkpoint.
+WEIGHTS = "model.weights.h5"
+BEST_WEIGHTS = "best.weights.h5"
+OPTIMIZER = "optimizer.npz"
+STATE = "state.json"
+
+
+# --------------------------------------------------------------------------------------------
+# 2. The loop on every worker
+# --------------------------------------------------------------------------------------------
+
+
+def _save_optimizer(optimizer, path: Path) -> None:
+    np.savez(path, *[v.numpy() for v in optimizer.variables])
+
+
+def _load_optimizer(optimizer, model, path: Path) -> None:
+    optimizer.build(model.trainable_variables)
+    with np.load(path) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    for var, value in zip(optimizer.variables, values, strict=True):
+        var.assign(value)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train on this worker's shard; every worker runs this, rank 0 reports checkpoints.
+
+    ``config`` keys: ``model`` (ModelConfig dict), ``seed``, ``n_train``, ``y_mean``, ``y_std``,
+    ``y_index``, ``tracking`` (``{"uri", "run_id"}`` or None).
+    """
+    import keras
+    import ray.train
+    import tensorflow as tf
+
+    from oefray.ml.model import ModelConfig, build_lstm, huber_loss, make_optimizer
+    from oefray.ml.training import make_steps
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    mc = ModelConfig.from_dict(config["model"])
+    keras.utils.set_random_seed(int(config["seed"]))  # same initial weights on every replica
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = build_lstm(mc)
+        optimizer = make_optimizer(mc)
+        loss_fn = huber_loss(mc, reduction="none")
+    per_worker_rows = int(config["n_train"]) // world
+    local_batch = max(1, min(mc.batch_size // world, per_worker_rows))
+    steps = make_steps(
+        model,
+        optimizer,
+        loss_fn,
+        strategy,
+        global_batch_size=local_batch * world,
+        y_mean=np.asarray(config["y_mean"]),
+        y_std=np.asarray(config["y_std"]),
+        y_index=int(config["y_index"]),
+    )
+
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best_val_loss": None,
+        "best_epoch": -1,
+        "wait": 0,
+        "history": [],
+    }
+    best_weights = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # resume: weights, optimizer moments, counters, history
+        with checkpoint.as_directory() as d:
+            d = Path(d)
+            model.load_weights(d / WEIGHTS)
+            _load_optimizer(optimizer, model, d / OPTIMIZER)
+            state = json.loads((d / STATE).read_text())
+            best = keras.models.clone_model(model)
+            best.load_weights(d / BEST_WEIGHTS)
+            best_weights = best.get_weights()
+
+    tracker = None
+    if rank == 0 and config.get("tracking"):  # only rank 0 logs
+        from oefray.tracking import Tracker
+
+        tracker = Tracker(config["tracking"]["uri"])
+        run_id = config["tracking"]["run_id"]
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    names = config["targets"]
+    while state["epoch"] < mc.epochs:
+        epoch = state["epoch"]
+        t0 = time.perf_counter()
+        losses = [
+            steps.train(b["x"], b["y"])
+            for b in train_shard.iter_batches(
+                batch_size=local_batch, batch_format="numpy", drop_last=True
+            )
+        ]
+        train_seconds = time.perf_counter() - t0
+        loss_sum, sq, sq_oef, count = 0.0, np.zeros(len(names)), 0.0, 0.0
+        for b in val_shard.iter_batches(
+            batch_size=local_batch, batch_format="numpy", drop_last=False
+        ):
+            ls, s, so, c = steps.validate(b["x"], b["y"])
+            loss_sum, sq, sq_oef, count = loss_sum + ls, sq + s, sq_oef + so, count + c
+        count = max(count, 1.0)
+        metrics = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_loss": float(loss_sum / count),
+            **{f"val_rmse_{p}": float(np.sqrt(sq[i] / count)) for i, p in enumerate(names)},
+            "val_rmse_OEF": float(np.sqrt(sq_oef / count)),
+            "epoch_seconds": train_seconds,
+            "samples_per_second": len(losses) * local_batch * world / max(train_seconds, 1e-9),
+        }
+        improved = state["best_val_loss"] is None or metrics["val_loss"] < state["best_val_loss"]
+        if improved:
+            state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch, wait=0)
+            best_weights = model.get_weights()
+        else:
+            state["wait"] += 1
+        state["history"].append(metrics)
+        state["epoch"] = epoch + 1
+        stop = state["wait"] >= mc.patience
+        if tracker is not None:
+            tracker.log_epoch_metrics(run_id, epoch, metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            # every rank writes (identical replicas); rank 0 hands its directory to Ray Train
+            tmp_path = Path(tmp)
+            model.save_weights(tmp_path / WEIGHTS)
+            _save_optimizer(optimizer, tmp_path / OPTIMIZER)
+            best = keras.models.clone_model(model)
+            best.set_weights(best_weights)
+            best.save_weights(tmp_path / BEST_WEIGHTS)
+            (tmp_path / STATE).write_text(json.dumps({**state, "stopped_early": stop}))
+            ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+            ray.train.report({**metrics, "best_epoch": state["best_epoch"]}, checkpoint=ckpt)
+        if stop:
+            break
+
+
+# --------------------------------------------------------------------------------------------
+# 3. The trainer
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """What :func:`build_trainer` needs besides the datasets."""
+
+    workers: int = 1
+    gpus: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = ""
+    name: str = ""
+    max_failures: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_trainer(loop_config: dict[str, Any], datasets: dict[str, Any], spec: TrainerSpec):
+    """A ``TensorflowTrainer`` running :func:`train_loop_per_worker` on ``spec.workers`` workers.
+
+    The same builder serves ``oefray train`` and ``oefray tune``.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    return TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=spec.workers,
+            use_gpu=spec.gpus,
+            resources_per_worker={"CPU": spec.cpus_per_worker},
+        ),
+        datasets=datasets,
+        run_config=RunConfig(
+            name=spec.name,
+            storage_path=spec.storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Data: windows, split, scalers (driver side)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    """Standardised training/validation arrays, test windows, scalers and bookkeeping."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    test: Any  # oefray.ml.windows.Windows of the test subjects (physical units)
+    x_scaler: Any
+    y_scaler: Any
+    window: Any
+    manifest: dict[str, Any]
+    train_subjects: list[str]
+    test_subjects: list[str]
+    counts: dict[str, int]
+
+
+def prepare_data(features: str | Path, config) -> PreparedData:
+    """Read the features, cut windows, split 8:2, fit the scalers on the training part only."""
+    from oefray.errors import FeaturesError
+    from oefray.io import features as fio
+    from oefray.ml.scaling import Standardizer
+    from oefray.ml.windows import WindowConfig, make_windows_table, train_val_split
+
+    features = Path(features).resolve()
+    manifest = fio.read_manifest(features)
+    if manifest is None:
+        raise FeaturesError(
+            features, "no manifest.json: not a features folder (run oefray preprocess)"
+        )
+    if not manifest.get("has_truth"):
+        raise FeaturesError(
+            features, "features carry no ground truth (Y, v, R2, S0, chi_nb): nothing to train on"
+        )
+    split = {s: e.get("split", "") for s, e in manifest["subjects"].items()}
+    train_subjects = list(config.train_subjects or [s for s, v in split.items() if v == "train"])
+    test_subjects = list(config.test_subjects or [s for s, v in split.items() if v == "test"])
+    if not train_subjects or not test_subjects:
+        raise FeaturesError(
+            features / fio.MANIFEST,
+            f"need training and test subjects (split: {len(train_subjects)} train, {len(test_subjects)} test)",
+        )
+    overlap = sorted(set(train_subjects) & set(test_subjects))
+    if overlap:
+        raise FeaturesError(features, f"subjects both in training and test: {', '.join(overlap)}")
+    table = fio.read_features(features, train_subjects + test_subjects)
+    window = WindowConfig(length=config.window, anchor=config.anchor)
+    train_w = make_windows_table(table, window, train_subjects)
+    test_w = make_windows_table(table, window, test_subjects)
+    tr, va = train_val_split(len(train_w), config.val_fraction, seed=config.seed)
+    if config.max_train_windows is not None and len(tr) > config.max_train_windows:
+        rng = np.random.default_rng(config.seed)
+        tr = np.sort(rng.choice(tr, size=config.max_train_windows, replace=False))
+        va = np.sort(
+            rng.choice(va, size=min(len(va), max(1, config.max_train_windows // 4)), replace=False)
+        )
+    if len(tr) == 0 or len(va) == 0 or len(test_w) == 0:
+        raise FeaturesError(
+            features, f"too few windows (train {len(tr)}, validation {len(va)}, test {len(test_w)})"
+        )
+    x_scaler = Standardizer.fit(train_w.x[tr])
+    y_scaler = Standardizer.fit(train_w.y[tr])
+    return PreparedData(
+        x_train=x_scaler.transform(train_w.x[tr]),
+        y_train=y_scaler.transform(train_w.y[tr]),
+        x_val=x_scaler.transform(train_w.x[va]),
+        y_val=y_scaler.transform(train_w.y[va]),
+        test=test_w,
+        x_scaler=x_scaler,
+        y_scaler=y_scaler,
+        window=window,
+        manifest=manifest,
+        train_subjects=train_subjects,
+        test_subjects=test_subjects,
+        counts={
+            "train_windows": len(tr),
+            "val_windows": len(va),
+            "test_windows": len(test_w),
+            "excluded_train_voxels": train_w.n_excluded,
+            "excluded_test_voxels": test_w.n_excluded,
+        },
+    )
+
+
+def to_ray_dataset(x: np.ndarray, y: np.ndarray):
+    """A materialised Ray dataset with tensor columns ``x`` (n, L, F) and ``y`` (n, P).
+
+    Materialised on purpose: with few CPUs, streaming Ray Data into 1-CPU training workers
+    never gets scheduled (the workers hold every CPU).
+    """
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    table = pa.table({"x": ArrowTensorArray.from_numpy(x), "y": ArrowTensorArray.from_numpy(y)})
+    return ray.data.from_arrow(table).materialize()
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (serialised into ``results.json``)."""
+
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    model_uri: str
+    table: Any  # pandas DataFrame, Table 1 layout
+    test_metrics: dict[str, float]
+    epochs_run: int
+    best_epoch: int
+    counts: dict[str, int]
+    seconds: float
+    ui_command: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": "train",
+            "run_id": self.run_id,
+            "experiment": self.experiment,
+            "tracking_uri": self.tracking_uri,
+            "model_uri": self.model_uri,
+            "test_metrics": self.test_metrics,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "counts": self.counts,
+            "seconds": round(self.seconds, 2),
+            "table": {
+                str(k): {c: float(v) for c, v in row.items()} for k, row in self.table.iterrows()
+            },
+            "ui_command": self.ui_command,
+        }
+
+
+def predict_windows(model, x_scaler, y_scaler, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Parameters (n, 5) in physical units for windows ``x`` (n, L, 4) in physical units."""
+    if len(x) == 0:
+        return np.zeros((0, 5), np.float32)
+    pred = model.predict(x_scaler.transform(x), batch_size=batch_size, verbose=0)
+    return y_scaler.inverse_transform(np.asarray(pred, dtype=np.float32))
+
+
+def write_evaluation(
+    run, model, data: PreparedData, history: list[dict[str, Any]], out_dir: Path
+) -> tuple[Any, dict[str, float]]:
+    """Test-set tables, figures and maps of a trained model, logged to ``run``.
+
+    Returns the Table 1 frame and the logged test metrics.
+    """
+    from oefray import reports
+    from oefray.io.maps import scatter_map, write_prediction_maps
+    from oefray.ml.metrics import oef_percent, per_subject_rmse, pooled_rmse
+    from oefray.physics.constants import PARAMETERS
+
+    test = data.test
+    pred = predict_windows(model, data.x_scaler, data.y_scaler, test.x)
+    rows, columns = per_subject_rmse(pred, test.y, test.subject)
+    table = reports.rmse_table_frame(rows[:-1], {k: v[:-1] for k, v in columns.items()})
+    pooled = pooled_rmse(pred, test.y)
+    patient_mean = {name: float(columns[name][-1]) for name in columns}
+    logged = run.log_test_metrics(pooled, patient_mean)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run.log_artifact_file(reports.write_rmse_csv(table, out_dir / "rmse_per_patient.csv"))
+    curves = {k: [h[k] for h in history] for k in ("loss", "val_loss", "val_rmse_OEF")}
+    run.log_artifact_file(reports.plot_training_curves(curves, out_dir / "training_curves.png"))
+    panels = []
+    maps_dir = out_dir / "maps"
+    for label in data.test_subjects:
+        entry = data.manifest["subjects"][label]
+        shape, affine = tuple(entry["shape"]), np.asarray(entry["affine"])
+        sel = test.subject == label
+        idx = test.idx[sel]
+        values = {p: pred[sel, i] for i, p in enumerate(PARAMETERS)}
+        values["OEF"] = oef_percent(pred[sel, PARAMETERS.index("Y")])
+        write_prediction_maps(maps_dir, label, values, idx, shape, affine)
+        z = shape[2] // 2
+        truth = scatter_map(oef_percent(test.y[sel, PARAMETERS.index("Y")]), idx, shape)[:, :, z]
+        guess = scatter_map(values["OEF"], idx, shape)[:, :, z]
+        panels.append((label, truth, guess, float(columns["OEF"][rows.index(label)])))
+    run.log_artifact_dir(maps_dir, "maps")
+    run.log_artifact_file(reports.plot_oef_maps(panels, out_dir / "oef_maps.png"))
+    return table, logged
+
+
+def train(
+    features: str | Path, config=None, *, storage_path: str | Path | None = None
+) -> TrainResult:
+    """Train the LSTM on the training subjects of a features folder and evaluate on the test ones.
+
+    Parameters
+    ----------
+    features : path
+        Output of ``oefray preprocess`` with ground truth.
+    config : TrainConfig, optional
+    storage_path : path, optional
+        Where Ray Train keeps checkpoints (default ``./ray_results``; on a cluster, shared storage).
+    """
+    from oefray.config import TrainConfig
+    from oefray.ml.model import build_lstm, model_config
+    from oefray.orchestration.preprocess import ray_runtime
+    from oefray.physics.constants import PARAMETERS
+    from oefray.tracking import Tracker
+
+    t0 = time.perf_counter()
+    config = config or TrainConfig()
+    data = prepare_data(features, config)
+    mc = model_config(config.preset, **config.model_overrides())
+    tracker = Tracker.from_uri(config.tracking_uri)
+    storage = str(Path(storage_path or Path.cwd() / "ray_results").resolve())
+    params = {
+        "preset": config.preset,
+        "model": mc.to_dict(),
+        "window": {"length": data.window.length, "anchor": data.window.anchor},
+        "seed": config.seed,
+        "workers": config.workers,
+        "gpus": config.gpus,
+        "val_fraction": config.val_fraction,
+        "max_train_windows": config.max_train_windows,
+        "echo_times_s": data.manifest.get("echo_times_s"),
+        "features": str(Path(features).resolve()),
+        "features_checksums": {s: e["checksum"] for s, e in data.manifest["subjects"].items()},
+        "train_subjects": ",".join(data.train_subjects),
+        "test_subjects": ",".join(data.test_subjects),
+        **{f"n_{k}": v for k, v in data.counts.items()},
+    }
+    with (
+        ray_runtime(config.address, max(config.workers, 2)),
+        tracker.tracked_run(
+            config.experiment,
+            run_name=f"train-{config.preset}-seed{config.seed}",
+            params=params,
+            tags={"oefray.command": "train", "oefray.seed": config.seed},
+        ) as run,
+    ):
+        datasets = {
+            "train": to_ray_dataset(data.x_train, data.y_train),
+            "val": to_ray_dataset(data.x_val, data.y_val),
+        }
+        loop_config = {
+            "model": mc.to_dict(),
+            "seed": config.seed,
+            "n_train": len(data.x_train),
+            "y_mean": data.y_scaler.mean.tolist(),
+            "y_std": data.y_scaler.std.tolist(),
+            "y_index": PARAMETERS.index("Y"),
+            "targets": list(PARAMETERS),
+            "tracking": {"uri": tracker.tracking_uri, "run_id": run.run_id},
+        }
+        spec = TrainerSpec(
+            workers=config.workers,
+            gpus=config.gpus,
+            storage_path=storage,
+            name=f"oefray-train-{run.run_id}",
+        )
+        result = build_trainer(loop_config, datasets, spec).fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training produced no checkpoint ({result.error})")
+        model = build_lstm(mc)
+        with result.checkpoint.as_directory() as d:
+            model.load_weights(Path(d) / BEST_WEIGHTS)
+            state = json.loads((Path(d) / STATE).read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            table, logged = write_evaluation(run, model, data, state["history"], Path(tmp))
+        model_uri = run.log_keras_model(
+            model,
+            extra_files={
+                "scalers": {"x": data.x_scaler.to_dict(), "y": data.y_scaler.to_dict()},
+                "window": {"length": data.window.length, "anchor": data.window.anchor},
+                "model_config": mc.to_dict(),
+                "targets": {"names": list(PARAMETERS)},
+            },
+        )
+        run.set_tags(
+            {"oefray.best_epoch": state["best_epoch"], "oefray.epochs_run": state["epoch"]}
+        )
+    return TrainResult(
+        run_id=run.run_id,
+        experiment=config.experiment,
+        tracking_uri=tracker.tracking_uri,
+        model_uri=model_uri,
+        table=table,
+        test_metrics=logged,
+        epochs_run=int(state["epoch"]),
+        best_epoch=int(state["best_epoch"]),
+        counts=data.counts,
+        seconds=time.perf_counter() - t0,
+        ui_command=tracker.ui_command(),
+    )

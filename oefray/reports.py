@@ -1,0 +1,316 @@
+"""Tables and figures of the paper's kind (DESIGN.md §1.6 and §5, "Reports").
+
+- :func:`rmse_table_frame` / :func:`write_rmse_csv`: per-patient RMSE in the layout of Table 1.
+- :func:`plot_training_curves`: Fig. 3, loss and validation OEF RMSE per epoch.
+- :func:`plot_oef_maps`: Fig. 4, OEF maps of the test subjects, truth vs prediction, with RMSE.
+
+Every function is pure: arrays in, one file out (written to a temporary name, then renamed).
+Figures use matplotlib's object-oriented API on an Agg canvas created inside the function, so
+no backend is selected at import time, no global pyplot state is touched and no figure leaks.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from oefray.physics.constants import YA
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: Columns of Table 1 (per-patient RMSE), in the paper's order; OEF in percent.
+TABLE1_COLUMNS: tuple[str, ...] = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
+
+#: Index label of the row that averages the subjects.
+AVERAGE_ROW = "Avg."
+
+_DPI = 150
+
+
+def _atomic_target(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+# --------------------------------------------------------------------------------------------
+# Table 1
+# --------------------------------------------------------------------------------------------
+
+
+def rmse_table_frame(rows: Sequence[str], columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Per-patient RMSE in the layout of the paper's Table 1.
+
+    Parameters
+    ----------
+    rows : sequence of str, length n_subjects
+        Subject labels (e.g. ``P6``), one per table row.
+    columns : mapping of str to (n_subjects,) array-like of float
+        RMSE per subject, keyed by ``S0, R2, Y, v, chi_nb`` (units of each parameter: S0
+        echo-1-normalised, R2 in s^-1, Y and v fractions, chi_nb in ppm) and ``OEF`` (percent).
+        ``OEF`` may be left out; it is then derived as ``100 * RMSE(Y) / Ya`` (exact, since
+        OEF = 100 (1 - Y/Ya) is affine in Y).
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_subjects + 1, 6)
+        Index ``subject``: the labels, then ``"Avg."`` (mean over the subjects); columns exactly
+        ``S0, R2, Y, v, chi_nb, OEF``; float64.
+
+    Raises
+    ------
+    ValueError
+        On no rows, repeated labels, a missing or unknown column, or a column of the wrong length.
+    """
+    labels = [str(r) for r in rows]
+    if not labels:
+        raise ValueError("rmse_table_frame needs at least one subject row")
+    if len(set(labels)) != len(labels) or AVERAGE_ROW in labels:
+        raise ValueError(f"subject labels must be unique and not {AVERAGE_ROW!r}: {labels}")
+    unknown = sorted(set(columns) - set(TABLE1_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown column(s) {unknown}; Table 1 has {', '.join(TABLE1_COLUMNS)}")
+    data: dict[str, np.ndarray] = {}
+    for name in TABLE1_COLUMNS:
+        if name in columns:
+            values = np.asarray(columns[name], dtype=np.float64)
+        elif name == "OEF" and "Y" in columns:
+            values = 100.0 * np.asarray(columns["Y"], dtype=np.float64) / YA
+        else:
+            raise ValueError(f"column {name!r} is missing; Table 1 has {', '.join(TABLE1_COLUMNS)}")
+        if values.shape != (len(labels),):
+            raise ValueError(
+                f"column {name!r} has shape {values.shape}, expected ({len(labels)},) "
+                "(one value per subject)"
+            )
+        data[name] = np.append(values, values.mean())
+    index = pd.Index([*labels, AVERAGE_ROW], name="subject")
+    return pd.DataFrame(data, index=index, columns=list(TABLE1_COLUMNS))
+
+
+def write_rmse_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a Table 1 frame (see :func:`rmse_table_frame`) as CSV, atomically.
+
+    The first column is ``subject``; floats keep full precision (``repr``), so the CSV reads back
+    to the same numbers.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    missing = [c for c in TABLE1_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"not a Table 1 frame: missing column(s) {missing}")
+    path, tmp = _atomic_target(path)
+    try:
+        df.to_csv(tmp, index=True, index_label="subject", lineterminator="\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def _new_figure(width_in: float, height_in: float) -> Figure:
+    """A figure on its own Agg canvas (no pyplot, no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    path, tmp = _atomic_target(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=_DPI, facecolor="white")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_training_curves(
+    history: Mapping[str, Sequence[float]], path: str | os.PathLike[str]
+) -> Path:
+    """Training curves in the style of the paper's Fig. 3, as PNG.
+
+    Left: training ``loss`` and ``val_loss`` (Huber, on scaled targets) per epoch, with the best
+    validation epoch marked. Right: validation OEF RMSE (%) per epoch (``val_rmse_OEF``).
+
+    Parameters
+    ----------
+    history : mapping of str to sequence of float
+        Per-epoch values as in a Keras ``History.history``; needs ``loss``; ``val_loss`` and
+        ``val_rmse_OEF`` are drawn when present (the right panel says so when absent).
+    path : path-like
+        Destination PNG.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    if "loss" not in history or len(history["loss"]) == 0:
+        raise ValueError("history needs a non-empty 'loss' series")
+    fig = _new_figure(11.0, 4.2)
+    ax_loss, ax_oef = fig.subplots(1, 2)
+    loss = np.asarray(history["loss"], dtype=np.float64)
+    epochs = np.arange(1, loss.size + 1)
+    ax_loss.plot(epochs, loss, marker=".", label="training loss")
+    if "val_loss" in history and len(history["val_loss"]):
+        val = np.asarray(history["val_loss"], dtype=np.float64)
+        val_epochs = np.arange(1, val.size + 1)
+        ax_loss.plot(val_epochs, val, marker=".", label="validation loss")
+        if np.any(np.isfinite(val)):
+            best = int(np.nanargmin(val))
+            ax_loss.axvline(
+                val_epochs[best], color="grey", ls="--", lw=1, label=f"best epoch {best + 1}"
+            )
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("Huber loss")
+    ax_loss.set_title("Loss")
+    if np.all(loss[np.isfinite(loss)] > 0):
+        ax_loss.set_yscale("log")
+    ax_loss.grid(True, alpha=0.3)
+    ax_loss.legend()
+
+    if "val_rmse_OEF" in history and len(history["val_rmse_OEF"]):
+        rmse = np.asarray(history["val_rmse_OEF"], dtype=np.float64)
+        r_epochs = np.arange(1, rmse.size + 1)
+        ax_oef.plot(r_epochs, rmse, marker=".", color="tab:red", label="validation")
+        if np.any(np.isfinite(rmse)):
+            best = int(np.nanargmin(rmse))
+            ax_oef.annotate(
+                f"min {rmse[best]:.2f} % (epoch {best + 1})",
+                xy=(r_epochs[best], rmse[best]),
+                xytext=(0.45, 0.85),
+                textcoords="axes fraction",
+                arrowprops={"arrowstyle": "->", "color": "grey"},
+            )
+        ax_oef.legend()
+    else:
+        ax_oef.text(0.5, 0.5, "no val_rmse_OEF recorded", ha="center", va="center")
+    ax_oef.set_xlabel("epoch")
+    ax_oef.set_ylabel("OEF RMSE (%)")
+    ax_oef.set_title("Validation OEF RMSE")
+    ax_oef.grid(True, alpha=0.3)
+    for ax in (ax_loss, ax_oef):
+        ax.set_xlim(0.5, max(epochs[-1], 2) + 0.5)
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def plot_oef_maps(
+    panels: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
+    path: str | os.PathLike[str],
+    *,
+    vmin: float = 0.0,
+    vmax: float = 60.0,
+    cmap: str = "jet",
+) -> Path:
+    """OEF maps in the style of the paper's Fig. 4: truth vs prediction per test subject, as PNG.
+
+    One row per subject: ground-truth OEF (left), predicted OEF (right) with the subject's OEF
+    RMSE printed on it; one colour scale shared by every panel; NaN (outside the brain) drawn as
+    black background.
+
+    Parameters
+    ----------
+    panels : sequence of (label, truth, prediction, rmse)
+        ``label`` the subject label (str); ``truth`` and ``prediction`` (M, N) arrays of OEF in
+        percent on the same slice (e.g. the mid axial slice ``volume[:, :, Z // 2]``, indexed
+        ``[x, y]``), NaN outside the brain; ``rmse`` that subject's OEF RMSE in percent.
+    path : path-like
+        Destination PNG.
+    vmin, vmax : float
+        Colour scale limits, percent.
+    cmap : str
+        Matplotlib colour map name.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    ValueError
+        On no panels, or a slice that is not 2-D or whose truth and prediction shapes differ.
+    """
+    if len(panels) == 0:
+        raise ValueError("plot_oef_maps needs at least one subject panel")
+    slices = []
+    for label, truth, pred, rmse in panels:
+        t = np.asarray(truth, dtype=np.float64)
+        p = np.asarray(pred, dtype=np.float64)
+        if t.ndim != 2 or t.shape != p.shape:
+            raise ValueError(
+                f"subject {label}: truth and prediction must be 2-D of one shape, "
+                f"got {t.shape} and {p.shape}"
+            )
+        slices.append((str(label), t, p, float(rmse)))
+    import matplotlib as mpl
+
+    colours = mpl.colormaps[cmap].with_extremes(bad="black")
+    # Image [x, y] drawn with x to the right and y up (transpose + origin="lower").
+    m, n = slices[0][1].shape
+    panel_w = 2.6
+    panel_h = float(np.clip(panel_w * m / n, 1.2, 4.0)) if n else panel_w
+    n_rows = len(slices)
+    gap_h, top_h, bottom_h = 0.4, 0.35, 0.1  # inches: between rows (titles), above, below
+    fig_h = n_rows * panel_h + (n_rows - 1) * gap_h + top_h + bottom_h
+    fig = _new_figure(2 * panel_w + 1.3, fig_h)
+    axes = np.atleast_2d(fig.subplots(n_rows, 2, squeeze=False))
+    image = None
+    for row, (label, t, p, rmse) in enumerate(slices):
+        for col, (data, title) in enumerate(((t, "truth"), (p, "prediction"))):
+            ax = axes[row, col]
+            image = ax.imshow(
+                np.ma.masked_invalid(data.T),
+                origin="lower",
+                cmap=colours,
+                vmin=vmin,
+                vmax=vmax,
+                interpolation="nearest",
+            )
+            ax.set_facecolor("black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{label} {title}", fontsize=9)
+        axes[row, 1].text(
+            0.03,
+            0.04,
+            f"RMSE {rmse:.2f} %",
+            transform=axes[row, 1].transAxes,
+            color="white",
+            fontsize=9,
+            fontweight="bold",
+            bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "edgecolor": "none"},
+        )
+    fig.subplots_adjust(
+        left=0.03,
+        right=0.80,
+        top=1 - top_h / fig_h,
+        bottom=bottom_h / fig_h,
+        wspace=0.05,
+        hspace=gap_h / panel_h,
+    )
+    bar_h = min(0.8, 3.0 / fig_h)  # a colour bar of at most 3 inches, centred
+    cax = fig.add_axes((0.84, 0.5 - bar_h / 2, 0.035, bar_h))
+    assert image is not None  # at least one panel was drawn
+    fig.colorbar(image, cax=cax, label="OEF (%)")
+    return _save_png(fig, path)
