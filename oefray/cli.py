@@ -250,6 +250,175 @@ def preprocess(
         raise typer.Exit(1)
 
 
+def _table1(table) -> Table:
+    """A rich table of the Table 1 frame (rows: subjects and Avg.; columns S0 ... OEF)."""
+    out = Table(show_edge=False)
+    out.add_column("subject")
+    for col in table.columns:
+        out.add_column(f"{col} (%)" if col == "OEF" else col, justify="right")
+    for label, row in table.iterrows():
+        out.add_row(str(label), *(f"{v:.4g}" for v in row.to_numpy()))
+    return out
+
+
+@app.command()
+def train(
+    features: Annotated[
+        Path, typer.Argument(help="Features folder from oefray preprocess (with ground truth).")
+    ],
+    preset: Annotated[
+        str | None, typer.Option(help="Model preset: small (CPU) or paper (the paper's network).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Ray Train workers (data-parallel replicas).")
+    ] = None,
+    gpus: Annotated[
+        bool | None, typer.Option("--gpus/--no-gpus", help="One GPU per worker.")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Maximum epochs (default: the preset's).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience, epochs.")] = None,
+    max_train_windows: Annotated[
+        int | None, typer.Option(help="Subsample the training windows (seeded).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the split, the weights and the shuffling.")
+    ] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name.")] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (default: RAY_ADDRESS or a local runtime)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML/YAML file of training options; flags override it."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Resume an interrupted run (its MLflow run id) from its last checkpoint."
+        ),
+    ] = None,
+    storage: Annotated[
+        Path | None, typer.Option(help="Ray Train checkpoint storage (default ./ray_results).")
+    ] = None,
+    results: Annotated[Path, typer.Option(help="Where to write results.json.")] = Path(
+        "results.json"
+    ),
+) -> None:
+    """Train the LSTM on Ray Train, evaluate on the held-out subjects, track it all in MLflow."""
+    from oefray.config import TrainConfig, config_from_mapping, read_config_file
+    from oefray.orchestration.train import train as run_train
+
+    flags = {
+        "preset": preset,
+        "workers": workers,
+        "gpus": gpus,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "patience": patience,
+        "max_train_windows": max_train_windows,
+        "seed": seed,
+        "experiment": experiment,
+        "tracking_uri": tracking_uri,
+        "address": address,
+    }
+    try:
+        values = read_config_file(config, section="train") if config is not None else {}
+        values = {**values, **{k: v for k, v in flags.items() if v is not None}}
+        train_config = config_from_mapping(TrainConfig, values, config)
+    except OefrayError as exc:
+        _fail(str(exc), 2)
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    try:
+        result = run_train(features, train_config, storage_path=storage, resume=resume)
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    _write_results(results, result.to_dict())
+    out_console.print(
+        f"run id: {result.run_id}  (experiment {result.experiment!r}, {result.epochs_run} epochs, best {result.best_epoch})"
+    )
+    out_console.print(_table1(result.table))
+    t = result.test_metrics
+    out_console.print(
+        f"test OEF RMSE {t['test_rmse_OEF']:.3f} % over all test voxels, "
+        f"{t['test_rmse_OEF_patient_mean']:.3f} % averaged over patients (paper: 5.23 ± 0.035 %)"
+    )
+    out_console.print(f"model: {result.model_uri}")
+    out_console.print(f"MLflow UI: {result.ui_command}")
+
+
+@app.command()
+def evaluate(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")],
+    features: Annotated[
+        Path | None, typer.Option(help="Features folder (default: the one the run used).")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Recompute a run's test tables, figures and maps (logged to the same run)."""
+    from oefray.orchestration.predict import evaluate as run_evaluate
+
+    try:
+        table, metrics = run_evaluate(run_id, features=features, tracking_uri=tracking_uri)
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    out_console.print(f"run id: {run_id}")
+    out_console.print(_table1(table))
+    out_console.print(f"test OEF RMSE {metrics['test_rmse_OEF']:.3f} % (pooled)")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Model URI (models:/<id>) or a training run id.")],
+    dataset: Annotated[
+        Path, typer.Argument(help="BIDS dataset, any echo scheme; ground truth optional.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the NIfTI maps.")],
+    workers: Annotated[
+        int, typer.Option(help="CPUs of the local Ray runtime for preprocessing.")
+    ] = 2,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Predict Y, v, R2, S0, chi_nb and OEF maps for new data with a trained model."""
+    from oefray.orchestration.predict import predict as run_predict
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    try:
+        result = run_predict(
+            model,
+            dataset,
+            out,
+            workers=workers,
+            address=address,
+            tracking_uri=tracking_uri,
+            force=force,
+        )
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    n = sum(s["predicted"] for s in result.subjects.values())
+    out_console.print(
+        f"Wrote maps of {len(result.subjects)} subject(s), {n:,} voxels -> {result.out}"
+    )
+    if result.rmse:
+        out_console.print(
+            "RMSE against the dataset's ground truth: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in result.rmse.items())
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``oefray`` console script; returns the exit code."""
     try:

@@ -7,7 +7,11 @@ Everything a command needs is one of these objects; the CLI builds them from fla
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 # The paper's cohort (DESIGN.md section 1.5): 8 training/validation subjects, 10 test subjects.
 PAPER_TRAIN_SUBJECTS: tuple[str, ...] = ("P3", "P4", "P5", "P14", "P16", "P28", "P29", "P34")
@@ -283,3 +287,63 @@ class TrainConfig:
         }
         out["window"] = self.window
         return out
+
+
+def read_config_file(path: str | os.PathLike[str], section: str | None = None) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) configuration file.
+
+    Keys may sit at the top level or in a table named ``section`` (e.g. ``[train]``).
+
+    Raises
+    ------
+    OefrayError
+        If the file is missing, malformed, or not a mapping.
+    """
+    import tomllib
+
+    import yaml
+
+    from oefray.errors import OefrayError
+
+    path = Path(path)
+    if not path.is_file():
+        raise OefrayError(path, "config file not found")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(path.read_text())
+        else:
+            raise OefrayError(path, "config files are .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise OefrayError(path, f"malformed config ({' '.join(str(exc).split())})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise OefrayError(path, "a config file must hold a mapping of keys to values")
+    if section is not None and isinstance(data.get(section), dict):
+        data = data[section]
+    return data
+
+
+def config_from_mapping(
+    cls: type, values: Mapping[str, Any], source: str | os.PathLike[str] | None = None
+):
+    """Build a frozen config dataclass from a mapping, refusing unknown keys by name.
+
+    Lists become tuples (for fields such as ``lstm_units``).
+    """
+    from oefray.errors import OefrayError
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise OefrayError(
+            source,
+            f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+        )
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**clean)
+    except (TypeError, ValueError) as exc:
+        raise OefrayError(source, str(exc)) from None

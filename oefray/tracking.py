@@ -8,14 +8,16 @@ Store
     ``models/<model_id>/artifacts/``. :func:`ui_command` prints how to browse it all.
 
 Names
-    Metric names are fixed here (:data:`METRIC_NAMES`) and produced by :func:`epoch_metrics` and
-    :func:`test_metrics`: per epoch ``loss``, ``val_loss``, ``val_rmse_<P>`` and ``val_rmse_OEF``;
-    at the end ``test_rmse_<P>`` (pooled over all test voxels) and ``test_rmse_<P>_patient_mean``
-    (mean of the per-patient RMSEs), for P in ``S0, R2, Y, v, chi_nb, OEF``.
+    Metric names are fixed here (:data:`METRIC_NAMES`) and produced by :func:`epoch_metrics`,
+    :func:`final_metrics` and :func:`rmse_metric_name`: per epoch ``loss``, ``val_loss``,
+    ``val_rmse_<P>`` and ``val_rmse_OEF``; at the end ``test_rmse_<P>`` (pooled over all test
+    voxels) and ``test_rmse_<P>_patient_mean`` (mean of the per-patient RMSEs), for P in
+    ``S0, R2, Y, v, chi_nb, OEF``. (No helper is named ``test_*``: pytest would collect it.)
 
 Runs
     :class:`Tracker` holds nothing but the store URI (so it pickles to Ray workers) and takes run
-    ids explicitly; it never relies on MLflow's process-global "active run".
+    ids explicitly; it does not depend on MLflow's process-global "active run" (and leaves the
+    global tracking URI and run stack as it found them).
     :meth:`Tracker.tracked_run` is the way to run: it ends the run FINISHED on success, FAILED on
     an exception, KILLED on Ctrl-C, so no run is left RUNNING.
 
@@ -93,18 +95,30 @@ _BATCH_METRICS = 1000
 _META_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def val_rmse_name(quantity: str) -> str:
-    """Per-epoch metric name of the validation RMSE of ``quantity`` (a parameter or ``OEF``)."""
+def rmse_metric_name(split: str, quantity: str, *, patient_mean: bool = False) -> str:
+    """Logged name of an RMSE metric.
+
+    Parameters
+    ----------
+    split : {"val", "test"}
+        Per-epoch validation metric, or final test metric.
+    quantity : str
+        A QQ parameter (``Y, v, R2, S0, chi_nb``) or ``OEF``.
+    patient_mean : bool
+        Test only: the mean of per-patient RMSEs instead of the RMSE pooled over all voxels.
+
+    Returns
+    -------
+    str
+        ``val_rmse_<P>``, ``test_rmse_<P>`` or ``test_rmse_<P>_patient_mean``.
+    """
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     if quantity not in RMSE_QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; expected one of {RMSE_QUANTITIES}")
-    return f"val_rmse_{quantity}"
-
-
-def test_rmse_name(quantity: str, *, patient_mean: bool = False) -> str:
-    """Final metric name of the test RMSE of ``quantity``, pooled or mean over patients."""
-    if quantity not in RMSE_QUANTITIES:
-        raise ValueError(f"unknown quantity {quantity!r}; expected one of {RMSE_QUANTITIES}")
-    return f"test_rmse_{quantity}" + ("_patient_mean" if patient_mean else "")
+    if patient_mean and split != "test":
+        raise ValueError("patient_mean applies to test metrics only")
+    return f"{split}_rmse_{quantity}" + ("_patient_mean" if patient_mean else "")
 
 
 def epoch_metrics(
@@ -128,11 +142,11 @@ def epoch_metrics(
     if val_loss is not None:
         out["val_loss"] = float(val_loss)
     for quantity, value in (val_rmse or {}).items():
-        out[val_rmse_name(quantity)] = float(value)
+        out[rmse_metric_name("val", quantity)] = float(value)
     return out
 
 
-def test_metrics(
+def final_metrics(
     pooled: Mapping[str, float], patient_mean: Mapping[str, float] | None = None
 ) -> dict[str, float]:
     """Final test metrics under their logged names.
@@ -149,9 +163,9 @@ def test_metrics(
     dict of str to float
         ``test_rmse_<P>`` and ``test_rmse_<P>_patient_mean`` entries.
     """
-    out = {test_rmse_name(q): float(v) for q, v in pooled.items()}
+    out = {rmse_metric_name("test", q): float(v) for q, v in pooled.items()}
     for q, v in (patient_mean or {}).items():
-        out[test_rmse_name(q, patient_mean=True)] = float(v)
+        out[rmse_metric_name("test", q, patient_mean=True)] = float(v)
     return out
 
 
@@ -448,6 +462,26 @@ class Tracker:
         ...     run.log_epoch_metrics(1, {"loss": 0.3})
         """
         run_id = self.start_run(experiment, run_name=run_name, tags=tags)
+        with self._ending(run_id, params) as run:
+            yield run
+
+    @contextmanager
+    def resumed_run(self, run_id: str) -> Iterator[TrackedRun]:
+        """Re-open an ended run (an interrupted training) and end it like :meth:`tracked_run`.
+
+        Raises
+        ------
+        OefrayError
+            If the run id is unknown.
+        """
+        self.get_run(run_id)
+        with self._errors(run_id):
+            self.client.update_run(run_id, status="RUNNING")
+        with self._ending(run_id, None) as run:
+            yield run
+
+    @contextmanager
+    def _ending(self, run_id: str, params: Mapping[str, Any] | None) -> Iterator[TrackedRun]:
         run = TrackedRun(self, run_id)
         status = "FAILED"
         try:
@@ -522,7 +556,7 @@ class Tracker:
         dict of str to float
             The logged metrics, by name.
         """
-        metrics = test_metrics(pooled, patient_mean)
+        metrics = final_metrics(pooled, patient_mean)
         self._log_metrics(run_id, metrics, step=0)
         return metrics
 

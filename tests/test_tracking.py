@@ -51,8 +51,17 @@ def test_metric_names_are_exactly_the_documented_ones():
         "val_rmse_OEF": 5.0,
         "val_rmse_Y": 0.05,
     }
+    assert tracking.final_metrics({"Y": 0.05}, {"OEF": 5.1}) == {
+        "test_rmse_Y": 0.05,
+        "test_rmse_OEF_patient_mean": 5.1,
+    }
+    assert tracking.rmse_metric_name("test", "chi_nb", patient_mean=True) == (
+        "test_rmse_chi_nb_patient_mean"
+    )
     with pytest.raises(ValueError, match="unknown quantity"):
-        tracking.test_metrics({"OEF%": 1.0})
+        tracking.final_metrics({"OEF%": 1.0})
+    with pytest.raises(ValueError, match="test metrics only"):
+        tracking.rmse_metric_name("val", "Y", patient_mean=True)
 
 
 def test_default_and_resolved_uris(tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ class Steps:
 
     train: Callable[[np.ndarray, np.ndarray], float]
     validate: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray, float, float]]
+    replica_spread: Callable[[], float]
 
 
 def make_steps(
@@ -91,8 +92,23 @@ def make_steps(
         per_replica = strategy.run(validate_replica, args=(x, y))
         return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica)
 
+    def weight_sum():
+        return tf.add_n([tf.reduce_sum(tf.cast(v, tf.float64)) for v in model.trainable_variables])
+
+    @tf.function
+    def replica_spread():
+        # each replica sums its own copy of the weights; the spread of those sums over replicas
+        # (their standard deviation, exactly 0 in float64 when all copies are equal) shows sync
+        sums = strategy.run(weight_sum)
+        n = tf.cast(strategy.num_replicas_in_sync, tf.float64)
+        mean = strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None) / n
+        sq = strategy.run(lambda s: tf.square(s), args=(sums,))
+        mean_sq = strategy.reduce(tf.distribute.ReduceOp.SUM, sq, axis=None) / n
+        return tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
+
     del y_mean  # the standardisation offset cancels in errors; kept in the signature for clarity
     return Steps(
+        replica_spread=lambda: float(replica_spread()),
         train=lambda x, y: float(train(tf.constant(x), tf.constant(y))),
         validate=lambda x, y: tuple(v.numpy() for v in validate(tf.constant(x), tf.constant(y))),  # type: ignore[return-value]
     )

@@ -111,7 +111,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     names = config["targets"]
-    while state["epoch"] < mc.epochs:
+    while state["epoch"] < mc.epochs and not state.get("stopped_early"):
         epoch = state["epoch"]
         t0 = time.perf_counter()
         losses = [
@@ -146,8 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["history"].append(metrics)
         state["epoch"] = epoch + 1
         stop = state["wait"] >= mc.patience
-        if tracker is not None:
-            tracker.log_epoch_metrics(run_id, epoch, metrics)
+        metrics["replica_weight_spread"] = steps.replica_spread()
         with tempfile.TemporaryDirectory() as tmp:
             # every rank writes (identical replicas); rank 0 hands its directory to Ray Train
             tmp_path = Path(tmp)
@@ -159,6 +158,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             (tmp_path / STATE).write_text(json.dumps({**state, "stopped_early": stop}))
             ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
             ray.train.report({**metrics, "best_epoch": state["best_epoch"]}, checkpoint=ckpt)
+        if tracker is not None:  # after the checkpoint: a resumed run never logs an epoch twice
+            tracker.log_epoch_metrics(run_id, epoch, metrics)
         if stop:
             break
 
@@ -402,7 +403,11 @@ def write_evaluation(
 
 
 def train(
-    features: str | Path, config=None, *, storage_path: str | Path | None = None
+    features: str | Path,
+    config=None,
+    *,
+    storage_path: str | Path | None = None,
+    resume: str | None = None,
 ) -> TrainResult:
     """Train the LSTM on the training subjects of a features folder and evaluate on the test ones.
 
@@ -413,6 +418,9 @@ def train(
     config : TrainConfig, optional
     storage_path : path, optional
         Where Ray Train keeps checkpoints (default ``./ray_results``; on a cluster, shared storage).
+    resume : str, optional
+        MLflow run id of an interrupted run: the run is re-opened and Ray Train restarts from the
+        last checkpoint it stored under the same run name (same config required).
     """
     from oefray.config import TrainConfig
     from oefray.ml.model import build_lstm, model_config
@@ -442,15 +450,16 @@ def train(
         "test_subjects": ",".join(data.test_subjects),
         **{f"n_{k}": v for k, v in data.counts.items()},
     }
-    with (
-        ray_runtime(config.address, max(config.workers, 2)),
-        tracker.tracked_run(
+    if resume is None:
+        opened = tracker.tracked_run(
             config.experiment,
             run_name=f"train-{config.preset}-seed{config.seed}",
             params=params,
             tags={"oefray.command": "train", "oefray.seed": config.seed},
-        ) as run,
-    ):
+        )
+    else:
+        opened = tracker.resumed_run(resume)
+    with ray_runtime(config.address, max(config.workers, 2)), opened as run:
         datasets = {
             "train": to_ray_dataset(data.x_train, data.y_train),
             "val": to_ray_dataset(data.x_val, data.y_val),
@@ -487,6 +496,10 @@ def train(
                 "window": {"length": data.window.length, "anchor": data.window.anchor},
                 "model_config": mc.to_dict(),
                 "targets": {"names": list(PARAMETERS)},
+                "features": {
+                    "options": data.manifest.get("options", {}),
+                    "echo_times_s": data.manifest.get("echo_times_s"),
+                },
             },
         )
         run.set_tags(
