@@ -533,6 +533,10 @@ class Tracker:
             for i in range(0, len(items), _BATCH_METRICS):
                 self.client.log_batch(run_id, metrics=items[i : i + _BATCH_METRICS])
 
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float | None], step: int = 0) -> None:
+        """Log metrics (e.g. the floor's RMSEs) in one batch; None values are skipped."""
+        self._log_metrics(run_id, metrics, step=step)
+
     def log_epoch_metrics(
         self, run_id: str, epoch: int, metrics: Mapping[str, float | None]
     ) -> None:
@@ -790,6 +794,9 @@ class TrackedRun:
 
     def log_params(self, params: Mapping[str, Any]) -> dict[str, str]:
         return self.tracker.log_params(self.run_id, params)
+
+    def log_metrics(self, metrics: Mapping[str, float | None], step: int = 0) -> None:
+        self.tracker.log_metrics(self.run_id, metrics, step)
 
     def log_epoch_metrics(self, epoch: int, metrics: Mapping[str, float | None]) -> None:
         self.tracker.log_epoch_metrics(self.run_id, epoch, metrics)

@@ -35,3 +35,14 @@ def tiny_cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cohort") / "tiny"
     simulate_cohort(out, SimulationConfig(preset="tiny", subjects=TINY_SUBJECTS, seed=7))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_cohort, ray_local, tmp_path_factory) -> Path:
+    """The `tiny` cohort preprocessed once per session (features with ground truth)."""
+    from oefray.config import PreprocessConfig
+    from oefray.orchestration.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("features") / "tiny"
+    assert preprocess(tiny_cohort, out, PreprocessConfig(slab=8)).ok
+    return out

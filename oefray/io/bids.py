@@ -382,10 +382,10 @@ def list_subjects(root: Path) -> list[str]:
     ]
     if not labels:
         raise DatasetError(root, "BIDS dataset has no sub-<label> folders")
-    return sorted(labels, key=_natural_key)
+    return sorted(labels, key=natural_key)
 
 
-def _natural_key(label: str) -> list[object]:
+def natural_key(label: str) -> list[object]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", label)]
 
 

@@ -36,7 +36,13 @@ from oefray import __version__
 from oefray.config import PreprocessConfig
 from oefray.errors import DatasetError, FeaturesError, OefrayError
 from oefray.io import features as fio
-from oefray.io.bids import DatasetIndex, SubjectFiles, read_brain_voxels, scan_dataset
+from oefray.io.bids import (
+    DatasetIndex,
+    SubjectFiles,
+    natural_key,
+    read_brain_voxels,
+    scan_dataset,
+)
 from oefray.physics.decay import fit_decay
 
 log = logging.getLogger(__name__)
@@ -535,7 +541,9 @@ def _commit(
         "source_files": {"echoes": list(subject.echoes), "chi": subject.chi, "mask": subject.mask},
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    manifest["subjects"] = dict(sorted(manifest["subjects"].items(), key=lambda kv: kv[0]))
+    manifest["subjects"] = dict(
+        sorted(manifest["subjects"].items(), key=lambda kv: natural_key(kv[0]))
+    )
     manifest["echo_times_s"] = _echo_times(manifest)
     manifest["oefray_version"] = __version__
     fio.write_manifest(out, manifest)

@@ -25,7 +25,7 @@ import numpy as np
 
 #: Files of a training checkpoint.
 WEIGHTS = "model.weights.h5"
-BEST_WEIGHTS = "best.weights.h5"
+BEST_WEIGHTS = "best_weights.npz"
 OPTIMIZER = "optimizer.npz"
 STATE = "state.json"
 
@@ -35,15 +35,19 @@ STATE = "state.json"
 # --------------------------------------------------------------------------------------------
 
 
-def _save_optimizer(optimizer, path: Path) -> None:
-    np.savez(path, *[v.numpy() for v in optimizer.variables])
+def save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
+    """A list of arrays (weights, optimizer slots) as one ``.npz``, in order."""
+    np.savez(path, *arrays)
+
+
+def load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 def _load_optimizer(optimizer, model, path: Path) -> None:
-    optimizer.build(model.trainable_variables)
-    with np.load(path) as saved:
-        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    for var, value in zip(optimizer.variables, values, strict=True):
+    optimizer.build(model.trainable_variables)  # creates its slots: call in the strategy scope
+    for var, value in zip(optimizer.variables, load_arrays(path), strict=True):
         var.assign(value)
 
 
@@ -60,6 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from oefray.ml.model import ModelConfig, build_lstm, huber_loss, make_optimizer
     from oefray.ml.training import make_steps
 
+    tf.get_logger().setLevel("ERROR")  # per-step collective INFO lines drown the progress
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     mc = ModelConfig.from_dict(config["model"])
@@ -92,14 +97,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     best_weights = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resume: weights, optimizer moments, counters, history
-        with checkpoint.as_directory() as d:
+        with checkpoint.as_directory() as d, strategy.scope():
             d = Path(d)
             model.load_weights(d / WEIGHTS)
             _load_optimizer(optimizer, model, d / OPTIMIZER)
             state = json.loads((d / STATE).read_text())
-            best = keras.models.clone_model(model)
-            best.load_weights(d / BEST_WEIGHTS)
-            best_weights = best.get_weights()
+            best_weights = load_arrays(d / BEST_WEIGHTS)
 
     tracker = None
     if rank == 0 and config.get("tracking"):  # only rank 0 logs
@@ -151,10 +154,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # every rank writes (identical replicas); rank 0 hands its directory to Ray Train
             tmp_path = Path(tmp)
             model.save_weights(tmp_path / WEIGHTS)
-            _save_optimizer(optimizer, tmp_path / OPTIMIZER)
-            best = keras.models.clone_model(model)
-            best.set_weights(best_weights)
-            best.save_weights(tmp_path / BEST_WEIGHTS)
+            save_arrays(tmp_path / OPTIMIZER, [v.numpy() for v in optimizer.variables])
+            save_arrays(tmp_path / BEST_WEIGHTS, best_weights)
             (tmp_path / STATE).write_text(json.dumps({**state, "stopped_early": stop}))
             ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
             ray.train.report({**metrics, "best_epoch": state["best_epoch"]}, checkpoint=ckpt)
@@ -204,6 +205,7 @@ def build_trainer(loop_config: dict[str, Any], datasets: dict[str, Any], spec: T
             storage_path=spec.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=spec.max_failures),
+            worker_runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
         ),
     )
 
@@ -379,6 +381,10 @@ def write_evaluation(
     pooled = pooled_rmse(pred, test.y)
     patient_mean = {name: float(columns[name][-1]) for name in columns}
     logged = run.log_test_metrics(pooled, patient_mean)
+    # the floor: every test voxel gets the training subjects' mean parameters
+    floor = pooled_rmse(np.broadcast_to(data.y_scaler.mean, test.y.shape), test.y)
+    run.log_metrics({f"floor_rmse_{k}": v for k, v in floor.items()})
+    logged.update({f"floor_rmse_{k}": float(v) for k, v in floor.items()})
     out_dir.mkdir(parents=True, exist_ok=True)
     run.log_artifact_file(reports.write_rmse_csv(table, out_dir / "rmse_per_patient.csv"))
     curves = {k: [h[k] for h in history] for k in ("loss", "val_loss", "val_rmse_OEF")}
@@ -485,7 +491,7 @@ def train(
             raise RuntimeError(f"training produced no checkpoint ({result.error})")
         model = build_lstm(mc)
         with result.checkpoint.as_directory() as d:
-            model.load_weights(Path(d) / BEST_WEIGHTS)
+            model.set_weights(load_arrays(Path(d) / BEST_WEIGHTS))
             state = json.loads((Path(d) / STATE).read_text())
         with tempfile.TemporaryDirectory() as tmp:
             table, logged = write_evaluation(run, model, data, state["history"], Path(tmp))

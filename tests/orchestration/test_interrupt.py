@@ -56,7 +56,9 @@ def test_interrupted_run_leaves_no_half_subject(cohort18, reference, ray_local, 
     deadline = time.monotonic() + 240
     while _complete_subjects(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stderr.read()[-2000:]}"
+    assert proc.poll() is None, (
+        f"run ended before it could be interrupted: {proc.stderr.read()[-2000:]}"
+    )
     proc.send_signal(sig)
     proc.wait(timeout=120)
     assert proc.returncode != 0

@@ -1,0 +1,201 @@
+"""``oefray train`` / ``evaluate`` / ``predict`` for real: Ray Train with 2 CPU workers, Keras 3,
+MLflow on a local sqlite store, on the `tiny` cohort."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from oefray.cli import main
+from oefray.config import EchoScheme, SimulationConfig, TrainConfig
+from oefray.io import features as fio
+from oefray.io.maps import read_map
+from oefray.ml.windows import WindowConfig, make_windows_table
+from oefray.orchestration.predict import predict
+from oefray.orchestration.simulate import simulate_cohort
+from oefray.orchestration.train import predict_windows, train
+from oefray.physics.constants import PARAMETERS, YA
+from oefray.tracking import EPOCH_METRICS, TEST_METRICS, Tracker
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+EPOCHS = 4
+MAP_DESC = ("Y", "v", "R2", "S0", "chinb", "OEF")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    return {"uri": f"sqlite:///{root}/mlflow.db", "storage": root / "ray_results", "root": root}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_features, ray_local, store):
+    """One 2-worker training run through the CLI, as a user starts it."""
+    results = store["root"] / "results.json"
+    code = main(
+        [
+            "train",
+            str(tiny_features),
+            "--workers",
+            "2",
+            "--epochs",
+            str(EPOCHS),
+            "--seed",
+            "3",
+            "--learning-rate",
+            "1e-3",
+            "--experiment",
+            "test-train",
+            "--tracking-uri",
+            store["uri"],
+            "--storage",
+            str(store["storage"]),
+            "--results",
+            str(results),
+        ]
+    )
+    assert code == 0
+    return json.loads(results.read_text())
+
+
+def test_run_holds_params_metrics_and_artifacts(trained, store, tiny_features, tmp_path):
+    tracker = Tracker(store["uri"])
+    run = tracker.get_run(trained["run_id"])
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert (p["preset"], p["seed"], p["workers"], p["window.length"], p["window.anchor"]) == (
+        "small",
+        "3",
+        "2",
+        "5",
+        "centre",
+    )
+    assert p["model.lstm_units"] == "[64, 48, 32, 16]" and p["model.learning_rate"] == "0.001"
+    assert p["train_subjects"] == "P3,P4" and p["test_subjects"] == "P6,P11"
+    manifest = fio.read_manifest(tiny_features)
+    assert p["features_checksums.P6"] == manifest["subjects"]["P6"]["checksum"]
+    assert json.loads(p["echo_times_s"]) == pytest.approx(manifest["echo_times_s"])
+
+    # per-epoch metrics, one value per epoch, and the two replicas stayed identical
+    for key in EPOCH_METRICS + ("replica_weight_spread",):
+        history = tracker.metric_history(trained["run_id"], key)
+        assert [s for s, _ in history] == list(range(EPOCHS)), key
+    loss = [v for _, v in tracker.metric_history(trained["run_id"], "loss")]
+    assert loss[-1] < 0.9 * loss[0]  # training really happened
+    assert all(
+        v == 0.0 for _, v in tracker.metric_history(trained["run_id"], "replica_weight_spread")
+    )
+
+    # final test metrics with exactly the agreed names; OEF RMSE is 100 RMSE(Y) / Ya (closed form)
+    m = run.data.metrics
+    assert set(TEST_METRICS) <= set(m)
+    assert m["test_rmse_OEF"] == pytest.approx(100 * m["test_rmse_Y"] / YA, rel=1e-9)
+    assert 0 < m["test_rmse_Y"] < 0.2 and 0 < m["floor_rmse_Y"] < 0.2
+
+    # artifacts: Table 1 CSV (matching the metrics), figures, maps on each test subject's grid
+    art = tracker.download_artifacts(trained["run_id"], "", tmp_path)
+    table = pd.read_csv(art / "rmse_per_patient.csv", index_col=0)
+    assert list(table.columns) == ["S0", "R2", "Y", "v", "chi_nb", "OEF"]
+    assert list(table.index) == ["P6", "P11", "Avg."]
+    assert table.loc["Avg.", "OEF"] == pytest.approx(m["test_rmse_OEF_patient_mean"], rel=1e-9)
+    for png in ("training_curves.png", "oef_maps.png"):
+        assert (art / png).stat().st_size > 10_000
+    for label in ("P6", "P11"):
+        entry = manifest["subjects"][label]
+        for desc in MAP_DESC:
+            img = nib.load(art / "maps" / f"sub-{label}_desc-{desc}_pred.nii.gz")
+            assert img.shape == tuple(entry["shape"])
+            np.testing.assert_allclose(img.affine, entry["affine"], atol=1e-5)
+    assert (art / "model_meta" / "scalers.json").is_file()
+
+
+def test_logged_model_reproduces_the_maps(trained, store, tiny_features, tmp_path):
+    tracker = Tracker(store["uri"])
+    model, meta = tracker.load_model_bundle(trained["run_id"])
+    from oefray.ml.scaling import Standardizer
+
+    window = WindowConfig(**meta["window"])
+    test = make_windows_table(fio.read_features(tiny_features, ["P6"]), window, ["P6"])
+    pred = predict_windows(
+        model,
+        Standardizer.from_dict(meta["scalers"]["x"]),
+        Standardizer.from_dict(meta["scalers"]["y"]),
+        test.x,
+    )
+    art = tracker.download_artifacts(trained["run_id"], "maps", tmp_path)
+    y_map = read_map(art / "sub-P6_desc-Y_pred.nii.gz").ravel()
+    np.testing.assert_allclose(
+        y_map[test.idx], pred[:, PARAMETERS.index("Y")], rtol=1e-5, atol=1e-6
+    )
+    # voxels without a full window (and outside the brain) carry no prediction
+    assert np.isnan(y_map).sum() == y_map.size - len(test.idx)
+
+
+def test_evaluate_recomputes_the_same_table(trained, store, capsys):
+    before = Tracker(store["uri"]).get_run(trained["run_id"]).data.metrics["test_rmse_OEF"]
+    assert main(["evaluate", trained["run_id"], "--tracking-uri", store["uri"]]) == 0
+    out = capsys.readouterr().out
+    assert f"test OEF RMSE {before:.3f} %" in out
+    assert Tracker(store["uri"]).get_run(trained["run_id"]).info.status == "FINISHED"
+
+
+def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
+    """New data with 10 echoes from 3.0 ms every 3.8 ms: maps on the input grid, with RMSE."""
+    ds = tmp_path / "bids"
+    scheme = EchoScheme.uniform(3.0e-3, 3.8e-3, 10)
+    simulate_cohort(
+        ds, SimulationConfig(preset="tiny", subjects=("P6", "Z1"), echoes=scheme, seed=21)
+    )
+    out = tmp_path / "maps"
+    result = predict(trained["run_id"], ds, out, tracking_uri=store["uri"])
+    assert set(result.subjects) == {"P6", "Z1"} and result.rmse is not None
+    assert result.subjects["Z1"]["echo_times_s"] == pytest.approx(list(scheme.te_s))
+    mask = nib.load(
+        ds / "derivatives" / "qsm" / "sub-Z1" / "anat" / "sub-Z1_desc-brain_mask.nii.gz"
+    )
+    oef = nib.load(out / "sub-Z1_desc-OEF_pred.nii.gz")
+    assert oef.shape == mask.shape
+    np.testing.assert_allclose(oef.affine, mask.affine, atol=1e-5)
+    values = np.asarray(oef.dataobj)
+    inside = np.isfinite(values)
+    assert inside.sum() == result.subjects["Z1"]["predicted"] > 500
+    assert np.all(np.asarray(mask.dataobj)[inside] == 1)
+    assert 0 < np.median(values[inside]) < 80  # OEF in percent
+    assert json.loads((out / "results.json").read_text())["command"] == "predict"
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_features, ray_local, store):
+    config = TrainConfig(
+        epochs=2, seed=5, workers=1, experiment="test-resume", tracking_uri=store["uri"]
+    )
+    first = train(tiny_features, config, storage_path=store["storage"])
+    tracker = Tracker(store["uri"])
+    head = tracker.metric_history(first.run_id, "loss")
+    assert [s for s, _ in head] == [0, 1]
+    longer = TrainConfig(
+        epochs=4, seed=5, workers=1, experiment="test-resume", tracking_uri=store["uri"]
+    )
+    resumed = train(tiny_features, longer, storage_path=store["storage"], resume=first.run_id)
+    assert resumed.run_id == first.run_id and resumed.epochs_run == 4
+    history = tracker.metric_history(first.run_id, "loss")
+    assert [s for s, _ in history] == [0, 1, 2, 3]  # epochs 0-1 not redone, 2-3 added
+    assert history[:2] == head
+    assert tracker.get_run(first.run_id).info.status == "FINISHED"
+
+
+def test_train_refuses_bad_input(tmp_path, tiny_features, capsys):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text("[train]\nepochs = 2\nlearnin_rate = 0.1\n")
+    assert main(["train", str(tiny_features), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "train.toml: unknown config key(s): learnin_rate" in err
+    assert main(["train", str(tmp_path / "nope")]) == 1
+    assert "not a features folder" in capsys.readouterr().err
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert main(["evaluate", "0123456789abcdef", "--tracking-uri", uri]) == 1
+    assert "unknown MLflow run id 0123456789abcdef" in capsys.readouterr().err
