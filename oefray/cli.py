@@ -79,6 +79,13 @@ def _parse_ms_list(text: str) -> tuple[float, ...]:
     return tuple(v * 1e-3 for v in values)
 
 
+def _labels(text: str | None) -> tuple[str, ...] | None:
+    """Comma-separated subject labels (``sub-`` optional) as a tuple, or None."""
+    if text is None:
+        return None
+    return tuple(s.strip().removeprefix("sub-") for s in text.split(",") if s.strip())
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
@@ -136,11 +143,7 @@ def simulate(
             )
         else:
             scheme = DEFAULT_ECHOES
-        labels = (
-            PAPER_SUBJECTS
-            if subjects is None
-            else tuple(s.strip().removeprefix("sub-") for s in subjects.split(",") if s.strip())
-        )
+        labels = _labels(subjects) or PAPER_SUBJECTS
         config = SimulationConfig(
             preset=preset,
             subjects=labels,
@@ -218,11 +221,7 @@ def preprocess(
         )
     except ValueError as exc:
         _fail(str(exc), 2)
-    labels = (
-        None
-        if subjects is None
-        else [s.strip().removeprefix("sub-") for s in subjects.split(",") if s.strip()]
-    )
+    labels = _labels(subjects)
     logging.getLogger("ray").setLevel(logging.WARNING)
     try:
         with _progress("preprocess") as update:
@@ -288,6 +287,18 @@ def train(
     seed: Annotated[
         int | None, typer.Option(help="Seed of the split, the weights and the shuffling.")
     ] = None,
+    window: Annotated[int | None, typer.Option(help="Voxels per sequence (the paper: 5).")] = None,
+    anchor: Annotated[
+        str | None, typer.Option(help="Target voxel of a window: centre or last.")
+    ] = None,
+    train_subjects: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated training subjects (default: the manifest's split)."),
+    ] = None,
+    test_subjects: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated test subjects (default: the manifest's split)."),
+    ] = None,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment name.")] = None,
     tracking_uri: Annotated[
         str | None,
@@ -333,6 +344,10 @@ def train(
         "experiment": experiment,
         "tracking_uri": tracking_uri,
         "address": address,
+        "window": window,
+        "anchor": anchor,
+        "train_subjects": _labels(train_subjects),
+        "test_subjects": _labels(test_subjects),
     }
     try:
         values = read_config_file(config, section="train") if config is not None else {}

@@ -118,6 +118,7 @@ def predict(
             label, message = next(iter(pre.failed.items()))
             raise OefrayError(None, message)
         manifest = fio.read_manifest(features)
+        assert manifest is not None  # preprocess just wrote it
         table = fio.read_features(features)
         with_truth = bool(manifest["has_truth"])
         windows = make_windows_table(table, window, with_targets=with_truth)
@@ -136,7 +137,7 @@ def predict(
                     "predicted": int(sel.sum()),
                     "echo_times_s": entry["echo_times_s"],
                 }
-            if with_truth and len(windows):
+            if with_truth and windows.y is not None and len(windows):
                 rows, columns = per_subject_rmse(pred, windows.y, windows.subject)
                 frame = rmse_table_frame(rows[:-1], {k: v[:-1] for k, v in columns.items()})
                 write_rmse_csv(frame, partial / "rmse_per_patient.csv")

@@ -155,7 +155,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tmp_path = Path(tmp)
             model.save_weights(tmp_path / WEIGHTS)
             save_arrays(tmp_path / OPTIMIZER, [v.numpy() for v in optimizer.variables])
-            save_arrays(tmp_path / BEST_WEIGHTS, best_weights)
+            save_arrays(tmp_path / BEST_WEIGHTS, best_weights or model.get_weights())
             (tmp_path / STATE).write_text(json.dumps({**state, "stopped_early": stop}))
             ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
             ray.train.report({**metrics, "best_epoch": state["best_epoch"]}, checkpoint=ckpt)
@@ -205,7 +205,7 @@ def build_trainer(loop_config: dict[str, Any], datasets: dict[str, Any], spec: T
             storage_path=spec.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=spec.max_failures),
-            worker_runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
+            worker_runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},  # type: ignore[call-arg]
         ),
     )
 
@@ -276,13 +276,15 @@ def prepare_data(features: str | Path, config) -> PreparedData:
         raise FeaturesError(
             features, f"too few windows (train {len(tr)}, validation {len(va)}, test {len(test_w)})"
         )
+    y = train_w.y
+    assert y is not None  # made with targets
     x_scaler = Standardizer.fit(train_w.x[tr])
-    y_scaler = Standardizer.fit(train_w.y[tr])
+    y_scaler = Standardizer.fit(y[tr])
     return PreparedData(
         x_train=x_scaler.transform(train_w.x[tr]),
-        y_train=y_scaler.transform(train_w.y[tr]),
+        y_train=y_scaler.transform(y[tr]),
         x_val=x_scaler.transform(train_w.x[va]),
-        y_val=y_scaler.transform(train_w.y[va]),
+        y_val=y_scaler.transform(y[va]),
         test=test_w,
         x_scaler=x_scaler,
         y_scaler=y_scaler,
