@@ -27,6 +27,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/decay_fit.py
 	$(BIN)/python benchmarks/preprocess.py
+	$(BIN)/python benchmarks/train_overhead.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -21,7 +21,7 @@ same model on the same N training windows, per preset, in the same run:
 So both numbers are the training part of an epoch. N is rounded down to a multiple of the batch
 size (512): the Ray loop drops the last partial batch, so both then run the same full steps.
 Each method reports the median epoch time without the first epoch (graph tracing). The ``paper``
-preset is ~25x slower per sample on CPU, so it runs on ``--paper-samples`` windows (default
+preset is over 10x slower per sample on CPU, so it runs on ``--paper-samples`` windows (default
 10,000) to keep the default run within ~5 minutes on 2 cores.
 
 Prints the ratio Ray Train / plain fit per epoch (DESIGN.md target <= 1.15) and samples/s of both,
@@ -241,8 +241,8 @@ def main(args: Sequence[str] | None = None) -> int:
             print(f"  Ray Train / plain fit per epoch: {ratio:.3f} ({verdict} target <= {TARGET})")
             print(
                 f"  (noise check: fastest epochs give {min(ray_s[1:]) / min(fit_s[1:]):.3f}; "
-                f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
-                f"on {os.cpu_count()} CPUs — above ~{os.cpu_count()}, other work competed)"
+                f"1-min load average {load_before:.2f} -> {os.getloadavg()[0]:.2f}, this "
+                f"benchmark included, on {os.cpu_count()} CPUs)"
             )
             finals.append(
                 f"train_overhead preset={preset} ray_over_fit={ratio:.3f} "

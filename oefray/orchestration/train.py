@@ -51,6 +51,17 @@ def _load_optimizer(optimizer, model, path: Path) -> None:
         var.assign(value)
 
 
+def _collect(shard) -> tuple[np.ndarray, np.ndarray]:
+    """All rows of a Ray Data shard as arrays ``x`` (n, L, F) and ``y`` (n, P)."""
+    xs, ys = [], []
+    for batch in shard.iter_batches(batch_size=8192, batch_format="numpy"):
+        xs.append(batch["x"])
+        ys.append(batch["y"])
+    if not xs:
+        raise RuntimeError("this worker's data shard is empty: fewer windows than workers")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train on this worker's shard; every worker runs this, rank 0 reports checkpoints.
 
@@ -110,25 +121,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         tracker = Tracker(config["tracking"]["uri"])
         run_id = config["tracking"]["run_id"]
+        if checkpoint is not None:
+            # Ray Train registers a reported checkpoint asynchronously, so a run killed right
+            # after an epoch may restart one epoch earlier than MLflow shows: that epoch is
+            # trained and logged again (two values at its step, the later one belongs to the
+            # model). Epochs the checkpoint holds but MLflow lacks are logged from it.
+            tracker.set_tags(run_id, {"oefray.resumed_from_epoch": state["epoch"]})
+            logged = {step for step, _ in tracker.metric_history(run_id, "loss")}
+            for done in state["history"]:
+                if done["epoch"] not in logged:
+                    tracker.log_epoch_metrics(run_id, done["epoch"], done)
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    # This worker's shards, from Ray Data. Held in memory after one pass: the windows are small
+    # (n x 5 x 4 float32), and re-streaming them through the split coordinator every epoch cost
+    # ~25 % of an epoch on 2 CPUs (benchmarks/train_overhead.py).
+    x_train, y_train = _collect(ray.train.get_dataset_shard("train"))
+    x_val, y_val = _collect(ray.train.get_dataset_shard("val"))
+    n_steps = len(x_train) // local_batch  # equal on every worker: shards are split equally
     names = config["targets"]
     while state["epoch"] < mc.epochs and not state.get("stopped_early"):
         epoch = state["epoch"]
         t0 = time.perf_counter()
-        losses = [
-            steps.train(b["x"], b["y"])
-            for b in train_shard.iter_batches(
-                batch_size=local_batch, batch_format="numpy", drop_last=True
-            )
-        ]
+        order = np.random.default_rng([int(config["seed"]), rank, epoch]).permutation(len(x_train))
+        losses = []
+        for k in range(n_steps):
+            take = order[k * local_batch : (k + 1) * local_batch]
+            losses.append(steps.train(x_train[take], y_train[take]))
         train_seconds = time.perf_counter() - t0
         loss_sum, sq, sq_oef, count = 0.0, np.zeros(len(names)), 0.0, 0.0
-        for b in val_shard.iter_batches(
-            batch_size=local_batch, batch_format="numpy", drop_last=False
-        ):
-            ls, s, so, c = steps.validate(b["x"], b["y"])
+        for k in range(0, len(x_val), local_batch):  # same count on every worker
+            ls, s, so, c = steps.validate(x_val[k : k + local_batch], y_val[k : k + local_batch])
             loss_sum, sq, sq_oef, count = loss_sum + ls, sq + s, sq_oef + so, count + c
         count = max(count, 1.0)
         metrics = {
@@ -266,9 +288,10 @@ def prepare_data(features: str | Path, config) -> PreparedData:
     train_w = make_windows_table(table, window, train_subjects)
     test_w = make_windows_table(table, window, test_subjects)
     tr, va = train_val_split(len(train_w), config.val_fraction, seed=config.seed)
+    tr = np.random.default_rng(config.seed).permutation(tr)  # no spatial order within batches
     if config.max_train_windows is not None and len(tr) > config.max_train_windows:
         rng = np.random.default_rng(config.seed)
-        tr = np.sort(rng.choice(tr, size=config.max_train_windows, replace=False))
+        tr = rng.choice(tr, size=config.max_train_windows, replace=False)
         va = np.sort(
             rng.choice(va, size=min(len(va), max(1, config.max_train_windows // 4)), replace=False)
         )

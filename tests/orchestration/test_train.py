@@ -4,6 +4,11 @@ MLflow on a local sqlite store, on the `tiny` cohort."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import nibabel as nib
 import numpy as np
@@ -169,23 +174,74 @@ def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
     assert json.loads((out / "results.json").read_text())["command"] == "predict"
 
 
-def test_resume_continues_from_the_last_checkpoint(tiny_features, ray_local, store):
-    config = TrainConfig(
-        epochs=2, seed=5, workers=1, experiment="test-resume", tracking_uri=store["uri"]
+def test_interrupted_run_resumes_from_its_last_checkpoint(
+    tiny_features, ray_local, store, tmp_path
+):
+    """SIGTERM a real `oefray train` after two epochs; `--resume RUN_ID` continues from the
+    checkpoint: the epochs already done are neither redone nor logged twice."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "oefray.cli",
+        "train",
+        str(tiny_features),
+        "--workers",
+        "1",
+        "--epochs",
+        "6",
+        "--seed",
+        "5",
+        "--experiment",
+        "test-resume",
+        "--tracking-uri",
+        store["uri"],
+        "--storage",
+        str(store["storage"]),
+        "--results",
+        str(tmp_path / "r.json"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=dict(os.environ, RAY_ADDRESS=""),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    first = train(tiny_features, config, storage_path=store["storage"])
     tracker = Tracker(store["uri"])
-    head = tracker.metric_history(first.run_id, "loss")
-    assert [s for s, _ in head] == [0, 1]
-    longer = TrainConfig(
-        epochs=4, seed=5, workers=1, experiment="test-resume", tracking_uri=store["uri"]
+    run_id, deadline = None, time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        runs = tracker.client.search_runs(
+            [tracker.get_or_create_experiment("test-resume")], max_results=1
+        )
+        if runs and len(tracker.metric_history(runs[0].info.run_id, "loss")) >= 2:
+            run_id = runs[0].info.run_id
+            break
+        time.sleep(0.5)
+    assert run_id is not None and proc.poll() is None, "training ended before it was interrupted"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    head = tracker.metric_history(run_id, "loss")
+    assert tracker.get_run(run_id).info.status == "KILLED"
+    assert 2 <= len(head) < 6
+
+    resumed = train(
+        tiny_features,
+        TrainConfig(
+            epochs=6, seed=5, workers=1, experiment="test-resume", tracking_uri=store["uri"]
+        ),
+        storage_path=store["storage"],
+        resume=run_id,
     )
-    resumed = train(tiny_features, longer, storage_path=store["storage"], resume=first.run_id)
-    assert resumed.run_id == first.run_id and resumed.epochs_run == 4
-    history = tracker.metric_history(first.run_id, "loss")
-    assert [s for s, _ in history] == [0, 1, 2, 3]  # epochs 0-1 not redone, 2-3 added
-    assert history[:2] == head
-    assert tracker.get_run(first.run_id).info.status == "FINISHED"
+    assert resumed.run_id == run_id and resumed.epochs_run == 6
+    run = tracker.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    restored = int(run.data.tags["oefray.resumed_from_epoch"])
+    assert 1 <= restored <= len(head)  # continued from a checkpoint, not from scratch
+    history = tracker.metric_history(run_id, "loss")
+    # epochs before the restored checkpoint are not redone; every epoch up to 6 is there, and
+    # only an epoch whose checkpoint was not yet registered when the run was killed repeats
+    assert history[:restored] == head[:restored]
+    assert sorted({s for s, _ in history}) == list(range(6))
+    assert len(history) == 6 + (len(head) - restored)
 
 
 def test_train_refuses_bad_input(tmp_path, tiny_features, capsys):
