@@ -14,6 +14,7 @@ One code path for CPU and GPU: ``--gpus`` only sets ``use_gpu`` in the scaling c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -433,6 +434,24 @@ def write_evaluation(
     return table, logged
 
 
+def _check_gpus(config) -> None:
+    """On a local runtime, refuse ``--gpus`` without GPUs (Ray would wait for them forever);
+    an autoscaling cluster may still add GPU nodes, so remote clusters are not checked."""
+    import os
+
+    import ray
+
+    from oefray.errors import OefrayError
+
+    if not config.gpus or config.address or os.environ.get("RAY_ADDRESS"):
+        return
+    have = int(ray.cluster_resources().get("GPU", 0))
+    if have < config.workers:
+        raise OefrayError(
+            None, f"--gpus needs {config.workers} GPU(s), this machine's Ray runtime has {have}"
+        )
+
+
 def train(
     features: str | Path,
     config=None,
@@ -490,7 +509,10 @@ def train(
         )
     else:
         opened = tracker.resumed_run(resume)
-    with ray_runtime(config.address, max(config.workers, 2)), opened as run:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ray_runtime(config.address, max(config.workers, 2)))
+        _check_gpus(config)  # before the MLflow run: a usage error leaves no failed run behind
+        run = stack.enter_context(opened)
         datasets = {
             "train": to_ray_dataset(data.x_train, data.y_train),
             "val": to_ray_dataset(data.x_val, data.y_val),

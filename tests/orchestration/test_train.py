@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,6 +174,17 @@ def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
     assert 0 < np.median(values[inside]) < 80  # OEF in percent
     assert json.loads((out / "results.json").read_text())["command"] == "predict"
 
+    # new data without ground truth: the same maps, no RMSE
+    shutil.rmtree(ds / "derivatives" / "qq")
+    bare = predict(trained["run_id"], ds, tmp_path / "bare", tracking_uri=store["uri"])
+    assert (
+        bare.rmse is None and bare.subjects["Z1"]["predicted"] == result.subjects["Z1"]["predicted"]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(tmp_path / "bare" / "sub-Z1_desc-OEF_pred.nii.gz").dataobj), values
+    )
+    assert not (tmp_path / "bare" / "rmse_per_patient.csv").exists()
+
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(
     tiny_features, ray_local, store, tmp_path
@@ -242,6 +254,14 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(
     assert history[:restored] == head[:restored]
     assert sorted({s for s, _ in history}) == list(range(6))
     assert len(history) == 6 + (len(head) - restored)
+
+
+def test_gpus_without_gpus_is_refused(tiny_features, ray_local, store, capsys):
+    code = main(
+        ["train", str(tiny_features), "--gpus", "--epochs", "1", "--tracking-uri", store["uri"]]
+    )
+    assert code == 1
+    assert "--gpus needs 1 GPU(s), this machine's Ray runtime has 0" in capsys.readouterr().err
 
 
 def test_train_refuses_bad_input(tmp_path, tiny_features, capsys):
