@@ -458,6 +458,8 @@ def train(
     *,
     storage_path: str | Path | None = None,
     resume: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train the LSTM on the training subjects of a features folder and evaluate on the test ones.
 
@@ -471,6 +473,10 @@ def train(
     resume : str, optional
         MLflow run id of an interrupted run: the run is re-opened and Ray Train restarts from the
         last checkpoint it stored under the same run name (same config required).
+    parent_run_id : str, optional
+        Make the MLflow run a child of this run (seed repeats, searches).
+    tags : dict, optional
+        Extra MLflow tags of the run.
     """
     from oefray.config import TrainConfig
     from oefray.ml.model import build_lstm, model_config
@@ -505,7 +511,12 @@ def train(
             config.experiment,
             run_name=f"train-{config.preset}-seed{config.seed}",
             params=params,
-            tags={"oefray.command": "train", "oefray.seed": config.seed},
+            tags={
+                "oefray.command": "train",
+                "oefray.seed": config.seed,
+                **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
+                **(tags or {}),
+            },
         )
     else:
         opened = tracker.resumed_run(resume)

@@ -1,0 +1,230 @@
+"""``oefray tune --repeats N``: the paper's protocol — the same training N times, changing only the
+seed — on Ray Tune, with an MLflow parent run that summarises the repeats.
+
+Ray Tune drives a *function* trainable that calls the very :func:`oefray.orchestration.train.train`
+that ``oefray train`` runs (one code path). Measured with ray 2.60: under Ray Train V2,
+``Tuner(trainer)`` fails (``TuneError: Improper 'run'``); a function trainable that builds and fits
+the trainer works. The trainable itself reserves almost nothing (``{"cpu": 0.01}``, as ``0`` is
+rejected): the CPUs/GPUs are reserved by the Ray Train workers each trial starts, so as many
+repeats run at once as the cluster has room for.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oefray.config import TrainConfig
+from oefray.errors import OefrayError
+
+#: The quantities of Tables 2/3.
+QUANTITIES = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
+
+
+def _repeat_trainable(config: dict[str, Any]) -> None:
+    """One Tune trial: train with one seed as a child run of the parent; report its metrics."""
+    from ray import tune
+
+    from oefray.orchestration.train import train
+
+    base = TrainConfig(**{**config["train_config"], "seed": int(config["seed"])})
+    result = train(
+        config["features"],
+        base,
+        storage_path=config["storage"],
+        parent_run_id=config["parent_run_id"],
+        tags={"oefray.repeat": int(config["repeat"]), "oefray.command": "tune --repeats"},
+    )
+    tune.report({**result.test_metrics, "run_id": result.run_id, "repeat": int(config["repeat"])})
+
+
+@dataclass
+class RepeatsResult:
+    """What ``tune --repeats`` produced (serialised into ``results.json``)."""
+
+    parent_run_id: str
+    child_run_ids: list[str]
+    seeds: list[int]
+    summary: Any  # pandas DataFrame, Table 2/3 layout
+    representative_run_id: str
+    tracking_uri: str
+    ui_command: str
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": "tune --repeats",
+            "parent_run_id": self.parent_run_id,
+            "child_run_ids": self.child_run_ids,
+            "seeds": self.seeds,
+            "representative_run_id": self.representative_run_id,
+            "metrics": self.metrics,
+            "summary": {
+                str(k): {c: float(v) for c, v in row.items()} for k, row in self.summary.iterrows()
+            },
+            "tracking_uri": self.tracking_uri,
+            "ui_command": self.ui_command,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def summarize_repeats(children: list[dict[str, float]]):
+    """Table 2/3 layout: one row per quantity, columns ``mean``, ``std`` and each repeat.
+
+    ``std`` is the sample standard deviation over repeats (ddof = 1; 0 for a single repeat).
+    """
+    import pandas as pd
+
+    rows = {}
+    for q in QUANTITIES:
+        values = np.array([c[f"test_rmse_{q}"] for c in children], dtype=np.float64)
+        rows[q] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            **{f"repeat_{i}": float(v) for i, v in enumerate(values)},
+        }
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "quantity"
+    return frame
+
+
+def _ensemble_maps(tracker, child_ids: list[str], out: Path) -> list[Path]:
+    """Per-voxel mean and standard deviation across the repeats' predicted maps."""
+    import nibabel as nib
+
+    from oefray.io.maps import write_map
+
+    tmp = out / "children"
+    by_name: dict[str, list[Path]] = {}
+    for i, run_id in enumerate(child_ids):
+        folder = tracker.download_artifacts(run_id, "maps", tmp / str(i))
+        for path in sorted(Path(folder).glob("*_pred.nii.gz")):
+            by_name.setdefault(path.name, []).append(path)
+    written = []
+    for name, paths in sorted(by_name.items()):
+        imgs = [nib.load(p) for p in paths]
+        stack = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in imgs])
+        inside = np.isfinite(stack).all(axis=0)
+        idx = np.flatnonzero(inside.ravel())
+        flat = stack.reshape(len(paths), -1)[:, idx]
+        for stat, values in (
+            ("ensmean", flat.mean(axis=0)),
+            ("ensstd", flat.std(axis=0, ddof=1) if len(paths) > 1 else np.zeros(len(idx))),
+        ):
+            target = out / "maps" / name.replace("_pred.nii.gz", f"_{stat}.nii.gz")
+            written.append(write_map(target, values, idx, imgs[0].shape, imgs[0].affine))
+    return written
+
+
+def run_repeats(
+    features: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    repeats: int = 5,
+    storage_path: str | Path | None = None,
+    max_concurrent: int | None = None,
+) -> RepeatsResult:
+    """Train ``repeats`` times with seeds ``config.seed + i`` on Ray Tune; summarise in MLflow.
+
+    Parameters
+    ----------
+    features : path
+        Features folder with ground truth.
+    config : TrainConfig
+        Everything but the seed is shared by the repeats.
+    repeats : int
+        Number of seeds.
+    storage_path : path, optional
+        Ray Train/Tune storage (default ``./ray_results``).
+    max_concurrent : int, optional
+        Cap on repeats running at once (default: as many as resources allow).
+    """
+    from ray import tune
+
+    from oefray.orchestration.preprocess import ray_runtime
+    from oefray.tracking import Tracker
+
+    if repeats < 1:
+        raise OefrayError(None, f"--repeats must be >= 1, got {repeats}")
+    t0 = time.perf_counter()
+    config = config or TrainConfig()
+    tracker = Tracker.from_uri(config.tracking_uri)
+    config = replace(config, tracking_uri=tracker.tracking_uri)
+    storage = str(Path(storage_path or Path.cwd() / "ray_results").resolve())
+    seeds = [config.seed + i for i in range(repeats)]
+    features = str(Path(features).resolve())
+    with (
+        ray_runtime(config.address, max(config.workers, 2)),
+        tracker.tracked_run(
+            config.experiment,
+            run_name=f"repeats-{config.preset}-x{repeats}",
+            params={
+                "repeats": repeats,
+                "seeds": seeds,
+                "train": asdict(config),
+                "features": features,
+            },
+            tags={"oefray.command": "tune --repeats"},
+        ) as parent,
+    ):
+        trainable = tune.with_resources(_repeat_trainable, {"cpu": 0.01})
+        param_space = {
+            "features": features,
+            "storage": storage,
+            "parent_run_id": parent.run_id,
+            "train_config": {k: v for k, v in asdict(config).items() if k != "seed"},
+            # explicit repeats; each seed follows from its repeat, nothing else is sampled
+            "repeat": tune.grid_search(list(range(repeats))),
+            "seed": tune.sample_from(lambda spec: config.seed + spec.config["repeat"]),
+        }
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(name=f"oefray-repeats-{parent.run_id}", storage_path=storage),
+        )
+        grid = tuner.fit()
+        errors = [r.error for r in grid if r.error is not None]
+        if errors:
+            raise OefrayError(
+                None, f"{len(errors)} repeat(s) failed: {' '.join(str(errors[0]).split())[:500]}"
+            )
+        results = sorted((r.metrics for r in grid), key=lambda m: m["repeat"])
+        child_ids = [m["run_id"] for m in results]
+        summary = summarize_repeats(results)
+        means = {f"test_rmse_{q}_mean": float(summary.loc[q, "mean"]) for q in QUANTITIES}
+        stds = {f"test_rmse_{q}_std": float(summary.loc[q, "std"]) for q in QUANTITIES}
+        parent.log_metrics({**means, **stds})
+        oef = np.array([m["test_rmse_OEF"] for m in results])
+        representative = child_ids[int(np.argmin(np.abs(oef - oef.mean())))]
+        parent.set_tags(
+            {"oefray.representative_run": representative, "oefray.child_runs": ",".join(child_ids)}
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
+            summary.to_csv(tmp_path / "repeats_summary.csv")
+            parent.log_artifact_file(tmp_path / "repeats_summary.csv")
+            rep = tracker.download_artifacts(representative, "", tmp_path / "representative")
+            for name in ("oef_maps.png", "training_curves.png", "rmse_per_patient.csv"):
+                if (Path(rep) / name).is_file():
+                    parent.log_artifact_file(Path(rep) / name, "representative")
+            ens = tmp_path / "ensemble"
+            _ensemble_maps(tracker, child_ids, ens)
+            parent.log_artifact_dir(ens / "maps", "maps")
+    return RepeatsResult(
+        parent_run_id=parent.run_id,
+        child_run_ids=child_ids,
+        seeds=seeds,
+        summary=summary,
+        representative_run_id=representative,
+        tracking_uri=tracker.tracking_uri,
+        ui_command=tracker.ui_command(),
+        seconds=time.perf_counter() - t0,
+        metrics={**means, **stds},
+    )
