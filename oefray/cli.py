@@ -328,7 +328,6 @@ def train(
     ),
 ) -> None:
     """Train the LSTM on Ray Train, evaluate on the held-out subjects, track it all in MLflow."""
-    from oefray.config import TrainConfig, config_from_mapping, read_config_file
     from oefray.orchestration.train import train as run_train
 
     flags = {
@@ -349,12 +348,7 @@ def train(
         "train_subjects": _labels(train_subjects),
         "test_subjects": _labels(test_subjects),
     }
-    try:
-        values = read_config_file(config, section="train") if config is not None else {}
-        values = {**values, **{k: v for k, v in flags.items() if v is not None}}
-        train_config = config_from_mapping(TrainConfig, values, config)
-    except OefrayError as exc:
-        _fail(str(exc), 2)
+    train_config = _train_config(config, flags)
     logging.getLogger("ray").setLevel(logging.WARNING)
     try:
         result = run_train(features, train_config, storage_path=storage, resume=resume)
@@ -435,6 +429,114 @@ def predict(
             "RMSE against the dataset's ground truth: "
             + ", ".join(f"{k} {v:.4g}" for k, v in result.rmse.items())
         )
+
+
+@app.command()
+def tune(
+    features: Annotated[
+        Path, typer.Argument(help="Features folder from oefray preprocess (with ground truth).")
+    ],
+    repeats: Annotated[
+        int, typer.Option(help="Seed repeats (the paper: 5); seeds are seed, seed+1, ...")
+    ] = 5,
+    preset: Annotated[str | None, typer.Option(help="Model preset: small or paper.")] = None,
+    workers_per_trial: Annotated[
+        int | None, typer.Option(help="Ray Train workers of each repeat.")
+    ] = None,
+    gpus_per_trial: Annotated[
+        bool | None,
+        typer.Option(
+            "--gpus-per-trial/--no-gpus-per-trial", help="One GPU per worker of each repeat."
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Maximum epochs (default: the preset's).")
+    ] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    max_train_windows: Annotated[
+        int | None, typer.Option(help="Subsample the training windows (seeded).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="First seed.")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="Cap on repeats running at once.")
+    ] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML/YAML file of training options; flags override it."),
+    ] = None,
+    storage: Annotated[
+        Path | None, typer.Option(help="Ray Train/Tune storage (default ./ray_results).")
+    ] = None,
+    results: Annotated[Path, typer.Option(help="Where to write results.json.")] = Path(
+        "results.json"
+    ),
+) -> None:
+    """Run the paper's protocol: N trainings that differ only in the seed, on Ray Tune."""
+    from oefray.orchestration.tune import run_repeats
+
+    train_config = _train_config(
+        config,
+        {
+            "preset": preset,
+            "workers": workers_per_trial,
+            "gpus": gpus_per_trial,
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "batch_size": batch_size,
+            "max_train_windows": max_train_windows,
+            "seed": seed,
+            "experiment": experiment,
+            "tracking_uri": tracking_uri,
+            "address": address,
+        },
+    )
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    try:
+        result = run_repeats(
+            features,
+            train_config,
+            repeats=repeats,
+            storage_path=storage,
+            max_concurrent=max_concurrent,
+        )
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    _write_results(results, result.to_dict())
+    out_console.print(
+        f"parent run: {result.parent_run_id}  ({len(result.child_run_ids)} repeats, seeds {result.seeds})"
+    )
+    table = Table(show_edge=False)
+    table.add_column("test RMSE")
+    table.add_column("mean ± std", justify="right")
+    for i in range(len(result.seeds)):
+        table.add_column(f"seed {result.seeds[i]}", justify="right")
+    for q, row in result.summary.iterrows():
+        reps = [row[f"repeat_{i}"] for i in range(len(result.seeds))]
+        label = "OEF (%)" if q == "OEF" else str(q)
+        table.add_row(label, f"{row['mean']:.4g} ± {row['std']:.2g}", *(f"{v:.4g}" for v in reps))
+    out_console.print(table)
+    out_console.print(
+        f"representative repeat (closest to the mean OEF RMSE): {result.representative_run_id}"
+    )
+    out_console.print("paper (patient data): OEF 5.23 ± 0.035 % (LSTM) vs 5.35 % (CCM)")
+    out_console.print(f"MLflow UI: {result.ui_command}")
+
+
+def _train_config(config_path: Path | None, flags: dict[str, Any]):
+    """TrainConfig from an optional config file (``[train]`` table or top level) and the flags
+    that were given; exits with code 2 and one line on a bad file or value."""
+    from oefray.config import TrainConfig, config_from_mapping, read_config_file
+
+    try:
+        values = read_config_file(config_path, section="train") if config_path is not None else {}
+        values = {**values, **{k: v for k, v in flags.items() if v is not None}}
+        return config_from_mapping(TrainConfig, values, config_path)
+    except OefrayError as exc:
+        _fail(str(exc), 2)
 
 
 def main(argv: list[str] | None = None) -> int:

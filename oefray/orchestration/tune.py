@@ -108,7 +108,7 @@ def _ensemble_maps(tracker, child_ids: list[str], out: Path) -> list[Path]:
             by_name.setdefault(path.name, []).append(path)
     written = []
     for name, paths in sorted(by_name.items()):
-        imgs = [nib.load(p) for p in paths]
+        imgs: list[Any] = [nib.load(p) for p in paths]
         stack = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in imgs])
         inside = np.isfinite(stack).all(axis=0)
         idx = np.flatnonzero(inside.ravel())
@@ -181,7 +181,7 @@ def run_repeats(
             "train_config": {k: v for k, v in asdict(config).items() if k != "seed"},
             # explicit repeats; each seed follows from its repeat, nothing else is sampled
             "repeat": tune.grid_search(list(range(repeats))),
-            "seed": tune.sample_from(lambda spec: config.seed + spec.config["repeat"]),
+            "seed": tune.sample_from(lambda spec: config.seed + spec.config["repeat"]),  # type: ignore[attr-defined]
         }
         tuner = tune.Tuner(
             trainable,
@@ -190,12 +190,13 @@ def run_repeats(
             run_config=tune.RunConfig(name=f"oefray-repeats-{parent.run_id}", storage_path=storage),
         )
         grid = tuner.fit()
-        errors = [r.error for r in grid if r.error is not None]
+        trials = [grid[i] for i in range(len(grid))]
+        errors = [r.error for r in trials if r.error is not None]
         if errors:
             raise OefrayError(
                 None, f"{len(errors)} repeat(s) failed: {' '.join(str(errors[0]).split())[:500]}"
             )
-        results = sorted((r.metrics for r in grid), key=lambda m: m["repeat"])
+        results = sorted((r.metrics or {} for r in trials), key=lambda m: m["repeat"])
         child_ids = [m["run_id"] for m in results]
         summary = summarize_repeats(results)
         means = {f"test_rmse_{q}_mean": float(summary.loc[q, "mean"]) for q in QUANTITIES}

@@ -1,0 +1,99 @@
+"""``oefray tune --repeats``: seed repeats on Ray Tune with an MLflow parent run, for real."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from oefray.cli import main
+from oefray.tracking import Tracker
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+QUANTITIES = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
+
+
+@pytest.fixture(scope="module")
+def repeats(tiny_features, ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    uri = f"sqlite:///{root}/mlflow.db"
+    code = main(
+        [
+            "tune",
+            str(tiny_features),
+            "--repeats",
+            "2",
+            "--epochs",
+            "2",
+            "--seed",
+            "7",
+            "--workers-per-trial",
+            "1",
+            "--experiment",
+            "test-repeats",
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(root / "ray_results"),
+            "--results",
+            str(root / "results.json"),
+        ]
+    )
+    assert code == 0
+    return {"uri": uri, "results": json.loads((root / "results.json").read_text()), "root": root}
+
+
+def test_children_differ_only_in_seed(repeats):
+    tracker = Tracker(repeats["uri"])
+    res = repeats["results"]
+    parent = tracker.get_run(res["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = [tracker.get_run(r) for r in res["child_run_ids"]]
+    assert len(children) == 2 and res["seeds"] == [7, 8]
+    for i, child in enumerate(children):
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == res["parent_run_id"]
+        assert (child.data.tags["oefray.repeat"], child.data.tags["oefray.seed"]) == (
+            str(i),
+            str(7 + i),
+        )
+    a, b = (dict(c.data.params) for c in children)
+    assert {k for k in a if a[k] != b.get(k)} == {"seed"}  # the seed and nothing else
+    assert a.keys() == b.keys()
+
+
+def test_parent_summarises_the_children(repeats, tmp_path):
+    tracker = Tracker(repeats["uri"])
+    res = repeats["results"]
+    parent = tracker.get_run(res["parent_run_id"])
+    children = [tracker.get_run(r).data.metrics for r in res["child_run_ids"]]
+    for q in QUANTITIES:
+        values = np.array([c[f"test_rmse_{q}"] for c in children])
+        assert parent.data.metrics[f"test_rmse_{q}_mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert parent.data.metrics[f"test_rmse_{q}_std"] == pytest.approx(
+            values.std(ddof=1), rel=1e-9
+        )
+    art = tracker.download_artifacts(res["parent_run_id"], "", tmp_path)
+    table = pd.read_csv(art / "repeats_summary.csv", index_col=0)
+    assert list(table.index) == list(QUANTITIES)
+    assert list(table.columns) == ["mean", "std", "repeat_0", "repeat_1"]
+    oef = np.array([c["test_rmse_OEF"] for c in children])
+    representative = parent.data.tags["oefray.representative_run"]
+    assert representative == res["child_run_ids"][int(np.argmin(np.abs(oef - oef.mean())))]
+    assert (art / "representative" / "oef_maps.png").is_file()
+    # ensemble: per-voxel mean and std of the repeats' maps, on the subject's grid
+    child_maps = [
+        tracker.download_artifacts(r, "maps/sub-P6_desc-Y_pred.nii.gz", tmp_path / f"c{i}")
+        for i, r in enumerate(res["child_run_ids"])
+    ]
+    stack = np.stack([np.asarray(nib.load(p).dataobj) for p in child_maps])
+    mean = np.asarray(nib.load(art / "maps" / "sub-P6_desc-Y_ensmean.nii.gz").dataobj)
+    std = np.asarray(nib.load(art / "maps" / "sub-P6_desc-Y_ensstd.nii.gz").dataobj)
+    inside = np.isfinite(stack).all(axis=0)
+    np.testing.assert_allclose(mean[inside], stack.mean(axis=0)[inside], rtol=1e-6)
+    np.testing.assert_allclose(std[inside], stack.std(axis=0, ddof=1)[inside], rtol=1e-5, atol=1e-7)
+    assert np.isnan(mean[~inside]).all()
