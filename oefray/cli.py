@@ -526,6 +526,76 @@ def tune(
     out_console.print(f"MLflow UI: {result.ui_command}")
 
 
+baseline_app = typer.Typer(
+    help="Baselines that sit beside the LSTM in MLflow and in comparisons.", no_args_is_help=True
+)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("ccm")
+def baseline_ccm(
+    features: Annotated[
+        Path, typer.Argument(help="Features folder from oefray preprocess (with ground truth).")
+    ],
+    clusters: Annotated[int, typer.Option(help="k-means clusters of the library.")] = 256,
+    neighbours: Annotated[int, typer.Option(help="Nearest centroids interpolated per voxel.")] = 4,
+    library_size: Annotated[
+        int, typer.Option(help="Reference voxels re-simulated (seeded subsample).")
+    ] = 200_000,
+    seed: Annotated[int, typer.Option(help="Seed of the subsample and of k-means.")] = 0,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "oefray",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    results: Annotated[Path, typer.Option(help="Where to write results.json.")] = Path(
+        "results.json"
+    ),
+) -> None:
+    """The CCM baseline (Lee 2022): cluster library re-simulated at the data's echo times."""
+    from oefray.orchestration.baseline import run_ccm
+
+    try:
+        out = run_ccm(
+            features,
+            clusters=clusters,
+            neighbours=neighbours,
+            library_size=library_size,
+            seed=seed,
+            experiment=experiment,
+            tracking_uri=tracking_uri,
+        )
+    except (OefrayError, ValueError) as exc:
+        _fail(str(exc), 1)
+    table = out.pop("table")
+    _write_results(
+        results,
+        {
+            **out,
+            "table": {str(k): {c: float(v) for c, v in row.items()} for k, row in table.iterrows()},
+        },
+    )
+    t = out["test_metrics"]
+    out_console.print(f"run id: {out['run_id']}  (CCM, K={clusters}, k={neighbours})")
+    out_console.print(_table1(table))
+    out_console.print(
+        f"test OEF RMSE {t['test_rmse_OEF']:.3f} % over all test voxels; floor {t['floor_rmse_OEF']:.3f} %"
+    )
+
+
+@app.command()
+def compare(
+    refs: Annotated[list[str], typer.Argument(help="MLflow run ids and/or experiment names.")],
+    format: Annotated[str, typer.Option("--format", help="md, csv or html.")] = "md",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Per-parameter and OEF test RMSE of runs and experiments side by side (with the floor)."""
+    from oefray.orchestration.compare import compare_runs, format_rows
+
+    try:
+        text = format_rows(compare_runs(refs, tracking_uri=tracking_uri), format)
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    sys.stdout.write(text)
+
+
 def _train_config(config_path: Path | None, flags: dict[str, Any]):
     """TrainConfig from an optional config file (``[train]`` table or top level) and the flags
     that were given; exits with code 2 and one line on a bad file or value."""

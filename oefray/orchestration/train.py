@@ -396,38 +396,76 @@ def write_evaluation(
     Returns the Table 1 frame and the logged test metrics.
     """
     from oefray import reports
+
+    test = data.test
+    pred = predict_windows(model, data.x_scaler, data.y_scaler, test.x)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = {k: [h[k] for h in history] for k in ("loss", "val_loss", "val_rmse_OEF")}
+    run.log_artifact_file(reports.plot_training_curves(curves, out_dir / "training_curves.png"))
+    return log_evaluation(
+        run,
+        pred,
+        test.y,
+        test.subject,
+        test.idx,
+        data.test_subjects,
+        data.manifest,
+        data.y_scaler.mean,
+        out_dir,
+    )
+
+
+def log_evaluation(
+    run,
+    pred: np.ndarray,
+    true: np.ndarray,
+    subject: np.ndarray,
+    idx: np.ndarray,
+    test_subjects: list[str],
+    manifest: dict[str, Any],
+    train_mean: np.ndarray,
+    out_dir: Path,
+) -> tuple[Any, dict[str, float]]:
+    """Log any method's test predictions the same way: metrics, Table 1 CSV, maps, Fig. 4.
+
+    Parameters
+    ----------
+    pred, true : (n, 5) arrays
+        Predicted and true parameters (physical units) of the test voxels.
+    subject, idx : (n,) arrays
+        Each voxel's subject and C-order index in that subject's grid.
+    train_mean : (5,) array
+        The training subjects' mean parameters: the floor predicts it for every voxel.
+    """
+    from oefray import reports
     from oefray.io.maps import scatter_map, write_prediction_maps
     from oefray.ml.metrics import oef_percent, per_subject_rmse, pooled_rmse
     from oefray.physics.constants import PARAMETERS
 
-    test = data.test
-    pred = predict_windows(model, data.x_scaler, data.y_scaler, test.x)
-    rows, columns = per_subject_rmse(pred, test.y, test.subject)
+    rows, columns = per_subject_rmse(pred, true, subject)
     table = reports.rmse_table_frame(rows[:-1], {k: v[:-1] for k, v in columns.items()})
-    pooled = pooled_rmse(pred, test.y)
+    pooled = pooled_rmse(pred, true)
     patient_mean = {name: float(columns[name][-1]) for name in columns}
     logged = run.log_test_metrics(pooled, patient_mean)
     # the floor: every test voxel gets the training subjects' mean parameters
-    floor = pooled_rmse(np.broadcast_to(data.y_scaler.mean, test.y.shape), test.y)
+    floor = pooled_rmse(np.broadcast_to(np.asarray(train_mean, np.float64), true.shape), true)
     run.log_metrics({f"floor_rmse_{k}": v for k, v in floor.items()})
     logged.update({f"floor_rmse_{k}": float(v) for k, v in floor.items()})
     out_dir.mkdir(parents=True, exist_ok=True)
     run.log_artifact_file(reports.write_rmse_csv(table, out_dir / "rmse_per_patient.csv"))
-    curves = {k: [h[k] for h in history] for k in ("loss", "val_loss", "val_rmse_OEF")}
-    run.log_artifact_file(reports.plot_training_curves(curves, out_dir / "training_curves.png"))
     panels = []
     maps_dir = out_dir / "maps"
-    for label in data.test_subjects:
-        entry = data.manifest["subjects"][label]
+    y = PARAMETERS.index("Y")
+    for label in test_subjects:
+        entry = manifest["subjects"][label]
         shape, affine = tuple(entry["shape"]), np.asarray(entry["affine"])
-        sel = test.subject == label
-        idx = test.idx[sel]
+        sel = subject == label
         values = {p: pred[sel, i] for i, p in enumerate(PARAMETERS)}
-        values["OEF"] = oef_percent(pred[sel, PARAMETERS.index("Y")])
-        write_prediction_maps(maps_dir, label, values, idx, shape, affine)
+        values["OEF"] = oef_percent(pred[sel, y])
+        write_prediction_maps(maps_dir, label, values, idx[sel], shape, affine)
         z = shape[2] // 2
-        truth = scatter_map(oef_percent(test.y[sel, PARAMETERS.index("Y")]), idx, shape)[:, :, z]
-        guess = scatter_map(values["OEF"], idx, shape)[:, :, z]
+        truth = scatter_map(oef_percent(true[sel, y]), idx[sel], shape)[:, :, z]
+        guess = scatter_map(values["OEF"], idx[sel], shape)[:, :, z]
         panels.append((label, truth, guess, float(columns["OEF"][rows.index(label)])))
     run.log_artifact_dir(maps_dir, "maps")
     run.log_artifact_file(reports.plot_oef_maps(panels, out_dir / "oef_maps.png"))

@@ -1,0 +1,116 @@
+"""``oefray compare``: per-parameter and OEF test RMSE of runs and experiments, side by side.
+
+Each argument is a run id or an experiment name. A repeats parent run (``tune --repeats``) shows
+``mean ± std`` over its repeats; a single run shows its values; an experiment expands to its
+top-level runs. The floor (every test voxel gets the training mean) is added from the first run
+that logged it, since a simulated cohort's RMSE means little without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from oefray.errors import OefrayError
+
+QUANTITIES = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
+FORMATS = ("md", "csv", "html")
+
+
+def _row(run) -> dict[str, Any] | None:
+    m, tags = run.data.metrics, run.data.tags
+    name = run.info.run_name or run.info.run_id[:8]
+    label = f"{name} ({run.info.run_id[:8]})"
+    if all(f"test_rmse_{q}_mean" in m for q in QUANTITIES):
+        return {
+            "run": label,
+            "kind": tags.get("oefray.command", "repeats"),
+            **{q: (m[f"test_rmse_{q}_mean"], m.get(f"test_rmse_{q}_std", 0.0)) for q in QUANTITIES},
+        }
+    if all(f"test_rmse_{q}" in m for q in QUANTITIES):
+        return {
+            "run": label,
+            "kind": tags.get("oefray.command", "run"),
+            **{q: (m[f"test_rmse_{q}"], None) for q in QUANTITIES},
+        }
+    return None
+
+
+def compare_runs(refs: Sequence[str], *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Rows (one per run, plus the floor) of ``{"run", "kind", <quantity>: (value, std or None)}``.
+
+    Raises
+    ------
+    OefrayError
+        If a reference is neither a run id nor an experiment, or nothing has test metrics.
+    """
+    from oefray.tracking import Tracker
+
+    tracker = Tracker.from_uri(tracking_uri)
+    client = tracker.client
+    runs = []
+    for ref in refs:
+        experiment = client.get_experiment_by_name(ref)
+        if experiment is not None:
+            found = client.search_runs(
+                [experiment.experiment_id],
+                filter_string="attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time ASC"],
+            )
+            runs += [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+            continue
+        try:
+            runs.append(tracker.get_run(ref))
+        except OefrayError:
+            raise OefrayError(
+                None, f"{ref!r} is neither an MLflow run id nor an experiment name"
+            ) from None
+    rows = [row for row in map(_row, runs) if row is not None]
+    if not rows:
+        raise OefrayError(None, "no run with test metrics among: " + ", ".join(refs))
+    for run in runs:  # the floor, once: from a run that logged it (a repeats parent's children do)
+        m = run.data.metrics
+        child_ids = run.data.tags.get("oefray.child_runs", "")
+        if not all(f"floor_rmse_{q}" in m for q in QUANTITIES) and child_ids:
+            m = tracker.get_run(child_ids.split(",")[0]).data.metrics
+        if all(f"floor_rmse_{q}" in m for q in QUANTITIES):
+            rows.append(
+                {
+                    "run": "floor: training mean",
+                    "kind": "floor",
+                    **{q: (m[f"floor_rmse_{q}"], None) for q in QUANTITIES},
+                }
+            )
+            break
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str = "md") -> str:
+    """The comparison as a markdown table, CSV, or an HTML table."""
+    if fmt not in FORMATS:
+        raise OefrayError(None, f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    headers = ["run", "kind", *[("OEF (%)" if q == "OEF" else q) for q in QUANTITIES]]
+    if fmt == "csv":
+        lines = [",".join(["run", "kind", *[c for q in QUANTITIES for c in (q, f"{q}_std")]])]
+        for r in rows:
+            cells = [f'"{r["run"]}"', r["kind"]]
+            for q in QUANTITIES:
+                value, std = r[q]
+                cells += [repr(float(value)), "" if std is None else repr(float(std))]
+            lines.append(",".join(cells))
+        return "\n".join(lines) + "\n"
+
+    def cell(v: tuple[float, float | None]) -> str:
+        value, std = v
+        return f"{value:.4g}" if std is None else f"{value:.4g} ± {std:.2g}"
+
+    body = [[r["run"], r["kind"], *[cell(r[q]) for q in QUANTITIES]] for r in rows]
+    if fmt == "md":
+        out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        out += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(out) + "\n"
+    from html import escape
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    trs = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in b) + "</tr>" for b in body)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{trs}</tbody>\n</table>\n"
