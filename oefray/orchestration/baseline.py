@@ -85,9 +85,9 @@ def run_ccm(
     for label in test:
         schemes.setdefault(tuple(manifest["subjects"][label]["echo_times_s"]), []).append(label)
     libraries = {}
-    for te, labels in schemes.items():
-        library = build_library(params, np.asarray(te), config)
-        libraries[",".join(f"{t:g}" for t in te)] = library.to_dict()
+    for scheme, labels in schemes.items():
+        library = build_library(params, np.asarray(scheme), config)
+        libraries[",".join(f"{t:g}" for t in scheme)] = library.to_dict()
         sel = np.isin(subject, labels)
         pred[sel] = predict(library, x[sel])
 
