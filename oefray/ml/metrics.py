@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from oefray.physics.constants import PARAMETERS, YA
+from oefray.physics.constants import PARAMETERS
+from oefray.physics.qq import oef
 
 __all__ = ["TABLE_COLUMNS", "AVERAGE_ROW", "rmse", "oef_percent", "per_subject_rmse", "pooled_rmse"]
 
@@ -64,7 +65,7 @@ def oef_percent(Y: npt.ArrayLike) -> np.ndarray:
     -------
     ndarray of shape (...), float64
     """
-    return 100.0 * (1.0 - np.asarray(Y, dtype=np.float64) / YA)
+    return 100.0 * oef(np.asarray(Y, dtype=np.float64))  # the physics layer's OEF, in percent
 
 
 def _table_values(pred: npt.ArrayLike, true: npt.ArrayLike) -> dict[str, np.ndarray]:
