@@ -314,3 +314,52 @@ def plot_oef_maps(
     assert image is not None  # at least one panel was drawn
     fig.colorbar(image, cax=cax, label="OEF (%)")
     return _save_png(fig, path)
+
+
+def plot_uncertainty_maps(
+    panels: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    path: str | os.PathLike[str],
+    *,
+    vmax_mean: float = 60.0,
+) -> Path:
+    """Ensemble OEF per test subject: mean over seed repeats (left) and their spread (right), PNG.
+
+    Parameters
+    ----------
+    panels : sequence of (label, mean, std)
+        ``mean`` and ``std`` (M, N) slices of OEF in percent, NaN outside the brain.
+    path : path-like
+        Destination PNG.
+    vmax_mean : float
+        Upper limit of the mean's colour scale (percent); the spread's scale is its own maximum.
+    """
+    if len(panels) == 0:
+        raise ValueError("plot_uncertainty_maps needs at least one subject panel")
+    import matplotlib as mpl
+
+    stds = [np.asarray(s, dtype=np.float64) for _, _, s in panels]
+    top = max(float(np.nanmax(s)) if np.isfinite(s).any() else 0.0 for s in stds) or 1.0
+    fig = _new_figure(7.0, 2.8 * len(panels) + 0.4)
+    axes = np.atleast_2d(fig.subplots(len(panels), 2, squeeze=False))
+    scales = (
+        ("ensemble mean OEF (%)", mpl.colormaps["jet"].with_extremes(bad="black"), 0.0, vmax_mean),
+        ("spread across seeds (%)", mpl.colormaps["magma"].with_extremes(bad="black"), 0.0, top),
+    )
+    for row, (label, mean, std) in enumerate(panels):
+        for col, data in enumerate((mean, std)):
+            title, cmap, lo, hi = scales[col]
+            ax = axes[row, col]
+            image = ax.imshow(
+                np.ma.masked_invalid(np.asarray(data, dtype=np.float64).T),
+                origin="lower",
+                cmap=cmap,
+                vmin=lo,
+                vmax=hi,
+                interpolation="nearest",
+            )
+            ax.set_facecolor("black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{label}: {title}", fontsize=8)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    return _save_png(fig, path)

@@ -122,6 +122,21 @@ def _ensemble_maps(tracker, child_ids: list[str], out: Path) -> list[Path]:
     return written
 
 
+def _uncertainty_figure(maps: Path, path: Path) -> Path:
+    """Mid-slice ensemble mean and spread of OEF for every subject with ensemble maps."""
+    from oefray.io.maps import read_map
+    from oefray.reports import plot_uncertainty_maps
+
+    panels = []
+    for mean_path in sorted(maps.glob("*_desc-OEF_ensmean.nii.gz")):
+        label = mean_path.name.split("_")[0].removeprefix("sub-")
+        mean = read_map(mean_path)
+        std = read_map(mean_path.with_name(mean_path.name.replace("ensmean", "ensstd")))
+        z = mean.shape[2] // 2
+        panels.append((label, mean[:, :, z], std[:, :, z]))
+    return plot_uncertainty_maps(panels, path)
+
+
 def run_repeats(
     features: str | Path,
     config: TrainConfig | None = None,
@@ -218,6 +233,9 @@ def run_repeats(
             ens = tmp_path / "ensemble"
             _ensemble_maps(tracker, child_ids, ens)
             parent.log_artifact_dir(ens / "maps", "maps")
+            parent.log_artifact_file(
+                _uncertainty_figure(ens / "maps", tmp_path / "uncertainty.png")
+            )
     return RepeatsResult(
         parent_run_id=parent.run_id,
         child_run_ids=child_ids,

@@ -85,6 +85,7 @@ def test_parent_summarises_the_children(repeats, tmp_path):
     representative = parent.data.tags["oefray.representative_run"]
     assert representative == res["child_run_ids"][int(np.argmin(np.abs(oef - oef.mean())))]
     assert (art / "representative" / "oef_maps.png").is_file()
+    assert (art / "uncertainty.png").stat().st_size > 10_000
     # ensemble: per-voxel mean and std of the repeats' maps, on the subject's grid
     child_maps = [
         tracker.download_artifacts(r, "maps/sub-P6_desc-Y_pred.nii.gz", tmp_path / f"c{i}")
