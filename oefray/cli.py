@@ -596,6 +596,52 @@ def compare(
     sys.stdout.write(text)
 
 
+study_app = typer.Typer(help="Studies that measure the method's claims.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("te-shift")
+def study_te_shift(
+    dataset: Annotated[
+        Path, typer.Argument(help="BIDS dataset with ground truth and a train/test split.")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", help="Training run id (or model URI) of the LSTM.")
+    ],
+    snr: Annotated[float, typer.Option(help="Echo-1 SNR of the re-simulated magnitudes.")] = 100.0,
+    clusters: Annotated[int, typer.Option(help="CCM clusters.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the re-simulation noise and of CCM.")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="CPUs of the local Ray runtime for preprocessing.")
+    ] = 2,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "oefray",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write te_shift.csv and te_shift.md here.")
+    ] = None,
+) -> None:
+    """Test RMSE of the LSTM, CCM and the floor when the test data come with other echo schemes."""
+    from oefray.orchestration.study import te_shift
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    try:
+        result = te_shift(
+            dataset,
+            model,
+            snr=snr,
+            clusters=clusters,
+            seed=seed,
+            workers=workers,
+            experiment=experiment,
+            tracking_uri=tracking_uri,
+            out=out,
+        )
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    sys.stdout.write(result["markdown"])
+    out_console.print(f"run id: {result['run_id']}")
+
+
 def _train_config(config_path: Path | None, flags: dict[str, Any]):
     """TrainConfig from an optional config file (``[train]`` table or top level) and the flags
     that were given; exits with code 2 and one line on a bad file or value."""
