@@ -214,6 +214,23 @@ def plot_training_curves(
     return _save_png(fig, path)
 
 
+def _draw_slice(ax, data, cmap, vmin: float, vmax: float, title: str, fontsize: int):
+    """One map slice ``[x, y]`` drawn with x to the right and y up, NaN as black background."""
+    image = ax.imshow(
+        np.ma.masked_invalid(np.asarray(data, dtype=np.float64).T),
+        origin="lower",
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="nearest",
+    )
+    ax.set_facecolor("black")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=fontsize)
+    return image
+
+
 def plot_oef_maps(
     panels: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
     path: str | os.PathLike[str],
@@ -278,19 +295,7 @@ def plot_oef_maps(
     image = None
     for row, (label, t, p, rmse) in enumerate(slices):
         for col, (data, title) in enumerate(((t, "truth"), (p, "prediction"))):
-            ax = axes[row, col]
-            image = ax.imshow(
-                np.ma.masked_invalid(data.T),
-                origin="lower",
-                cmap=colours,
-                vmin=vmin,
-                vmax=vmax,
-                interpolation="nearest",
-            )
-            ax.set_facecolor("black")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{label} {title}", fontsize=9)
+            image = _draw_slice(axes[row, col], data, colours, vmin, vmax, f"{label} {title}", 9)
         axes[row, 1].text(
             0.03,
             0.04,
@@ -349,17 +354,6 @@ def plot_uncertainty_maps(
         for col, data in enumerate((mean, std)):
             title, cmap, lo, hi = scales[col]
             ax = axes[row, col]
-            image = ax.imshow(
-                np.ma.masked_invalid(np.asarray(data, dtype=np.float64).T),
-                origin="lower",
-                cmap=cmap,
-                vmin=lo,
-                vmax=hi,
-                interpolation="nearest",
-            )
-            ax.set_facecolor("black")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{label}: {title}", fontsize=8)
+            image = _draw_slice(ax, data, cmap, lo, hi, f"{label}: {title}", 8)
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
     return _save_png(fig, path)
