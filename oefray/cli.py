@@ -434,11 +434,33 @@ def predict(
 @app.command()
 def tune(
     features: Annotated[
-        Path, typer.Argument(help="Features folder from oefray preprocess (with ground truth).")
-    ],
+        Path | None,
+        typer.Argument(help="Features folder from oefray preprocess (with ground truth)."),
+    ] = None,
     repeats: Annotated[
-        int, typer.Option(help="Seed repeats (the paper: 5); seeds are seed, seed+1, ...")
-    ] = 5,
+        int | None,
+        typer.Option(help="Seed repeats (default 5, the paper's); seeds are seed, seed+1, ..."),
+    ] = None,
+    search: Annotated[
+        bool, typer.Option("--search", help="Hyperparameter search (ASHA) instead of repeats.")
+    ] = False,
+    samples: Annotated[int, typer.Option(help="Search: number of trials.")] = 8,
+    space: Annotated[
+        Path | None,
+        typer.Option(
+            help="Search: search-space file (default: the packaged one, see --write-space)."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Search: continue the last interrupted search.")
+    ] = False,
+    best_config: Annotated[
+        Path, typer.Option(help="Search: where to write the best trial's [train] TOML.")
+    ] = Path("best_config.toml"),
+    write_space: Annotated[
+        Path | None,
+        typer.Option(help="Write the default search space to this file (to edit) and exit."),
+    ] = None,
     preset: Annotated[str | None, typer.Option(help="Model preset: small or paper.")] = None,
     workers_per_trial: Annotated[
         int | None, typer.Option(help="Ray Train workers of each repeat.")
@@ -475,8 +497,26 @@ def tune(
         "results.json"
     ),
 ) -> None:
-    """Run the paper's protocol: N trainings that differ only in the seed, on Ray Tune."""
+    """The paper's protocol (N trainings that differ only in the seed) or, with --search, a
+    hyperparameter search with ASHA early stopping; both on Ray Tune, tracked in MLflow."""
     from oefray.orchestration.tune import run_repeats
+
+    if write_space is not None:
+        from oefray.orchestration.search import default_space_path
+
+        write_space.parent.mkdir(parents=True, exist_ok=True)
+        write_space.write_text(default_space_path().read_text())
+        out_console.print(
+            f"wrote {write_space}; use it with: oefray tune FEATURES --search --space {write_space}"
+        )
+        return
+    if features is None:
+        _fail("missing argument FEATURES (a features folder from oefray preprocess)", 2)
+    assert features is not None
+    if search and repeats is not None:
+        _fail("--repeats and --search are different experiments; give one of them", 2)
+    if not search and (resume or space is not None):
+        _fail("--resume and --space belong to --search", 2)
 
     train_config = _train_config(
         config,
@@ -495,11 +535,24 @@ def tune(
         },
     )
     logging.getLogger("ray").setLevel(logging.WARNING)
+    if search:
+        _tune_search(
+            features,
+            train_config,
+            samples=samples,
+            space=space,
+            resume=resume,
+            storage=storage,
+            max_concurrent=max_concurrent,
+            best_config=best_config,
+            results=results,
+        )
+        return
     try:
         result = run_repeats(
             features,
             train_config,
-            repeats=repeats,
+            repeats=5 if repeats is None else repeats,
             storage_path=storage,
             max_concurrent=max_concurrent,
         )
@@ -523,6 +576,50 @@ def tune(
         f"representative repeat (closest to the mean OEF RMSE): {result.representative_run_id}"
     )
     out_console.print("paper (patient data): OEF 5.23 ± 0.035 % (LSTM) vs 5.35 % (CCM)")
+    out_console.print(f"MLflow UI: {result.ui_command}")
+
+
+def _tune_search(features: Path, train_config, *, results: Path, **options: Any) -> None:
+    from oefray.errors import Interrupted
+    from oefray.orchestration.search import run_search
+
+    try:
+        result = run_search(
+            features,
+            train_config,
+            samples=options["samples"],
+            space=options["space"],
+            storage_path=options["storage"],
+            resume=options["resume"],
+            max_concurrent=options["max_concurrent"],
+            best_config_path=options["best_config"],
+        )
+    except Interrupted as exc:
+        _fail(str(exc), 130)
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    _write_results(results, result.to_dict())
+    table = Table(show_edge=False)
+    for column in ("trial", "MLflow run", result.metric, "test OEF (%)", "status"):
+        table.add_column(column)
+    for t in result.trials:
+        status = (
+            "completed" if t["completed"] else (t["error"] or f"stopped after {t['epochs']} epochs")
+        )
+        value = t[result.metric]
+        table.add_row(
+            str(t["trial_id"]),
+            str(t["run_id"]),
+            "" if value is None else f"{value:.4g}",
+            "" if t["test_rmse_OEF"] is None else f"{t['test_rmse_OEF']:.4g}",
+            status,
+        )
+    out_console.print(f"parent run: {result.parent_run_id}  ({len(result.trials)} trials)")
+    out_console.print(table)
+    out_console.print(
+        f"best trial on {result.metric} = {result.best_value:.4g}: run {result.best_run_id}; "
+        f"config written to {result.best_config_path} (oefray train FEATURES --config {result.best_config_path})"
+    )
     out_console.print(f"MLflow UI: {result.ui_command}")
 
 

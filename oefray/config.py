@@ -278,6 +278,9 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.max_train_windows is not None and self.max_train_windows < 1:
             raise ValueError(f"max_train_windows must be >= 1, got {self.max_train_windows}")
+        from oefray.ml.windows import WindowConfig
+
+        WindowConfig(length=self.window, anchor=self.anchor)  # raises ValueError, named
 
     def model_overrides(self) -> dict[str, object]:
         """The preset overrides that are set, keyed as ``ModelConfig`` fields."""

@@ -34,3 +34,7 @@ class DatasetError(OefrayError):
 
 class FeaturesError(OefrayError):
     """A features folder is missing, foreign, or inconsistent with the requested options."""
+
+
+class Interrupted(OefrayError):
+    """Work was stopped on request (Ctrl-C) after saving what it had; it can be resumed."""

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from oefray.errors import OefrayError
+from oefray.errors import Interrupted, OefrayError
 from oefray.physics.constants import PARAMETERS
 
 if TYPE_CHECKING:
@@ -489,7 +489,7 @@ class Tracker:
                 self.log_params(run_id, params)
             yield run
             status = "FINISHED"
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, Interrupted):
             status = "KILLED"
             raise
         except BaseException as exc:
@@ -750,6 +750,21 @@ class Tracker:
         """
         with self._errors(run_id):
             return self.client.get_run(run_id)
+
+    def child_runs(self, parent_run_id: str, tags: Mapping[str, Any] | None = None) -> list[Run]:
+        """Runs whose parent is ``parent_run_id`` (optionally with these tag values), oldest first."""
+        parent = self.get_run(parent_run_id)
+        clauses = [f"tags.mlflow.parentRunId = '{parent_run_id}'"]
+        clauses += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+        with self._errors(parent_run_id):
+            return list(
+                self.client.search_runs(
+                    [parent.info.experiment_id],
+                    filter_string=" and ".join(clauses),
+                    order_by=["attributes.start_time ASC"],
+                    max_results=10_000,
+                )
+            )
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         """The latest value of every metric of a run, by name."""

@@ -181,7 +181,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             save_arrays(tmp_path / BEST_WEIGHTS, best_weights or model.get_weights())
             (tmp_path / STATE).write_text(json.dumps({**state, "stopped_early": stop}))
             ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-            ray.train.report({**metrics, "best_epoch": state["best_epoch"]}, checkpoint=ckpt)
+            ray.train.report(
+                {**metrics, "epochs_done": epoch + 1, "best_epoch": state["best_epoch"]},
+                checkpoint=ckpt,
+            )
         if tracker is not None:  # after the checkpoint: a resumed run never logs an epoch twice
             tracker.log_epoch_metrics(run_id, epoch, metrics)
         if stop:
@@ -203,6 +206,7 @@ class TrainerSpec:
     storage_path: str = ""
     name: str = ""
     max_failures: int = 0
+    callbacks: tuple[Any, ...] = ()  # Ray Train callbacks, e.g. Tune's per-epoch report
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -228,6 +232,7 @@ def build_trainer(loop_config: dict[str, Any], datasets: dict[str, Any], spec: T
             storage_path=spec.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=spec.max_failures),
+            callbacks=list(spec.callbacks),
             worker_runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},  # type: ignore[call-arg]
         ),
     )
@@ -360,6 +365,7 @@ class TrainResult:
     counts: dict[str, int]
     seconds: float
     ui_command: str
+    val_metrics: dict[str, float] = field(default_factory=dict)  # at the best epoch
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -371,6 +377,7 @@ class TrainResult:
             "test_metrics": self.test_metrics,
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
+            "val_metrics": self.val_metrics,
             "counts": self.counts,
             "seconds": round(self.seconds, 2),
             "table": {
@@ -498,6 +505,7 @@ def train(
     resume: str | None = None,
     parent_run_id: str | None = None,
     tags: dict[str, Any] | None = None,
+    callbacks: tuple[Any, ...] = (),
 ) -> TrainResult:
     """Train the LSTM on the training subjects of a features folder and evaluate on the test ones.
 
@@ -515,6 +523,8 @@ def train(
         Make the MLflow run a child of this run (seed repeats, searches).
     tags : dict, optional
         Extra MLflow tags of the run.
+    callbacks : tuple, optional
+        Ray Train callbacks (``tune --search`` passes Tune's per-epoch report callback).
     """
     from oefray.config import TrainConfig
     from oefray.ml.model import build_lstm, model_config
@@ -581,6 +591,7 @@ def train(
             gpus=config.gpus,
             storage_path=storage,
             name=f"oefray-train-{run.run_id}",
+            callbacks=tuple(callbacks),
         )
         result = build_trainer(loop_config, datasets, spec).fit()
         if result.checkpoint is None:
@@ -619,4 +630,11 @@ def train(
         counts=data.counts,
         seconds=time.perf_counter() - t0,
         ui_command=tracker.ui_command(),
+        val_metrics={
+            k: float(v)
+            for done in state["history"]
+            if done["epoch"] == state["best_epoch"]
+            for k, v in done.items()
+            if k.startswith("val_")
+        },
     )
