@@ -241,6 +241,9 @@ class TrainConfig:
         Subsample the training windows (seeded) for quick runs; None uses all.
     train_subjects, test_subjects : tuple of str, optional
         Override the split recorded in the features manifest.
+    max_failures : int
+        Worker failures (a killed process, a lost node) Ray Train recovers from by restarting the
+        workers from the last checkpoint, in the same MLflow run; -1 retries without limit.
     experiment : str
         MLflow experiment name.
     tracking_uri : str, optional
@@ -265,6 +268,7 @@ class TrainConfig:
     max_train_windows: int | None = None
     train_subjects: tuple[str, ...] | None = None
     test_subjects: tuple[str, ...] | None = None
+    max_failures: int = 2
     experiment: str = "oefray"
     tracking_uri: str | None = None
     address: str | None = None
@@ -274,6 +278,8 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.max_train_windows is not None and self.max_train_windows < 1:

@@ -227,6 +227,11 @@ def _load(path: Path) -> nib.Nifti1Image:
         shape = shape[:3]
     if len(shape) != 3:
         raise DatasetError(path, f"expected a 3-D volume, got shape {tuple(img.shape)}")
+    dtype = img.get_data_dtype()
+    if dtype.kind == "c":
+        raise DatasetError(path, f"complex-valued image ({dtype}); oefray reads real volumes")
+    if dtype.kind not in "biuf":
+        raise DatasetError(path, f"unsupported NIfTI data type {dtype}; expected real numbers")
     return img
 
 

@@ -208,7 +208,8 @@ def make_windows(
         raise ValueError("rows must be sorted by strictly increasing idx (one subject per call)")
     label = _subject_label(columns, subject)
 
-    features = np.stack([np.asarray(columns[c], dtype=np.float32) for c in FEATURES], axis=1)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, and is dropped below
+        features = np.stack([np.asarray(columns[c], dtype=np.float32) for c in FEATURES], axis=1)
     keep = (np.asarray(columns["status"]) == 0) & np.all(np.isfinite(features), axis=1)
     n_kept = int(np.count_nonzero(keep))
     n_excluded = m - n_kept
@@ -229,7 +230,8 @@ def make_windows(
     anchors = slice(offset, offset + n)  # window k's anchor is sequence element k + offset
     y = None
     if with_targets:
-        truth = np.stack([np.asarray(columns[c], dtype=np.float32) for c in TARGETS], axis=1)
+        with np.errstate(over="ignore"):
+            truth = np.stack([np.asarray(columns[c], dtype=np.float32) for c in TARGETS], axis=1)
         y = np.ascontiguousarray(truth[keep][anchors])
     return Windows(
         x=x,

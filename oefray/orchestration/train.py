@@ -591,6 +591,7 @@ def train(
             gpus=config.gpus,
             storage_path=storage,
             name=f"oefray-train-{run.run_id}",
+            max_failures=config.max_failures,
             callbacks=tuple(callbacks),
         )
         result = build_trainer(loop_config, datasets, spec).fit()

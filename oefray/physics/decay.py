@@ -79,7 +79,8 @@ class FitStatus(enum.IntEnum):
     NO_CONVERGENCE : 6
         No finite optimum: the residual still decreases at the cap ``B = b_max`` (the optimum runs
         to ``B -> inf``, e.g. signal only in the first echo), the iteration limit was exhausted,
-        or the result is not representable (``A <= 0`` or ``A`` overflows).
+        or the result is not representable (``A <= 0``, or ``A`` or ``E`` overflows, also on the
+        way to a float32 output).
     MASKED : 7
         Outside the mask given to :meth:`DecayModel.fit`; never passed to the kernel.
     """
@@ -556,9 +557,25 @@ def _decay_kernel(
             for k in range(n_echo):
                 res = mb[lane, k] - amp * e[k]
                 ssr += res * res
+            e_rms = math.sqrt(ssr / n_echo)
+            if not math.isfinite(e_rms):  # squares overflow (|M| >~ 1e154): sum them scaled
+                scale = 0.0
+                for k in range(n_echo):
+                    scale = max(scale, abs(mb[lane, k] - amp * e[k]))
+                ssr = 0.0
+                for k in range(n_echo):
+                    res = (mb[lane, k] - amp * e[k]) / scale
+                    ssr += res * res
+                e_rms = scale * math.sqrt(ssr / n_echo)
+            if not math.isfinite(e_rms):  # the residual itself is not representable
+                a_out[i] = nan
+                b_out[i] = nan
+                e_out[i] = nan
+                status_out[i] = _NO_CONVERGENCE
+                continue
             a_out[i] = a_full
             b_out[i] = b
-            e_out[i] = math.sqrt(ssr / n_echo)
+            e_out[i] = e_rms
             status_out[i] = _OK
 
 
@@ -589,6 +606,8 @@ def _as_signal(signal: ArrayLike) -> NDArray[np.floating]:
     arr = np.asarray(signal)
     if np.iscomplexobj(arr):
         raise ValueError("signal must be real (magnitude) data, got a complex array")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"signal must be numeric (magnitude) data, got dtype {arr.dtype}")
     if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8):
         if not arr.dtype.isnative:  # Numba reads native byte order only: one same-width copy
             arr = arr.astype(arr.dtype.newbyteorder("="))
@@ -804,6 +823,11 @@ class DecayModel:
                 e,
                 status,
             )
+            if out_dtype != np.float64:  # a float64 result may not fit float32 (A up to ~1e308)
+                lost = (status == _OK) & ~(np.isfinite(a) & np.isfinite(e))
+                if lost.any():
+                    a[lost] = b[lost] = e[lost] = np.nan
+                    status[lost] = _NO_CONVERGENCE
         return a, b, e, status
 
 
