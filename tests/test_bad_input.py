@@ -370,7 +370,7 @@ def _damage(root: Path, how: str) -> Path:
         ("malformed sidecar", "malformed JSON"),
         ("echo time in ms", "looks like milliseconds"),
         ("duplicate echo time", "duplicate echo times"),
-        ("one echo", "echo"),
+        ("one echo", "found 1 magnitude echo(es)"),
         ("complex magnitude", "complex"),
         ("4-D echo", "3-D volume"),
         ("not NIfTI", "NIfTI"),
