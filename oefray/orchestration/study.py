@@ -100,7 +100,8 @@ def te_shift(
     dataset : path
         BIDS dataset with ground truth and a ``split`` column in ``participants.tsv``.
     model : str
-        Training run id (or model URI) of the LSTM.
+        Training run id (or model URI) of the LSTM, or the parent run of ``tune --repeats``: then
+        every repeat's model is evaluated and the LSTM rows give mean and std over the repeats.
     schemes : dict of name to EchoScheme, optional
         Default: the training scheme plus :data:`SHIFTED_SCHEMES`.
 
@@ -124,7 +125,9 @@ def te_shift(
 
     dataset = Path(dataset).resolve()
     tracker = Tracker.from_uri(tracking_uri)
-    net, x_scaler, y_scaler, window, meta = _bundle(tracker, model)
+    children = _repeat_models(tracker, model)
+    bundles = [_bundle(tracker, m) for m in children or [model]]
+    meta = bundles[0][4]
     index = bids.scan_dataset(dataset)
     train = [s for s, v in index.split.items() if v == "train" and s in index.subjects]
     test = [s for s, v in index.split.items() if v == "test" and s in index.subjects]
@@ -157,9 +160,20 @@ def te_shift(
             if not result.ok:
                 raise DatasetError(ds, next(iter(result.failed.values())))
             table = fio.read_features(feats)
-            windows = make_windows_table(table, window)
-            assert windows.y is not None  # re-simulated with ground truth
-            lstm = pooled_rmse(predict_windows(net, x_scaler, y_scaler, windows.x), windows.y)
+            per_model = []
+            for net, x_scaler, y_scaler, window, _ in bundles:
+                windows = make_windows_table(table, window)
+                assert windows.y is not None  # re-simulated with ground truth
+                per_model.append(
+                    pooled_rmse(predict_windows(net, x_scaler, y_scaler, windows.x), windows.y)
+                )
+            lstm = {q: float(np.mean([r[q] for r in per_model])) for q in QUANTITIES}
+            lstm_std = {
+                f"{q}_std": float(np.std([r[q] for r in per_model], ddof=1))
+                if len(per_model) > 1
+                else float("nan")
+                for q in QUANTITIES
+            }
             good = table.filter(table["status"].to_numpy() == 0)
             x = np.column_stack([good[c].to_numpy() for c in ("A", "B", "E", "S")])
             true = np.column_stack([good[p].to_numpy() for p in PARAMETERS])
@@ -169,13 +183,20 @@ def te_shift(
             ccm = pooled_rmse(predict(library, x), true)
             floor = pooled_rmse(np.broadcast_to(floor_mean, true.shape), true)
             te_ms = ", ".join(f"{t * 1e3:g}" for t in scheme.te_s)
-            for method, values in (("LSTM", lstm), ("CCM", ccm), ("floor", floor)):
+            lstm_name = f"LSTM ({len(bundles)} seeds)" if children else "LSTM"
+            nan_std = {f"{q}_std": float("nan") for q in QUANTITIES}
+            for method, values, std in (
+                (lstm_name, lstm, lstm_std),
+                ("CCM", ccm, nan_std),
+                ("floor", floor, nan_std),
+            ):
                 rows.append(
                     {
                         "method": method,
                         "scheme": name,
                         "te_ms": te_ms,
                         **{q: float(values[q]) for q in QUANTITIES},
+                        **std,
                     }
                 )
     frame = pd.DataFrame(rows)
@@ -206,6 +227,20 @@ def te_shift(
     return {"rows": rows, "markdown": markdown, "run_id": run.run_id}
 
 
+def _repeat_models(tracker, model: str) -> list[str]:
+    """The repeats' run ids if ``model`` is a ``tune --repeats`` parent run, else []."""
+    if model.startswith(("models:/", "runs:/")) or "/" in model:
+        return []
+    from oefray.errors import OefrayError
+
+    try:
+        tags = tracker.get_run(model).data.tags
+    except OefrayError:
+        return []  # not a run id: _bundle says what is wrong with it
+    children = tags.get("oefray.child_runs", "")
+    return children.split(",") if children else []
+
+
 def _markdown(frame) -> str:
     head = (
         "| method | echo scheme | "
@@ -216,7 +251,10 @@ def _markdown(frame) -> str:
     for _, r in frame.iterrows():
         lines.append(
             f"| {r['method']} | {r['scheme']} | "
-            + " | ".join(f"{r[q]:.4g}" for q in QUANTITIES)
+            + " | ".join(
+                f"{r[q]:.4g}" if np.isnan(r[f"{q}_std"]) else f"{r[q]:.4g} ± {r[f'{q}_std']:.2g}"
+                for q in QUANTITIES
+            )
             + " |"
         )
     return "\n".join(lines) + "\n"

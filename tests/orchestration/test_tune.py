@@ -98,3 +98,29 @@ def test_parent_summarises_the_children(repeats, tmp_path):
     np.testing.assert_allclose(mean[inside], stack.mean(axis=0)[inside], rtol=1e-6)
     np.testing.assert_allclose(std[inside], stack.std(axis=0, ddof=1)[inside], rtol=1e-5, atol=1e-7)
     assert np.isnan(mean[~inside]).all()
+
+
+def test_te_shift_of_a_repeats_parent_gives_mean_and_std_over_the_repeats(
+    repeats, tiny_cohort, ray_local
+):
+    """`study te-shift --model <repeats parent>` evaluates every repeat's model: its LSTM row is
+    the mean and sample std of what each repeat's model scores alone on the same data."""
+    from oefray.config import EchoScheme
+    from oefray.orchestration.study import te_shift
+
+    res = repeats["results"]
+    scheme = {"10 echoes from 3.0 ms every 3.8 ms": EchoScheme.uniform(3.0e-3, 3.8e-3, 10)}
+    common = {"schemes": scheme, "clusters": 16, "tracking_uri": repeats["uri"], "seed": 4}
+    both = te_shift(tiny_cohort, res["parent_run_id"], **common)
+    lstm = [r for r in both["rows"] if r["method"].startswith("LSTM")]
+    assert [r["method"] for r in lstm] == ["LSTM (2 seeds)"]
+    alone = [
+        next(r for r in te_shift(tiny_cohort, c, **common)["rows"] if r["method"] == "LSTM")
+        for c in res["child_run_ids"]
+    ]
+    for q in QUANTITIES:
+        values = np.array([r[q] for r in alone])
+        assert lstm[0][q] == pytest.approx(values.mean(), rel=1e-9)
+        assert lstm[0][f"{q}_std"] == pytest.approx(values.std(ddof=1), rel=1e-6)
+        assert np.isnan(alone[0][f"{q}_std"])
+    assert "±" in both["markdown"].splitlines()[2]
