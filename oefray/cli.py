@@ -284,6 +284,10 @@ def train(
     max_train_windows: Annotated[
         int | None, typer.Option(help="Subsample the training windows (seeded).")
     ] = None,
+    max_failures: Annotated[
+        int | None,
+        typer.Option(help="Worker failures to recover from (restart from the last checkpoint)."),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the split, the weights and the shuffling.")
     ] = None,
@@ -339,6 +343,7 @@ def train(
         "learning_rate": learning_rate,
         "patience": patience,
         "max_train_windows": max_train_windows,
+        "max_failures": max_failures,
         "seed": seed,
         "experiment": experiment,
         "tracking_uri": tracking_uri,
@@ -479,6 +484,10 @@ def tune(
     max_train_windows: Annotated[
         int | None, typer.Option(help="Subsample the training windows (seeded).")
     ] = None,
+    max_failures: Annotated[
+        int | None,
+        typer.Option(help="Worker failures to recover from (restart from the last checkpoint)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="First seed.")] = None,
     max_concurrent: Annotated[
         int | None, typer.Option(help="Cap on repeats running at once.")
@@ -497,8 +506,10 @@ def tune(
         "results.json"
     ),
 ) -> None:
-    """The paper's protocol (N trainings that differ only in the seed) or, with --search, a
-    hyperparameter search with ASHA early stopping; both on Ray Tune, tracked in MLflow."""
+    """Seed repeats (the paper's protocol) or, with --search, an ASHA hyperparameter search.
+
+    Both run on Ray Tune and are tracked in MLflow as a parent run with one child run per trial.
+    """
     from oefray.orchestration.tune import run_repeats
 
     if write_space is not None:
@@ -528,6 +539,7 @@ def tune(
             "learning_rate": learning_rate,
             "batch_size": batch_size,
             "max_train_windows": max_train_windows,
+            "max_failures": max_failures,
             "seed": seed,
             "experiment": experiment,
             "tracking_uri": tracking_uri,
@@ -549,13 +561,15 @@ def tune(
         )
         return
     try:
-        result = run_repeats(
-            features,
-            train_config,
-            repeats=5 if repeats is None else repeats,
-            storage_path=storage,
-            max_concurrent=max_concurrent,
-        )
+        # Tune's trial tables go to stderr with the other logs; stdout keeps the summary
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_repeats(
+                features,
+                train_config,
+                repeats=5 if repeats is None else repeats,
+                storage_path=storage,
+                max_concurrent=max_concurrent,
+            )
     except OefrayError as exc:
         _fail(str(exc), 1)
     _write_results(results, result.to_dict())
@@ -584,16 +598,18 @@ def _tune_search(features: Path, train_config, *, results: Path, **options: Any)
     from oefray.orchestration.search import run_search
 
     try:
-        result = run_search(
-            features,
-            train_config,
-            samples=options["samples"],
-            space=options["space"],
-            storage_path=options["storage"],
-            resume=options["resume"],
-            max_concurrent=options["max_concurrent"],
-            best_config_path=options["best_config"],
-        )
+        # Tune's trial tables go to stderr with the other logs; stdout keeps the summary
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_search(
+                features,
+                train_config,
+                samples=options["samples"],
+                space=options["space"],
+                storage_path=options["storage"],
+                resume=options["resume"],
+                max_concurrent=options["max_concurrent"],
+                best_config_path=options["best_config"],
+            )
     except Interrupted as exc:
         _fail(str(exc), 130)
     except OefrayError as exc:
@@ -693,6 +709,69 @@ def compare(
     sys.stdout.write(text)
 
 
+@app.command()
+def report(
+    experiment: Annotated[str, typer.Argument(help="MLflow experiment name.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="The HTML file to write (self-contained).")
+    ] = Path("report.html"),
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)."
+        ),
+    ] = None,
+) -> None:
+    """A static HTML report of an experiment: test RMSE with the floor, tables, figures, params."""
+    from oefray.orchestration.report import write_report
+
+    try:
+        result = write_report(experiment, out, tracking_uri=tracking_uri)
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    out_console.print(
+        f"Wrote {result.path}: {len(result.run_ids)} run(s), {result.figures} figure(s), "
+        f"{result.tables} table(s), {result.bytes / 1e3:,.0f} kB",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    for note in result.notes:
+        err_console.print(f"oefray: note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def ui(
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="The store to serve (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)."
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (default: this machine only).")
+    ] = "127.0.0.1",
+) -> None:
+    """The MLflow UI and REST API over the project's store, until Ctrl-C."""
+    from oefray.orchestration.ui import serve_ui
+
+    def say(text: str) -> None:
+        out_console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def start(url: str, store: str) -> None:
+        say(f"starting the MLflow server on {store} at {url} ...")
+
+    def ready(url: str) -> None:
+        say(f"MLflow UI: {url}  (Ctrl-C stops it; jobs log to it with --tracking-uri {url})")
+
+    try:
+        url = serve_ui(tracking_uri, host=host, port=port, on_start=start, on_ready=ready)
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    out_console.print(f"stopped the MLflow server at {url}", markup=False, highlight=False)
+
+
 study_app = typer.Typer(help="Studies that measure the method's claims.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
@@ -737,6 +816,90 @@ def study_te_shift(
         _fail(str(exc), 1)
     sys.stdout.write(result["markdown"])
     out_console.print(f"run id: {result['run_id']}")
+
+
+@app.command()
+def submit(
+    spec: Annotated[
+        Path, typer.Argument(help="Job spec: jobs/<stage>.yaml (entrypoint + runtime_env).")
+    ],
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray job server, http://<head>:8265 (default: RAY_API_SERVER_ADDRESS, "
+            "an http:// RAY_ADDRESS, or http://127.0.0.1:8265)."
+        ),
+    ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow/--no-follow",
+            help="Stream the job's logs and exit with its status (0 only if it SUCCEEDED); "
+            "--no-follow returns once the job is submitted.",
+        ),
+    ] = True,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="NAME=VALUE",
+            help="Set an environment variable of the job (runtime_env.env_vars), e.g. "
+            "--set OEFRAY_FEATURES=/mnt/shared/features; repeatable.",
+        ),
+    ] = None,
+) -> None:
+    """Run a pipeline stage as a Ray job on a cluster (jobs/<stage>.yaml)."""
+    from oefray.orchestration.submit import follow as follow_job
+    from oefray.orchestration.submit import parse_overrides, read_job_spec
+    from oefray.orchestration.submit import submit as submit_job
+
+    try:
+        job_spec = read_job_spec(spec, parse_overrides(set_ or []))
+    except OefrayError as exc:
+        _fail(str(exc), 2)
+    try:
+        job = submit_job(job_spec, address)
+    except OefrayError as exc:
+        _fail(str(exc), 1)
+    err_console.print(
+        f"submitted {job.submission_id} to {job.address}: {job_spec.entrypoint}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    if not follow:
+        out_console.print(
+            f"job {job.submission_id}; follow it with: ray job logs --follow "
+            f"--address {job.address} {job.submission_id}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+
+    def write(chunk: str) -> None:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+    try:
+        outcome = follow_job(job, write)
+    except KeyboardInterrupt:
+        _fail(
+            f"stopped following {job.submission_id}; it keeps running "
+            f"(ray job stop --address {job.address} {job.submission_id})",
+            130,
+        )
+    if not outcome.ok:
+        detail = f": {outcome.message}" if outcome.message else ""
+        _fail(
+            f"{spec}: job {job.submission_id} {outcome.status} after {outcome.seconds:.0f} s{detail}",
+            1,
+        )
+    out_console.print(
+        f"job {job.submission_id} SUCCEEDED in {outcome.seconds:.1f} s",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _train_config(config_path: Path | None, flags: dict[str, Any]):

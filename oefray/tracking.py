@@ -5,7 +5,9 @@ Store
     :func:`default_tracking_uri`, a SQLite database ``<cwd>/mlruns/mlflow.db`` (MLflow 3 refuses
     the plain file store). For a SQLite store the artifacts of experiment ``<name>`` go to
     ``<db folder>/artifacts/<name>/``: runs under ``<run_id>/artifacts/``, logged models under
-    ``models/<model_id>/artifacts/``. :func:`ui_command` prints how to browse it all.
+    ``models/<model_id>/artifacts/``. :func:`ui_command` prints how to browse it all;
+    :func:`server_command` is the ``mlflow server`` that ``oefray ui`` runs over the store (it
+    proxies artifacts, so clients of ``http://`` URIs upload them over HTTP).
 
 Names
     Metric names are fixed here (:data:`METRIC_NAMES`) and produced by :func:`epoch_metrics`,
@@ -37,6 +39,7 @@ import json
 import os
 import re
 import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -50,7 +53,7 @@ from oefray.physics.constants import PARAMETERS
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Run
+    from mlflow.entities import Experiment, Run
 
 # --------------------------------------------------------------------------------------------
 # Metric names
@@ -174,8 +177,9 @@ def final_metrics(
 # --------------------------------------------------------------------------------------------
 
 
-def default_tracking_uri(cwd: str | os.PathLike[str] | None = None) -> str:
-    """The default store: SQLite at ``<cwd>/mlruns/mlflow.db`` (creates ``mlruns/`` when called).
+def default_tracking_uri(cwd: str | os.PathLike[str] | None = None, *, create: bool = True) -> str:
+    """The default store: SQLite at ``<cwd>/mlruns/mlflow.db`` (creates ``mlruns/`` when called,
+    unless ``create`` is false).
 
     Returns
     -------
@@ -183,30 +187,40 @@ def default_tracking_uri(cwd: str | os.PathLike[str] | None = None) -> str:
         ``sqlite:///<absolute path>/mlruns/mlflow.db``.
     """
     folder = Path(os.getcwd() if cwd is None else cwd).resolve() / "mlruns"
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def resolve_tracking_uri(
-    explicit: str | None = None, *, cwd: str | os.PathLike[str] | None = None
+    explicit: str | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    create: bool = True,
 ) -> str:
     """The store to use: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else the default.
 
-    A plain path to a ``.db`` file is turned into a ``sqlite:///`` URI.
+    A plain path to a ``.db`` file is turned into a ``sqlite:///`` URI. With ``create`` false,
+    no folder is made for a SQLite store (readers must not create stores).
 
     Raises
     ------
     OefrayError
         For a file-store URI or a plain folder (MLflow 3 refuses the file store).
     """
-    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cwd)
+    uri = (
+        explicit
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or default_tracking_uri(cwd, create=create)
+    )
     scheme = urlparse(uri).scheme
     looks_like_path = scheme == "" and ("/" in uri or uri.startswith(".") or uri.endswith(".db"))
     if scheme == "file" or looks_like_path:
         path = Path(unquote(urlparse(uri).path) if scheme == "file" else uri).expanduser()
         if path.suffix == ".db":
             path = path.resolve()
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
             return f"sqlite:///{path}"
         raise OefrayError(
             None,
@@ -249,6 +263,45 @@ def ui_command(uri: str) -> str:
     root = artifact_root(uri)
     if root is not None:
         command += f" --default-artifact-root {shlex.quote(root.as_uri())}"
+    return command
+
+
+def server_command(uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow server`` command line (UI and REST API) over a store.
+
+    For a SQLite store the server proxies artifacts (``--serve-artifacts``) with
+    ``--artifacts-destination`` = :func:`artifact_root`: runs logged directly to the database
+    keep their absolute ``file://`` artifact locations, which the server reads, and experiments
+    created through the server store under the same root, uploaded over HTTP
+    (``mlflow-artifacts:/<experiment id>/...``), so clients need no access to the folder.
+    Other databases get MLflow's default destination (``./mlartifacts``). One worker: the UI of
+    one project, not a shared service.
+
+    Parameters
+    ----------
+    uri : str
+        A resolved database store URI (see :func:`resolve_tracking_uri`).
+    host, port
+        Where the server listens.
+
+    Returns
+    -------
+    list of str
+        ``[python, -m, mlflow, server, ...]``, run with the current interpreter.
+
+    Raises
+    ------
+    OefrayError
+        For an ``http(s)://`` URI, which is a tracking server already.
+    """
+    if urlparse(uri).scheme in ("http", "https"):
+        raise OefrayError(None, f"{uri} is a tracking server already; open it in a browser")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    command += ["--serve-artifacts"]
+    root = artifact_root(uri)
+    if root is not None:
+        command += ["--artifacts-destination", str(root)]
+    command += ["--host", host, "--port", str(int(port)), "--workers", "1"]
     return command
 
 
@@ -343,6 +396,21 @@ class Tracker:
     def from_uri(cls, explicit: str | None = None) -> Tracker:
         """A tracker on ``resolve_tracking_uri(explicit)``."""
         return cls(resolve_tracking_uri(explicit))
+
+    @classmethod
+    def for_reading(cls, explicit: str | None = None) -> Tracker:
+        """A tracker on an existing store, for readers (reports): nothing is created.
+
+        Raises
+        ------
+        OefrayError
+            If the store is a SQLite file that does not exist (MLflow would create it).
+        """
+        uri = resolve_tracking_uri(explicit, create=False)
+        db = _sqlite_path(uri)
+        if db is not None and not db.is_file():
+            raise OefrayError(db, "no MLflow store here (nothing tracked yet?)")
+        return cls(uri)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -739,6 +807,60 @@ class Tracker:
         return model, meta
 
     # -- reading back --------------------------------------------------------------------------
+
+    def get_experiment(self, name: str) -> Experiment:
+        """The active experiment ``name`` (an ``mlflow.entities.Experiment``).
+
+        Raises
+        ------
+        OefrayError
+            ``unknown MLflow experiment <name>``, naming a few experiments that exist.
+        """
+        client = self.client
+        found = client.get_experiment_by_name(name)
+        if found is None or found.lifecycle_stage != "active":
+            known = [e.name for e in client.search_experiments(max_results=20)]
+            listed = ", ".join(repr(n) for n in known[:8]) + (", ..." if len(known) > 8 else "")
+            raise OefrayError(
+                None,
+                f"unknown MLflow experiment {name!r} in {self.tracking_uri}"
+                + (f" (experiments: {listed})" if known else " (it holds no experiment)"),
+            )
+        return found
+
+    def experiment_runs(
+        self, name: str, *, top_level: bool = True, status: str | None = None
+    ) -> list[Run]:
+        """Runs of experiment ``name``, oldest first.
+
+        Parameters
+        ----------
+        top_level : bool
+            Leave out child runs (the repeats and trials under a ``tune`` parent).
+        status : str, optional
+            Only runs with this status (e.g. ``FINISHED``).
+        """
+        experiment = self.get_experiment(name)
+        found = self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"attributes.status = '{status}'" if status else "",
+            order_by=["attributes.start_time ASC"],
+            max_results=10_000,
+        )
+        return [r for r in found if not (top_level and "mlflow.parentRunId" in r.data.tags)]
+
+    def list_artifacts(self, run_id: str, path: str = "") -> list[str]:
+        """Run-relative paths of every artifact file under ``path`` (recursive), sorted."""
+        self.get_run(run_id)
+        client = self.client
+        out: list[str] = []
+        folders: list[str | None] = [path or None]
+        while folders:
+            folder = folders.pop()
+            with self._errors(run_id):
+                for item in client.list_artifacts(run_id, folder):
+                    (folders if item.is_dir else out).append(item.path)
+        return sorted(out)
 
     def get_run(self, run_id: str) -> Run:
         """The MLflow run ``run_id`` (info, data, outputs).

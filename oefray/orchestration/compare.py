@@ -36,8 +36,33 @@ def _row(run) -> dict[str, Any] | None:
     return None
 
 
+def rmse_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Rows ``{"run", "kind", <quantity>: (value, std or None)}`` of the runs with test metrics
+    (a repeats parent: mean and std over its repeats), in the given order."""
+    return [row for row in map(_row, runs) if row is not None]
+
+
+def floor_row(tracker: Any, runs: Sequence[Any]) -> dict[str, Any] | None:
+    """The floor's row (every test voxel gets the training mean), from the first run that logged
+    it (a repeats parent's first child for a parent); None if no run did."""
+    for run in runs:
+        m = run.data.metrics
+        child_ids = run.data.tags.get("oefray.child_runs", "")
+        if not all(f"floor_rmse_{q}" in m for q in QUANTITIES) and child_ids:
+            m = tracker.get_run(child_ids.split(",")[0]).data.metrics
+        if all(f"floor_rmse_{q}" in m for q in QUANTITIES):
+            return {
+                "run": "floor: training mean",
+                "kind": "floor",
+                **{q: (m[f"floor_rmse_{q}"], None) for q in QUANTITIES},
+            }
+    return None
+
+
 def compare_runs(refs: Sequence[str], *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """Rows (one per run, plus the floor) of ``{"run", "kind", <quantity>: (value, std or None)}``.
+
+    An experiment contributes its FINISHED top-level runs, oldest first.
 
     Raises
     ------
@@ -50,14 +75,8 @@ def compare_runs(refs: Sequence[str], *, tracking_uri: str | None = None) -> lis
     client = tracker.client
     runs = []
     for ref in refs:
-        experiment = client.get_experiment_by_name(ref)
-        if experiment is not None:
-            found = client.search_runs(
-                [experiment.experiment_id],
-                filter_string="attributes.status = 'FINISHED'",
-                order_by=["attributes.start_time ASC"],
-            )
-            runs += [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+        if client.get_experiment_by_name(ref) is not None:
+            runs += tracker.experiment_runs(ref, status="FINISHED")
             continue
         try:
             runs.append(tracker.get_run(ref))
@@ -65,24 +84,11 @@ def compare_runs(refs: Sequence[str], *, tracking_uri: str | None = None) -> lis
             raise OefrayError(
                 None, f"{ref!r} is neither an MLflow run id nor an experiment name"
             ) from None
-    rows = [row for row in map(_row, runs) if row is not None]
+    rows = rmse_rows(runs)
     if not rows:
         raise OefrayError(None, "no run with test metrics among: " + ", ".join(refs))
-    for run in runs:  # the floor, once: from a run that logged it (a repeats parent's children do)
-        m = run.data.metrics
-        child_ids = run.data.tags.get("oefray.child_runs", "")
-        if not all(f"floor_rmse_{q}" in m for q in QUANTITIES) and child_ids:
-            m = tracker.get_run(child_ids.split(",")[0]).data.metrics
-        if all(f"floor_rmse_{q}" in m for q in QUANTITIES):
-            rows.append(
-                {
-                    "run": "floor: training mean",
-                    "kind": "floor",
-                    **{q: (m[f"floor_rmse_{q}"], None) for q in QUANTITIES},
-                }
-            )
-            break
-    return rows
+    floor = floor_row(tracker, runs)
+    return rows + ([floor] if floor is not None else [])
 
 
 def format_rows(rows: list[dict[str, Any]], fmt: str = "md") -> str:

@@ -9,7 +9,8 @@ The driver commits a subject as soon as its last slab is in: it checks the row c
 mask, checksums the content, and renames the subject's staged folder into place, then rewrites the
 manifest. So an interrupted run loses only the subjects in flight, a re-run skips the finished
 ones, and no reader ever sees half a subject. Only plain data (dicts of numpy arrays, strings)
-crosses Ray boundaries.
+crosses Ray boundaries. Each slab task records oefray's Ray metrics (voxels fitted, slabs done or
+failed, task time and throughput; :mod:`oefray.metrics`) once per slab.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from oefray import __version__
+from oefray import metrics as ray_metrics
 from oefray.config import PreprocessConfig
 from oefray.errors import DatasetError, FeaturesError, OefrayError
 from oefray.io import features as fio
@@ -120,6 +122,7 @@ def _fit_slabs(
     for label, z0, z1 in zip(batch["subject"], batch["z0"], batch["z1"], strict=True):
         label, z0, z1 = str(label), int(z0), int(z1)
         rows, xsum, status, error = 0, 0, "{}", ""
+        t0 = time.perf_counter()
         try:
             cols = slab_features(
                 subjects[label], z0, z1, normalize=normalize, with_truth=with_truth
@@ -135,6 +138,8 @@ def _fit_slabs(
                 )
         except OefrayError as exc:
             error = str(exc)
+        # once per slab, inside the task (oefray/metrics.py)
+        ray_metrics.record_slab(label, voxels=rows, seconds=time.perf_counter() - t0, ok=not error)
         for key, value in zip(out, (label, z0, z1, rows, xsum, status, error), strict=True):
             out[key].append(value)
     arrays = {k: np.asarray(v) for k, v in out.items()}

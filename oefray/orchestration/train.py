@@ -67,12 +67,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train on this worker's shard; every worker runs this, rank 0 reports checkpoints.
 
     ``config`` keys: ``model`` (ModelConfig dict), ``seed``, ``n_train``, ``y_mean``, ``y_std``,
-    ``y_index``, ``tracking`` (``{"uri", "run_id"}`` or None).
+    ``y_index``, ``tracking`` (``{"uri", "run_id"}`` or None), ``metrics_tags`` (``{"experiment",
+    "run"}`` of the Ray application metrics, optional).
     """
     import keras
     import ray.train
     import tensorflow as tf
 
+    from oefray import metrics as ray_metrics
     from oefray.ml.model import ModelConfig, build_lstm, huber_loss, make_optimizer
     from oefray.ml.training import make_steps
 
@@ -185,6 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 {**metrics, "epochs_done": epoch + 1, "best_epoch": state["best_epoch"]},
                 checkpoint=ckpt,
             )
+        if rank == 0:  # Ray application metrics (oefray/metrics.py), once per epoch
+            ray_metrics.record_epoch(config.get("metrics_tags") or {}, metrics)
         if tracker is not None:  # after the checkpoint: a resumed run never logs an epoch twice
             tracker.log_epoch_metrics(run_id, epoch, metrics)
         if stop:
@@ -585,6 +589,7 @@ def train(
             "y_index": PARAMETERS.index("Y"),
             "targets": list(PARAMETERS),
             "tracking": {"uri": tracker.tracking_uri, "run_id": run.run_id},
+            "metrics_tags": {"experiment": config.experiment, "run": run.run_id},
         }
         spec = TrainerSpec(
             workers=config.workers,
