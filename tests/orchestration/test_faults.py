@@ -4,13 +4,11 @@ mid-preprocess. (An interrupted `tune --search` is in test_search.py, an interru
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
 
 import psutil
-import pyarrow as pa
 import pytest
 
 from oefray.config import PreprocessConfig, TrainConfig
@@ -136,5 +134,3 @@ def test_killed_preprocess_worker_task_is_retried_and_output_is_identical(
     assert {s: e["checksum"] for s, e in got_m["subjects"].items()} == {
         s: e["checksum"] for s, e in ref_m["subjects"].items()
     }
-    assert isinstance(got, pa.Table)
-    assert os.path.isdir(disturbed)
