@@ -63,10 +63,9 @@ def _progress(description: str) -> Iterator[Any]:
 
 
 def _write_results(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    from oefray.io.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _parse_ms_list(text: str) -> tuple[float, ...]:

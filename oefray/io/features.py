@@ -30,6 +30,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from oefray.errors import FeaturesError
+from oefray.io.files import write_text_atomic
 
 FORMAT = "oefray-features"
 FORMAT_VERSION = 1
@@ -180,10 +181,7 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
 
 def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
     """Write ``manifest.json`` atomically (temporary file + rename)."""
-    path = Path(root) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(Path(root) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
 def read_features(root: str | Path, subjects: list[str] | None = None) -> pa.Table:

@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -397,15 +396,12 @@ def write_report(
         As :func:`build_report`, or if ``out`` cannot be written.
     """
     html, result = build_report(experiment, tracking_uri=tracking_uri)
+    from oefray.io.files import write_text_atomic
+
     path = Path(out).resolve()
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, html)
     except OSError as exc:
         raise OefrayError(path, f"cannot write the report: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     result.path = str(path)
     return result

@@ -27,6 +27,7 @@ from typing import Any
 
 from oefray.config import TrainConfig, config_from_mapping, read_config_file
 from oefray.errors import Interrupted, OefrayError
+from oefray.io.files import write_text_atomic
 
 #: Training options a search may vary (the rest say where and how to run, not what to train).
 SEARCHABLE: tuple[str, ...] = (
@@ -271,13 +272,8 @@ def write_best_config(path: str | Path, config: TrainConfig, sampled: dict[str, 
         for k, v in asdict(config).items()
         if k in keep and v is not None
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     header = "# Best configuration of an `oefray tune --search`; use: oefray train --config FILE\n"
-    tmp.write_text(header + tomli_w.dumps({"train": values}))
-    tmp.replace(path)  # never a half-written config
-    return path
+    return write_text_atomic(path, header + tomli_w.dumps({"train": values}))
 
 
 def run_search(
@@ -518,10 +514,7 @@ def _close_stopped_runs(tracker, parent_run_id: str) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 __all__ = [

@@ -1,0 +1,24 @@
+"""The shared atomic text writer."""
+
+from __future__ import annotations
+
+import pytest
+
+from oefray.io.files import write_text_atomic
+
+
+def test_writes_creates_parents_and_replaces(tmp_path):
+    path = tmp_path / "a" / "b" / "results.json"
+    assert write_text_atomic(path, "one") == path
+    write_text_atomic(path, "two")
+    assert path.read_text() == "two"
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "results.json"
+    write_text_atomic(path, "old")
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(path, "half \udcff")  # a lone surrogate cannot be encoded
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
