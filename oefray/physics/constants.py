@@ -47,3 +47,7 @@ YA: float = 0.98
 #: v (fraction), tissue R2 (s^-1), signal scale S0 (echo-1-normalised), non-blood susceptibility
 #: chi_nb (ppm).
 PARAMETERS: tuple[str, ...] = ("Y", "v", "R2", "S0", "chi_nb")
+
+#: The quantities every evaluation reports an RMSE of, in the order of the paper's Tables 1-3:
+#: the five parameters, then OEF (percent). The one place this tuple is spelled.
+RMSE_QUANTITIES: tuple[str, ...] = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
