@@ -105,21 +105,14 @@ def ray_train(
     """Per-epoch history (``state.json`` of the last checkpoint) of a 1-worker Ray Train run,
     and the wall time of ``trainer.fit()`` (worker start-up, tracing, validation included)."""
     from oefray.ml.model import model_config
-    from oefray.orchestration.train import STATE, TrainerSpec, build_trainer, to_ray_dataset
-    from oefray.physics.constants import PARAMETERS
+    from oefray.orchestration.checkpoint import STATE
+    from oefray.orchestration.data import to_ray_dataset
+    from oefray.orchestration.train import TrainerSpec, build_trainer, make_loop_config
 
     x_train, y_train, x_val, y_val = data
     mc = model_config(preset, epochs=epochs, patience=epochs)  # never stops early
-    loop_config = {  # as oefray.orchestration.train.train builds it, without tracking
-        "model": mc.to_dict(),
-        "seed": seed,
-        "n_train": len(x_train),
-        "y_mean": y_train.mean(axis=0).tolist(),
-        "y_std": y_train.std(axis=0).tolist(),
-        "y_index": PARAMETERS.index("Y"),
-        "targets": list(PARAMETERS),
-        "tracking": None,
-    }
+    # as oefray.orchestration.train.train builds it, without tracking
+    loop_config = make_loop_config(mc, seed=seed, n_train=len(x_train), y_std=y_train.std(axis=0))
     datasets = {"train": to_ray_dataset(x_train, y_train), "val": to_ray_dataset(x_val, y_val)}
     spec = TrainerSpec(
         workers=1,

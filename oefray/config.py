@@ -10,8 +10,11 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from oefray.errors import OefrayError
 
 # The paper's cohort (DESIGN.md section 1.5): 8 training/validation subjects, 10 test subjects.
 PAPER_TRAIN_SUBJECTS: tuple[str, ...] = ("P3", "P4", "P5", "P14", "P16", "P28", "P29", "P34")
@@ -28,6 +31,9 @@ PAPER_TEST_SUBJECTS: tuple[str, ...] = (
     "P31",
 )
 PAPER_SUBJECTS: tuple[str, ...] = PAPER_TRAIN_SUBJECTS + PAPER_TEST_SUBJECTS
+
+#: MLflow experiment of every command that logs runs, unless told otherwise.
+DEFAULT_EXPERIMENT = "oefray"
 
 # Field of view of the phantom head in mm (x: left-right, y: anterior-posterior, z: inferior-superior).
 FOV_MM: tuple[float, float, float] = (176.0, 208.0, 160.0)
@@ -130,6 +136,9 @@ class SimulationConfig:
     lesion_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        if not isinstance(self.echoes, EchoScheme):  # a config file's list of seconds
+            object.__setattr__(self, "echoes", EchoScheme(tuple(self.echoes)))
+        object.__setattr__(self, "subjects", tuple(self.subjects))
         if self.preset not in COHORT_PRESETS:
             raise ValueError(
                 f"unknown preset {self.preset!r}; choose from {sorted(COHORT_PRESETS)}"
@@ -269,7 +278,7 @@ class TrainConfig:
     train_subjects: tuple[str, ...] | None = None
     test_subjects: tuple[str, ...] | None = None
     max_failures: int = 2
-    experiment: str = "oefray"
+    experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
     address: str | None = None
 
@@ -312,8 +321,6 @@ def read_config_file(path: str | os.PathLike[str], section: str | None = None) -
 
     import yaml
 
-    from oefray.errors import OefrayError
-
     path = Path(path)
     if not path.is_file():
         raise OefrayError(path, "config file not found")
@@ -342,7 +349,6 @@ def config_from_mapping(
 
     Lists become tuples (for fields such as ``lstm_units``).
     """
-    from oefray.errors import OefrayError
 
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
@@ -356,3 +362,338 @@ def config_from_mapping(
         return cls(**clean)
     except (TypeError, ValueError) as exc:
         raise OefrayError(source, str(exc)) from None
+
+
+# --------------------------------------------------------------------------------------------
+# The other commands' options
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """What ``oefray predict`` does besides the model and the data.
+
+    Parameters
+    ----------
+    workers : int
+        CPUs of the local Ray runtime for the preprocessing step.
+    address : str, optional
+        Ray cluster address (default: ``RAY_ADDRESS`` or a local runtime).
+    tracking_uri : str, optional
+        MLflow store holding the model.
+    force : bool
+        Replace the output folder if it exists.
+    """
+
+    workers: int = 2
+    address: str | None = None
+    tracking_uri: str | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What ``oefray evaluate`` reads: the features (default: the run's own) and the store."""
+
+    features: str | None = None
+    tracking_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What ``oefray compare`` prints: ``format`` (md, csv or html) from the store."""
+
+    format: str = "md"
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in COMPARE_FORMATS:
+            raise ValueError(
+                f"unknown format {self.format!r}; choose from {', '.join(COMPARE_FORMATS)}"
+            )
+
+
+COMPARE_FORMATS: tuple[str, ...] = ("md", "csv", "html")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What ``oefray report`` writes: the HTML file ``out``, from the store."""
+
+    out: str = "report.html"
+    tracking_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    """Where ``oefray ui`` serves the store: ``host`` (this machine only by default), ``port``."""
+
+    tracking_uri: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    """How ``oefray submit`` runs a job: the job server ``address`` (default: the environment's,
+    else http://127.0.0.1:8265) and whether to ``follow`` its logs to the end."""
+
+    address: str | None = None
+    follow: bool = True
+
+
+@dataclass(frozen=True)
+class CCMRunConfig:
+    """What ``oefray baseline ccm`` does. Unset method options take
+    :class:`oefray.ml.ccm.CCMConfig`'s defaults (the one place they are written).
+
+    Parameters
+    ----------
+    clusters, neighbours, library_size, seed : optional
+        The CCM library's k-means clusters, interpolated neighbours, reference voxels, seed.
+    train_subjects, test_subjects : tuple of str, optional
+        Override the split recorded in the features manifest.
+    experiment, tracking_uri
+        MLflow experiment and store.
+    """
+
+    clusters: int | None = None
+    neighbours: int | None = None
+    library_size: int | None = None
+    seed: int | None = None
+    train_subjects: tuple[str, ...] | None = None
+    test_subjects: tuple[str, ...] | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    tracking_uri: str | None = None
+
+    def ccm_overrides(self) -> dict[str, Any]:
+        """The method options that are set, keyed as ``CCMConfig`` fields."""
+        names = ("clusters", "neighbours", "library_size", "seed")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What ``oefray study te-shift`` does besides the dataset and the model.
+
+    Parameters
+    ----------
+    snr : float
+        Echo-1 SNR of the re-simulated magnitudes.
+    qsm_noise_ppm : float
+        QSM noise standard deviation of the re-simulation, ppm.
+    clusters : int, optional
+        CCM clusters (default: ``CCMConfig``'s).
+    seed : int
+        Seed of the re-simulation noise and of CCM.
+    workers : int
+        CPUs of the local Ray runtime for preprocessing.
+    experiment, tracking_uri
+        MLflow experiment and store.
+    """
+
+    snr: float = 100.0
+    qsm_noise_ppm: float = 0.002
+    clusters: int | None = None
+    seed: int = 0
+    workers: int = 2
+    experiment: str = DEFAULT_EXPERIMENT
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.snr > 0 and math.isfinite(self.snr)):
+            raise ValueError(f"snr must be positive, got {self.snr}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """What ``oefray tune`` runs besides the training options of every trial.
+
+    Parameters
+    ----------
+    repeats : int
+        Seed repeats (the paper: 5); seeds are ``seed, seed + 1, ...``.
+    samples : int
+        Trials of a ``--search``.
+    space : str, optional
+        Search-space file (default: :func:`default_space_path`).
+    max_concurrent : int, optional
+        Cap on trials running at once (default: as many as resources allow).
+    best_config : str
+        Where a search writes its best trial's ``[train]`` TOML.
+    """
+
+    repeats: int = 5
+    samples: int = 8
+    space: str | None = None
+    max_concurrent: int | None = None
+    best_config: str = "best_config.toml"
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: one file, explicit overrides
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(
+    cls: type,
+    section: str,
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+):
+    """A config dataclass from an optional file's ``[section]`` (or its top level) and the
+    overrides that are set (None values are left out: "not given on the command line").
+
+    Raises
+    ------
+    OefrayError
+        Naming the file: missing, malformed, an unknown key, a bad value.
+    """
+    values = read_config_file(path, section=section) if path is not None else {}
+    values = {**values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return config_from_mapping(cls, values, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Search spaces of `oefray tune --search`
+# --------------------------------------------------------------------------------------------
+
+
+#: Training options a search may vary (the rest say where and how to run, not what to train).
+SEARCHABLE: tuple[str, ...] = (
+    "preset",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "patience",
+    "lstm_units",
+    "dense_units",
+    "window",
+    "anchor",
+    "val_fraction",
+    "max_train_windows",
+    "seed",
+)
+DISTRIBUTIONS: tuple[str, ...] = ("loguniform", "uniform", "randint", "choice")
+SCHEDULER_KEYS: dict[str, type] = {
+    "metric": str,
+    "mode": str,
+    "grace_period": int,
+    "reduction_factor": int,
+}
+
+
+def default_space_path() -> Path:
+    """The packaged default search space (``oefray/configs/search_space.toml``)."""
+    return Path(str(resources.files("oefray.configs") / "search_space.toml"))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A parsed search-space file: ``space`` maps option → spec, ``scheduler`` the ASHA knobs."""
+
+    space: dict[str, Any]
+    scheduler: dict[str, Any]
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": self.space, "scheduler": self.scheduler, "source": self.source}
+
+
+def read_search_space(path: str | Path | None = None) -> SearchSpace:
+    """Read and check a search-space file (TOML or YAML with ``[space]`` and ``[scheduler]``).
+
+    Raises
+    ------
+    OefrayError
+        Naming the file and the offending key: unknown options, unknown distributions, bad
+        bounds, empty choices, bad scheduler values.
+    """
+    path = Path(path) if path is not None else default_space_path()
+    data = read_config_file(path)
+    unknown = sorted(set(data) - {"space", "scheduler"})
+    if unknown:
+        raise OefrayError(
+            path, f"unknown table(s) {unknown}; a search space has [space], [scheduler]"
+        )
+    space = data.get("space") or {}
+    if not isinstance(space, dict) or not space:
+        raise OefrayError(path, "[space] must name at least one training option")
+    bad = sorted(set(space) - set(SEARCHABLE))
+    if bad:
+        raise OefrayError(
+            path, f"[space] cannot vary {', '.join(bad)}; searchable: {', '.join(SEARCHABLE)}"
+        )
+    for key, spec in space.items():
+        if isinstance(spec, dict):
+            _check_distribution(path, key, spec)
+    scheduler: dict[str, Any] = {
+        "metric": "val_rmse_OEF",
+        "mode": "min",
+        "grace_period": 2,
+        "reduction_factor": 3,
+    }
+    given = data.get("scheduler") or {}
+    if not isinstance(given, dict):
+        raise OefrayError(path, "[scheduler] must be a table")
+    for key, value in given.items():
+        kind = SCHEDULER_KEYS.get(key)
+        if kind is None:
+            raise OefrayError(
+                path, f"[scheduler] unknown key {key!r}; known: {', '.join(SCHEDULER_KEYS)}"
+            )
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise OefrayError(path, f"[scheduler] {key} must be a {kind.__name__}, got {value!r}")
+        scheduler[key] = value
+    if scheduler["mode"] not in ("min", "max"):
+        raise OefrayError(path, f"[scheduler] mode must be min or max, got {scheduler['mode']!r}")
+    if scheduler["grace_period"] < 1 or scheduler["reduction_factor"] < 2:
+        raise OefrayError(path, "[scheduler] needs grace_period >= 1 and reduction_factor >= 2")
+    if not scheduler["metric"].startswith("val_"):
+        raise OefrayError(
+            path,
+            f"[scheduler] metric must be a validation metric (val_*), got {scheduler['metric']!r}:"
+            " the test subjects stay held out",
+        )
+    return SearchSpace(space=dict(space), scheduler=scheduler, source=str(path))
+
+
+def _check_distribution(path: Path, key: str, spec: dict[str, Any]) -> None:
+    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise OefrayError(
+            path, f"[space] {key}: give exactly one of {', '.join(DISTRIBUTIONS)}, got {spec}"
+        )
+    ((kind, args),) = spec.items()
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise OefrayError(path, f"[space] {key}: choice needs a non-empty list")
+        return
+    ok = (
+        isinstance(args, list)
+        and len(args) == 2
+        and all(isinstance(a, int | float) and not isinstance(a, bool) for a in args)
+        and all(math.isfinite(a) for a in args)
+        and args[0] < args[1]
+    )
+    if not ok:
+        raise OefrayError(path, f"[space] {key}: {kind} needs [low, high] with low < high")
+    if kind == "loguniform" and args[0] <= 0:
+        raise OefrayError(path, f"[space] {key}: loguniform needs low > 0")

@@ -12,7 +12,6 @@ no backend is selected at import time, no global pyplot state is touched and no 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from oefray.io.files import atomic_path
 from oefray.physics.constants import YA
 
 if TYPE_CHECKING:
@@ -32,12 +32,6 @@ TABLE1_COLUMNS: tuple[str, ...] = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
 AVERAGE_ROW = "Avg."
 
 _DPI = 150
-
-
-def _atomic_target(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path, path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,13 +103,9 @@ def write_rmse_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     missing = [c for c in TABLE1_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"not a Table 1 frame: missing column(s) {missing}")
-    path, tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=True, index_label="subject", lineterminator="\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,13 +124,9 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
 
 
 def _save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    path, tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI, facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def plot_training_curves(
@@ -357,3 +343,8 @@ def plot_uncertainty_maps(
             image = _draw_slice(ax, data, cmap, lo, hi, f"{label}: {title}", 8)
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
     return _save_png(fig, path)
+
+
+def table_to_dict(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """A table frame (rows: subjects or quantities) as ``{row: {column: value}}`` for JSON."""
+    return {str(k): {str(c): float(v) for c, v in row.items()} for k, row in frame.iterrows()}

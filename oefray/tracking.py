@@ -440,6 +440,10 @@ class Tracker:
         """See :func:`ui_command`."""
         return ui_command(self.tracking_uri)
 
+    def run(self, run_id: str) -> TrackedRun:
+        """A handle on an existing run (its status is left as it is)."""
+        return TrackedRun(self, run_id)
+
     # -- experiments and runs ------------------------------------------------------------------
 
     def get_or_create_experiment(self, name: str) -> str:

@@ -16,13 +16,11 @@ files and the manifest are written to a temporary name first and renamed into pl
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,11 +28,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from oefray.errors import FeaturesError
-from oefray.io.files import write_text_atomic
+from oefray.io.files import atomic_path
+from oefray.io.manifest import MANIFEST, FeaturesManifest, read_manifest
 
-FORMAT = "oefray-features"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+__all__ = [  # read_manifest and MANIFEST live in oefray.io.manifest; here for readers of a folder
+    "MANIFEST",
+    "read_manifest",
+]
+
 STAGING_PREFIX = ".staging-"
 
 FEATURE_COLUMNS: tuple[str, ...] = ("A", "B", "E", "S")
@@ -74,12 +75,10 @@ def write_slab_table(directory: Path, table: pa.Table, z0: int, z1: int) -> Path
 
     The name depends only on the slab, so a retried task overwrites its own earlier attempt.
     """
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"part-z{z0:04d}-{z1:04d}.parquet"
-    tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    # Dictionary encoding of float columns costs 3x the write time for no gain on measured data.
-    pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=False)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        # Dictionary encoding of float columns costs 3x the write time for no gain on measured data.
+        pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=False)
     return final
 
 
@@ -153,52 +152,19 @@ def publish_subject(staged: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    """The manifest of a features folder, or None if there is none yet.
-
-    Raises
-    ------
-    FeaturesError
-        If the manifest is unreadable or was written by another tool or format version.
-    """
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FeaturesError(path, f"malformed manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise FeaturesError(path, f"not an oefray features manifest (format != {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise FeaturesError(
-            path,
-            f"features format version {manifest.get('format_version')} is not the supported "
-            f"{FORMAT_VERSION}; re-run oefray preprocess with --force",
-        )
-    return manifest
-
-
-def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
-    """Write ``manifest.json`` atomically (temporary file + rename)."""
-    write_text_atomic(Path(root) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-
-
 def read_features(root: str | Path, subjects: list[str] | None = None) -> pa.Table:
     """Read a features folder (every complete subject, or ``subjects``) as one Arrow table.
 
     Columns come in the order of :func:`columns`; rows are sorted by subject, then ``idx``.
     """
     root = Path(root)
-    manifest = read_manifest(root)
-    if manifest is None:
-        raise FeaturesError(root, "no manifest.json: not a features folder (run oefray preprocess)")
-    done = list(manifest["subjects"])
+    manifest = FeaturesManifest.load(root)
+    done = list(manifest.subjects)
     wanted = done if subjects is None else list(subjects)
     missing = [s for s in wanted if s not in done]
     if missing:
         raise FeaturesError(root, f"subject(s) not in the features: {', '.join(missing)}")
-    with_truth = bool(manifest.get("has_truth"))
+    with_truth = manifest.has_truth
     parts = []
     for label in wanted:
         files = sorted(subject_dir(root, label).glob("part-*.parquet"))

@@ -13,7 +13,6 @@ Files are written to a temporary name and renamed into place, so a reader never 
 from __future__ import annotations
 
 import os
-import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from oefray.errors import OefrayError
+from oefray.io.files import atomic_path
 
 #: Map names as used in arrays/columns, and their BIDS ``desc-`` labels (``chi_nb`` has no
 #: underscore in BIDS entities; OEF is in percent).
@@ -145,21 +145,16 @@ def write_map(
         On a bad path suffix, grid, affine, or values/idx (see :func:`scatter_map`).
     """
     path = Path(path)
-    suffix = _nifti_suffix(path)
+    _nifti_suffix(path)  # refuses other names before any work
     shape3, aff = _check_grid(shape, affine)
     volume = scatter_map(values, idx, shape3, fill=fill)
     img = nib.Nifti1Image(volume, aff)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # nibabel picks gzip from the file name, so the temporary name keeps the suffix.
-    tmp = path.with_name(f".{path.name.removesuffix(suffix)}.{uuid.uuid4().hex}.tmp{suffix}")
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,87 +20,92 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from oefray.config import CCMRunConfig
 from oefray.errors import FeaturesError
+from oefray.io.manifest import FeaturesManifest
 
 
-def run_ccm(
-    features: str | Path,
-    *,
-    clusters: int = 256,
-    neighbours: int = 4,
-    library_size: int | None = 200_000,
-    seed: int = 0,
-    experiment: str = "oefray",
-    tracking_uri: str | None = None,
-    train_subjects: Sequence[str] | None = None,
-    test_subjects: Sequence[str] | None = None,
-) -> dict[str, Any]:
+def _check_features(root: Path):
+    """The manifest of features CCM can run on: with ground truth, not normalised."""
+    manifest = FeaturesManifest.load(root)
+    if not manifest.has_truth:
+        raise FeaturesError(root, "features carry no ground truth: the CCM library needs it")
+    if manifest.normalize != "none":
+        raise FeaturesError(
+            root, "CCM simulates un-normalised signals; preprocess without --normalize"
+        )
+    return manifest
+
+
+def _library_params(train_table) -> tuple[np.ndarray, Any]:
+    """Ground-truth parameters (n, 5) of the training voxels with a good fit, and those rows."""
+    from oefray.physics.constants import PARAMETERS
+
+    good = train_table.filter(pc.equal(train_table["status"], 0))
+    return np.column_stack([good[p].to_numpy() for p in PARAMETERS]), good
+
+
+def _library_snr(good, te: np.ndarray) -> float | None:
+    # The library must carry the data's noise, or its E (the fit residual, mostly noise at
+    # SNR ~100) would not match the measured one: estimate the echo-1 SNR from the training
+    # subjects' own features, sigma ~ E * sqrt(n / (n - 2)) for a 2-parameter fit of n echoes.
+    a, b, e = (good[c].to_numpy() for c in ("A", "B", "E"))
+    sigma = float(np.median(e)) * np.sqrt(len(te) / max(len(te) - 2, 1))
+    return float(np.median(a * np.exp(-b * te.min())) / sigma) if sigma > 0 else None
+
+
+def _predict_by_scheme(manifest, test, params, x, subject, ccm_config):
+    """CCM predictions of the test voxels: one library per echo scheme among the test subjects
+    (re-simulation is what makes CCM TE-robust; the usual case is a single scheme)."""
+    from oefray.ml.ccm import build_library, predict
+
+    pred = np.full((len(x), params.shape[1]), np.nan, np.float32)
+    schemes: dict[tuple[float, ...], list[str]] = {}
+    for label in test:
+        schemes.setdefault(manifest.subjects[label].echo_times_s, []).append(label)
+    libraries = {}
+    for scheme, labels in schemes.items():
+        library = build_library(params, np.asarray(scheme), ccm_config)
+        libraries[",".join(f"{t:g}" for t in scheme)] = library.to_dict()
+        sel = np.isin(subject, labels)
+        pred[sel] = predict(library, x[sel])
+    return pred, libraries
+
+
+def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[str, Any]:
     """Build the CCM library, predict the test subjects, log an MLflow run; return its summary."""
     from oefray.io import features as fio
-    from oefray.ml.ccm import CCMConfig, build_library, predict
-    from oefray.orchestration.train import log_evaluation
+    from oefray.ml.ccm import CCMConfig
+    from oefray.orchestration.evaluate import log_evaluation
     from oefray.physics.constants import PARAMETERS
     from oefray.tracking import Tracker
 
     t0 = time.perf_counter()
+    config = config or CCMRunConfig()
     root = Path(features).resolve()
-    manifest = fio.read_manifest(root)
-    if manifest is None:
-        raise FeaturesError(root, "no manifest.json: not a features folder (run oefray preprocess)")
-    if not manifest.get("has_truth"):
-        raise FeaturesError(root, "features carry no ground truth: the CCM library needs it")
-    if manifest.get("options", {}).get("normalize", "none") != "none":
-        raise FeaturesError(
-            root, "CCM simulates un-normalised signals; preprocess without --normalize"
-        )
-    split = {s: e.get("split", "") for s, e in manifest["subjects"].items()}
-    train = list(train_subjects or [s for s, v in split.items() if v == "train"])
-    test = list(test_subjects or [s for s, v in split.items() if v == "test"])
-    if not train or not test:
-        raise FeaturesError(root / fio.MANIFEST, "need training and test subjects")
-    train_table = fio.read_features(root, train)
-    ok = pc.equal(train_table["status"], 0)
-    params = np.column_stack([train_table[p].filter(ok).to_numpy() for p in PARAMETERS])
-    # The library must carry the data's noise, or its E (the fit residual, mostly noise at
-    # SNR ~100) would not match the measured one: estimate the echo-1 SNR from the training
-    # subjects' own features, sigma ~ E * sqrt(n / (n - 2)) for a 2-parameter fit of n echoes.
-    te = np.asarray(manifest["subjects"][train[0]]["echo_times_s"])
-    a, b, e = (train_table[c].filter(ok).to_numpy() for c in ("A", "B", "E"))
-    sigma = float(np.median(e)) * np.sqrt(len(te) / max(len(te) - 2, 1))
-    snr = float(np.median(a * np.exp(-b * te.min())) / sigma) if sigma > 0 else None
-    config = CCMConfig(
-        clusters=clusters, neighbours=neighbours, library_size=library_size, seed=seed, snr=snr
-    )
+    manifest = _check_features(root)
+    train, test = manifest.split_subjects(root, config.train_subjects, config.test_subjects)
+    params, good = _library_params(fio.read_features(root, train))
+    snr = _library_snr(good, np.asarray(manifest.subjects[train[0]].echo_times_s))
+    ccm_config = CCMConfig(**config.ccm_overrides(), snr=snr)
     test_table = fio.read_features(root, test)
     test_table = test_table.filter(pc.equal(test_table["status"], 0))
     x = np.column_stack([test_table[c].to_numpy() for c in ("A", "B", "E", "S")])
     true = np.column_stack([test_table[p].to_numpy() for p in PARAMETERS]).astype(np.float32)
     subject = test_table["subject"].to_numpy(zero_copy_only=False).astype(str)
-    idx = test_table["idx"].to_numpy()
-    # one library per echo scheme among the test subjects (re-simulation is what makes CCM
-    # TE-robust); the usual case is a single scheme
-    pred = np.full(true.shape, np.nan, np.float32)
-    schemes: dict[tuple[float, ...], list[str]] = {}
-    for label in test:
-        schemes.setdefault(tuple(manifest["subjects"][label]["echo_times_s"]), []).append(label)
-    libraries = {}
-    for scheme, labels in schemes.items():
-        library = build_library(params, np.asarray(scheme), config)
-        libraries[",".join(f"{t:g}" for t in scheme)] = library.to_dict()
-        sel = np.isin(subject, labels)
-        pred[sel] = predict(library, x[sel])
-
-    tracker = Tracker.from_uri(tracking_uri)
+    pred, libraries = _predict_by_scheme(manifest, test, params, x, subject, ccm_config)
+    tracker = Tracker.from_uri(config.tracking_uri)
+    c = ccm_config
     with (
         tracker.tracked_run(
-            experiment,
-            run_name=f"ccm-K{clusters}-k{neighbours}",
+            config.experiment,
+            run_name=f"ccm-K{c.clusters}-k{c.neighbours}",
             params={
                 "method": "ccm",
-                "ccm": asdict(config),
+                "ccm": asdict(ccm_config),
                 "features": str(root),
-                "features_checksums": {s: e["checksum"] for s, e in manifest["subjects"].items()},
-                "echo_times_s": manifest.get("echo_times_s"),
+                "features_checksums": manifest.checksums,
+                "echo_times_s": manifest.echo_times_s,
                 "train_subjects": ",".join(train),
                 "test_subjects": ",".join(test),
                 "n_library_voxels": len(params),
@@ -113,6 +117,7 @@ def run_ccm(
         tempfile.TemporaryDirectory() as tmp,
     ):
         tmp_path = Path(tmp)
+        idx = test_table["idx"].to_numpy()
         table, logged = log_evaluation(
             run, pred, true, subject, idx, test, manifest, params.mean(axis=0), tmp_path
         )
@@ -121,6 +126,8 @@ def run_ccm(
     return {
         "command": "baseline ccm",
         "run_id": run.run_id,
+        "clusters": c.clusters,
+        "neighbours": c.neighbours,
         "table": table,
         "test_metrics": logged,
         "seconds": round(time.perf_counter() - t0, 2),

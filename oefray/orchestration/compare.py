@@ -11,27 +11,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from oefray.config import COMPARE_FORMATS
 from oefray.errors import OefrayError
-
-QUANTITIES = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
-FORMATS = ("md", "csv", "html")
+from oefray.physics.constants import RMSE_QUANTITIES
 
 
 def _row(run) -> dict[str, Any] | None:
     m, tags = run.data.metrics, run.data.tags
     name = run.info.run_name or run.info.run_id[:8]
     label = f"{name} ({run.info.run_id[:8]})"
-    if all(f"test_rmse_{q}_mean" in m for q in QUANTITIES):
+    if all(f"test_rmse_{q}_mean" in m for q in RMSE_QUANTITIES):
         return {
             "run": label,
             "kind": tags.get("oefray.command", "repeats"),
-            **{q: (m[f"test_rmse_{q}_mean"], m.get(f"test_rmse_{q}_std", 0.0)) for q in QUANTITIES},
+            **{
+                q: (m[f"test_rmse_{q}_mean"], m.get(f"test_rmse_{q}_std", 0.0))
+                for q in RMSE_QUANTITIES
+            },
         }
-    if all(f"test_rmse_{q}" in m for q in QUANTITIES):
+    if all(f"test_rmse_{q}" in m for q in RMSE_QUANTITIES):
         return {
             "run": label,
             "kind": tags.get("oefray.command", "run"),
-            **{q: (m[f"test_rmse_{q}"], None) for q in QUANTITIES},
+            **{q: (m[f"test_rmse_{q}"], None) for q in RMSE_QUANTITIES},
         }
     return None
 
@@ -48,13 +50,13 @@ def floor_row(tracker: Any, runs: Sequence[Any]) -> dict[str, Any] | None:
     for run in runs:
         m = run.data.metrics
         child_ids = run.data.tags.get("oefray.child_runs", "")
-        if not all(f"floor_rmse_{q}" in m for q in QUANTITIES) and child_ids:
+        if not all(f"floor_rmse_{q}" in m for q in RMSE_QUANTITIES) and child_ids:
             m = tracker.get_run(child_ids.split(",")[0]).data.metrics
-        if all(f"floor_rmse_{q}" in m for q in QUANTITIES):
+        if all(f"floor_rmse_{q}" in m for q in RMSE_QUANTITIES):
             return {
                 "run": "floor: training mean",
                 "kind": "floor",
-                **{q: (m[f"floor_rmse_{q}"], None) for q in QUANTITIES},
+                **{q: (m[f"floor_rmse_{q}"], None) for q in RMSE_QUANTITIES},
             }
     return None
 
@@ -93,14 +95,14 @@ def compare_runs(refs: Sequence[str], *, tracking_uri: str | None = None) -> lis
 
 def format_rows(rows: list[dict[str, Any]], fmt: str = "md") -> str:
     """The comparison as a markdown table, CSV, or an HTML table."""
-    if fmt not in FORMATS:
-        raise OefrayError(None, f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    headers = ["run", "kind", *[("OEF (%)" if q == "OEF" else q) for q in QUANTITIES]]
+    if fmt not in COMPARE_FORMATS:
+        raise OefrayError(None, f"unknown format {fmt!r}; choose from {', '.join(COMPARE_FORMATS)}")
+    headers = ["run", "kind", *[("OEF (%)" if q == "OEF" else q) for q in RMSE_QUANTITIES]]
     if fmt == "csv":
-        lines = [",".join(["run", "kind", *[c for q in QUANTITIES for c in (q, f"{q}_std")]])]
+        lines = [",".join(["run", "kind", *[c for q in RMSE_QUANTITIES for c in (q, f"{q}_std")]])]
         for r in rows:
             cells = [f'"{r["run"]}"', r["kind"]]
-            for q in QUANTITIES:
+            for q in RMSE_QUANTITIES:
                 value, std = r[q]
                 cells += [repr(float(value)), "" if std is None else repr(float(std))]
             lines.append(",".join(cells))
@@ -110,7 +112,7 @@ def format_rows(rows: list[dict[str, Any]], fmt: str = "md") -> str:
         value, std = v
         return f"{value:.4g}" if std is None else f"{value:.4g} ± {std:.2g}"
 
-    body = [[r["run"], r["kind"], *[cell(r[q]) for q in QUANTITIES]] for r in rows]
+    body = [[r["run"], r["kind"], *[cell(r[q]) for q in RMSE_QUANTITIES]] for r in rows]
     if fmt == "md":
         out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         out += ["| " + " | ".join(b) + " |" for b in body]

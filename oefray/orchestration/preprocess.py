@@ -16,14 +16,10 @@ failed, task time and throughput; :mod:`oefray.metrics`) once per slab.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import json
 import logging
-import os
-import re
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -41,10 +37,11 @@ from oefray.io import features as fio
 from oefray.io.bids import (
     DatasetIndex,
     SubjectFiles,
-    natural_key,
     read_brain_voxels,
     scan_dataset,
 )
+from oefray.io.manifest import MANIFEST, FeaturesManifest, SubjectRecord
+from oefray.orchestration.runtime import ray_runtime
 from oefray.physics.decay import fit_decay
 
 log = logging.getLogger(__name__)
@@ -157,52 +154,6 @@ def plan_slabs(subjects: Sequence[SubjectFiles], slab: int) -> list[dict[str, An
 
 
 # --------------------------------------------------------------------------------------------
-# Ray runtime
-# --------------------------------------------------------------------------------------------
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast with one line when a ``[scheme://]host:port`` cluster address does not answer
-    (``ray.init`` would otherwise retry for minutes)."""
-    match = re.fullmatch(r"(?:[a-z]+://)?\[?([^\]/]+?)\]?:(\d+)/?", address.strip())
-    if match is None:
-        return  # "auto", "local" and other forms are ray.init's business
-    host, port = match[1], int(match[2])
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise OefrayError(
-            address, f"cannot reach the Ray cluster ({exc.strerror or exc})"
-        ) from None
-
-
-@contextlib.contextmanager
-def ray_runtime(address: str | None, workers: int) -> Iterator[None]:
-    """Use the Ray runtime already initialised, connect to ``address``/``RAY_ADDRESS``, or
-    start a local one with ``workers`` CPUs; shut down only what this call started."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
-    if address:
-        _check_reachable(address)
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise OefrayError(address, f"cannot connect to the Ray cluster ({exc})") from None
-    else:
-        ray.init(num_cpus=workers, include_dashboard=False, **kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-# --------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------
 
@@ -294,35 +245,22 @@ def _options(config: PreprocessConfig) -> dict[str, Any]:
 
 def _new_manifest(
     index: DatasetIndex, config: PreprocessConfig, with_truth: bool
-) -> dict[str, Any]:
-    return {
-        "format": fio.FORMAT,
-        "format_version": fio.FORMAT_VERSION,
-        "oefray_version": __version__,
-        "source": {"dataset": str(index.root), "name": index.name},
-        "options": _options(config),
-        "has_truth": with_truth,
-        "columns": list(fio.columns(with_truth)),
-        "echo_times_s": None,
-        "subjects": {},
-    }
-
-
-def _echo_times(manifest: dict[str, Any]) -> list[float] | None:
-    """The dataset-level echo scheme if every subject shares one, else None."""
-    schemes = {tuple(s["echo_times_s"]) for s in manifest["subjects"].values()}
-    return list(schemes.pop()) if len(schemes) == 1 else None
-
-
-def _compatible(manifest: dict[str, Any], config: PreprocessConfig, with_truth: bool) -> bool:
-    return (
-        manifest.get("options") == _options(config)
-        and bool(manifest.get("has_truth")) == with_truth
+) -> FeaturesManifest:
+    return FeaturesManifest(
+        source={"dataset": str(index.root), "name": index.name},
+        options=_options(config),
+        has_truth=with_truth,
+        columns=list(fio.columns(with_truth)),
+        oefray_version=__version__,
     )
 
 
+def _compatible(manifest: FeaturesManifest, config: PreprocessConfig, with_truth: bool) -> bool:
+    return manifest.options == _options(config) and manifest.has_truth == with_truth
+
+
 def _check_existing(
-    out: Path, manifest: dict[str, Any] | None, config: PreprocessConfig, with_truth: bool
+    out: Path, manifest: FeaturesManifest | None, config: PreprocessConfig, with_truth: bool
 ) -> None:
     if manifest is None:
         if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
@@ -332,15 +270,15 @@ def _check_existing(
         return
     if config.force:
         return
-    if manifest.get("options") != _options(config):
+    if manifest.options != _options(config):
         raise FeaturesError(
-            out / fio.MANIFEST,
-            f"was made with options {manifest.get('options')}, not {_options(config)}; "
+            out / MANIFEST,
+            f"was made with options {manifest.options}, not {_options(config)}; "
             "use --force to redo every subject",
         )
-    if bool(manifest.get("has_truth")) != with_truth:
+    if manifest.has_truth != with_truth:
         raise FeaturesError(
-            out / fio.MANIFEST,
+            out / MANIFEST,
             "ground-truth presence differs from the dataset's; use --force to redo every subject",
         )
 
@@ -396,14 +334,16 @@ def preprocess(
     if not with_truth and any(s.truth for s in valid):
         log.warning("ground truth present for some subjects only; it is left out for all")
 
-    manifest = fio.read_manifest(out) if out.is_dir() else None
+    manifest = FeaturesManifest.read(out) if out.is_dir() else None
     _check_existing(out, manifest, config, with_truth)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
         _process(index, valid, out, manifest, config, with_truth, result, progress)
     finally:
-        if created and fio.read_manifest(out) is None:  # nothing completed: leave nothing behind
+        if (
+            created and FeaturesManifest.read(out) is None
+        ):  # nothing completed: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
     result.seconds = time.perf_counter() - t0
     return result
@@ -413,7 +353,7 @@ def _process(
     index: DatasetIndex,
     valid: list[SubjectFiles],
     out: Path,
-    manifest: dict[str, Any] | None,
+    manifest: FeaturesManifest | None,
     config: PreprocessConfig,
     with_truth: bool,
     result: PreprocessResult,
@@ -425,14 +365,14 @@ def _process(
             shutil.rmtree(stale, ignore_errors=True)
         if manifest is not None and not _compatible(manifest, config, with_truth):
             # --force with other options: subjects made the old way would not match; drop them
-            for label in manifest["subjects"]:
+            for label in manifest.subjects:
                 shutil.rmtree(fio.subject_dir(out, label), ignore_errors=True)
             manifest = None
         if manifest is None:
             manifest = _new_manifest(index, config, with_truth)
         todo = []
         for s in valid:
-            done = s.label in manifest["subjects"] and fio.subject_dir(out, s.label).is_dir()
+            done = s.label in manifest.subjects and fio.subject_dir(out, s.label).is_dir()
             if done and not config.force:
                 result.skipped.append(s.label)
             else:
@@ -445,7 +385,7 @@ def _run(
     index: DatasetIndex,
     todo: list[SubjectFiles],
     out: Path,
-    manifest: dict[str, Any],
+    manifest: FeaturesManifest,
     config: PreprocessConfig,
     with_truth: bool,
     result: PreprocessResult,
@@ -524,7 +464,7 @@ def _commit(
     subject: SubjectFiles,
     staging: Path,
     out: Path,
-    manifest: dict[str, Any],
+    manifest: FeaturesManifest,
     index: DatasetIndex,
     tally: _Tally,
 ) -> None:
@@ -535,20 +475,16 @@ def _commit(
             staged, f"slabs reported {tally.rows} rows but the mask has {subject.n_brain} voxels"
         )
     fio.publish_subject(staged, fio.subject_dir(out, subject.label))
-    manifest["subjects"][subject.label] = {
-        "rows": tally.rows,
-        "checksum": fio.format_checksum(tally.checksum),
-        "status_counts": dict(sorted(tally.status.items(), key=lambda kv: int(kv[0]))),
-        "split": index.split.get(subject.label, ""),
-        "shape": list(subject.shape),
-        "affine": [list(r) for r in subject.affine],
-        "echo_times_s": list(subject.te_s),
-        "source_files": {"echoes": list(subject.echoes), "chi": subject.chi, "mask": subject.mask},
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    manifest["subjects"] = dict(
-        sorted(manifest["subjects"].items(), key=lambda kv: natural_key(kv[0]))
+    record = SubjectRecord(
+        rows=tally.rows,
+        checksum=fio.format_checksum(tally.checksum),
+        status_counts=dict(sorted(tally.status.items(), key=lambda kv: int(kv[0]))),
+        split=index.split.get(subject.label, ""),
+        shape=subject.shape,
+        affine=tuple(tuple(float(v) for v in r) for r in subject.affine),
+        echo_times_s=tuple(subject.te_s),
+        source_files={"echoes": list(subject.echoes), "chi": subject.chi, "mask": subject.mask},
+        created=SubjectRecord.now(),
     )
-    manifest["echo_times_s"] = _echo_times(manifest)
-    manifest["oefray_version"] = __version__
-    fio.write_manifest(out, manifest)
+    manifest.add_subject(subject.label, record, __version__)
+    manifest.save(out)

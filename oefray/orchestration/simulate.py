@@ -7,11 +7,7 @@ sibling folder and renamed into place at the end: an interrupted run leaves no h
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +20,7 @@ from oefray import __version__
 from oefray.config import FOV_MM, SimulationConfig, split_of
 from oefray.errors import OefrayError
 from oefray.io import bids
+from oefray.io.files import atomic_folder
 from oefray.physics.phantom import simulate_subject
 
 #: Called as ``progress(subjects_done, subjects_total, message)``.
@@ -93,70 +90,74 @@ def simulate_cohort(
     out = Path(out).resolve()
     if out.exists() and not force:
         raise OefrayError(out, "already exists; use --force to replace it")
-    partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     result = SimulationResult(dataset=str(out))
+    try:
+        with atomic_folder(out, replace=force) as partial:
+            _write_cohort(partial, config, suffix, result, progress)
+            result.seconds = time.perf_counter() - t0
+    except OSError as exc:
+        raise OefrayError(out, f"cannot write the dataset ({exc.strerror or exc})") from None
+    return result
+
+
+def _write_cohort(
+    partial: Path,
+    config: SimulationConfig,
+    suffix: str,
+    result: SimulationResult,
+    progress: ProgressFn | None,
+) -> None:
+    """Write every subject, the participants and dataset descriptions into ``partial``."""
     preset = config.cohort
     affine = grid_affine(preset.shape, preset.voxel_mm)
     split = split_of(config.subjects)
-    try:
-        partial.mkdir(parents=True)
+    bids.write_dataset_description(
+        partial, f"oefray synthetic cohort ({preset.name}, seed {config.seed})"
+    )
+    for pipeline in ("qsm", "qq"):
         bids.write_dataset_description(
-            partial, f"oefray synthetic cohort ({preset.name}, seed {config.seed})"
+            partial / "derivatives" / pipeline,
+            f"{pipeline} maps",
+            generated_by=f"oefray {__version__}",
         )
-        for pipeline in ("qsm", "qq"):
-            bids.write_dataset_description(
-                partial / "derivatives" / pipeline,
-                f"{pipeline} maps",
-                generated_by=f"oefray {__version__}",
-            )
-        bids.write_participants(
-            partial, [{"participant_id": f"sub-{s}", "split": split[s]} for s in config.subjects]
-        )
-        (partial / ".bidsignore").write_text("results.json\n")
-        n = len(config.subjects)
-        for i, label in enumerate(config.subjects):
-            if progress:
-                progress(i, n, f"sub-{label}")
-            rng = subject_rng(config.seed, label)
-            lesion = bool(rng.random() < config.lesion_fraction)
-            sim = simulate_subject(
-                preset.shape,
-                preset.voxel_mm,
-                np.asarray(config.echoes.te_s),
-                rng,
-                snr=config.snr,
-                qsm_noise_ppm=config.qsm_noise_ppm,
-                b0_t=config.b0_t,
-                lesion=lesion,
-            )
-            bids.write_subject(
-                partial,
-                label,
-                affine,
-                sim.magnitude,
-                config.echoes.te_s,
-                sim.chi,
-                sim.mask,
-                sim.truth,
-                b0_t=config.b0_t,
-                sidecar={"Manufacturer": "oefray simulator", "oefray_seed": config.seed},
-                suffix=suffix,
-            )
-            result.subjects[label] = {
-                "split": split[label],
-                "lesion": lesion,
-                "brain_voxels": int(sim.mask.sum()),
-                "shape": list(preset.shape),
-            }
+    bids.write_participants(
+        partial, [{"participant_id": f"sub-{s}", "split": split[s]} for s in config.subjects]
+    )
+    (partial / ".bidsignore").write_text("results.json\n")
+    n = len(config.subjects)
+    for i, label in enumerate(config.subjects):
         if progress:
-            progress(n, n, "done")
-        result.seconds = time.perf_counter() - t0
-        (partial / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(partial, out)
-    except OSError as exc:
-        raise OefrayError(out, f"cannot write the dataset ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return result
+            progress(i, n, f"sub-{label}")
+        rng = subject_rng(config.seed, label)
+        lesion = bool(rng.random() < config.lesion_fraction)
+        sim = simulate_subject(
+            preset.shape,
+            preset.voxel_mm,
+            np.asarray(config.echoes.te_s),
+            rng,
+            snr=config.snr,
+            qsm_noise_ppm=config.qsm_noise_ppm,
+            b0_t=config.b0_t,
+            lesion=lesion,
+        )
+        bids.write_subject(
+            partial,
+            label,
+            affine,
+            sim.magnitude,
+            config.echoes.te_s,
+            sim.chi,
+            sim.mask,
+            sim.truth,
+            b0_t=config.b0_t,
+            sidecar={"Manufacturer": "oefray simulator", "oefray_seed": config.seed},
+            suffix=suffix,
+        )
+        result.subjects[label] = {
+            "split": split[label],
+            "lesion": lesion,
+            "brain_voxels": int(sim.mask.sum()),
+            "shape": list(preset.shape),
+        }
+    if progress:
+        progress(n, n, "done")

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from oefray.config import EchoScheme, PreprocessConfig
+from oefray.config import EchoScheme, PreprocessConfig, StudyConfig
 from oefray.errors import DatasetError
-
-QUANTITIES = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
+from oefray.io.files import write_text_atomic
+from oefray.physics.constants import RMSE_QUANTITIES
 
 #: The default shifted schemes: 10 echoes from 3.0 ms every 3.8 ms, and an uneven 9-echo scheme.
 SHIFTED_SCHEMES: dict[str, EchoScheme] = {
@@ -79,18 +79,101 @@ def _resimulate(
         )
 
 
+def _schemes(bundle, schemes: dict[str, EchoScheme] | None) -> dict[str, EchoScheme]:
+    """The given schemes, else the training scheme plus :data:`SHIFTED_SCHEMES`."""
+    out = dict(schemes or {})
+    if not out:
+        if bundle.echo_times_s:
+            out["training scheme"] = EchoScheme(tuple(bundle.echo_times_s))
+        out.update(SHIFTED_SCHEMES)
+    return out
+
+
+def _split(dataset: Path):
+    from oefray.io import bids
+
+    index = bids.scan_dataset(dataset)
+    train = [s for s, v in index.split.items() if v == "train" and s in index.subjects]
+    test = [s for s, v in index.split.items() if v == "test" and s in index.subjects]
+    if not train or not test:
+        raise DatasetError(
+            dataset / "participants.tsv", "needs train and test subjects in a split column"
+        )
+    return index, train, test
+
+
+def _reference_params(index, train: list[str]) -> np.ndarray:
+    """The training subjects' ground truth (n, 5): the CCM library and the floor."""
+    from oefray.io import bids
+    from oefray.physics.constants import PARAMETERS
+
+    reference = []
+    for label in train:
+        slab = bids.read_slab(index.subjects[label], 0, index.subjects[label].depth)
+        reference.append(np.column_stack([slab.truth[p][slab.mask] for p in PARAMETERS]))
+    return np.concatenate(reference)
+
+
+def _lstm_rmse(bundles, table) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and std over the models of the pooled test RMSE of each quantity."""
+    from oefray.ml.metrics import pooled_rmse
+    from oefray.ml.windows import make_windows_table
+    from oefray.orchestration.evaluate import predict_windows
+
+    per_model = []
+    for bundle in bundles:
+        windows = make_windows_table(table, bundle.window)
+        assert windows.y is not None  # re-simulated with ground truth
+        per_model.append(pooled_rmse(predict_windows(bundle, windows.x), windows.y))
+    mean = {q: float(np.mean([r[q] for r in per_model])) for q in RMSE_QUANTITIES}
+    std = {
+        f"{q}_std": float(np.std([r[q] for r in per_model], ddof=1))
+        if len(per_model) > 1
+        else float("nan")
+        for q in RMSE_QUANTITIES
+    }
+    return mean, std
+
+
+def _scheme_rows(name, scheme, table, bundles, params, config, lstm_name) -> list[dict[str, Any]]:
+    """The LSTM, CCM and floor rows of one echo scheme."""
+    from oefray.ml.ccm import CCMConfig, build_library, predict
+    from oefray.ml.metrics import pooled_rmse
+    from oefray.physics.constants import PARAMETERS
+
+    lstm, lstm_std = _lstm_rmse(bundles, table)
+    good = table.filter(table["status"].to_numpy() == 0)
+    x = np.column_stack([good[c].to_numpy() for c in ("A", "B", "E", "S")])
+    true = np.column_stack([good[p].to_numpy() for p in PARAMETERS])
+    clusters = {} if config.clusters is None else {"clusters": config.clusters}
+    ccm_config = CCMConfig(**clusters, seed=config.seed, snr=config.snr)
+    library = build_library(params, np.asarray(scheme.te_s), ccm_config)
+    ccm = pooled_rmse(predict(library, x), true)
+    floor = pooled_rmse(np.broadcast_to(params.mean(axis=0), true.shape), true)
+    te_ms = ", ".join(f"{t * 1e3:g}" for t in scheme.te_s)
+    nan_std = {f"{q}_std": float("nan") for q in RMSE_QUANTITIES}
+    return [
+        {
+            "method": method,
+            "scheme": name,
+            "te_ms": te_ms,
+            **{q: float(values[q]) for q in RMSE_QUANTITIES},
+            **std,
+        }
+        for method, values, std in (
+            (lstm_name, lstm, lstm_std),
+            ("CCM", ccm, nan_std),
+            ("floor", floor, nan_std),
+        )
+    ]
+
+
 def te_shift(
     dataset: str | Path,
     model: str,
+    config: StudyConfig | None = None,
     *,
     schemes: dict[str, EchoScheme] | None = None,
-    snr: float = 100.0,
-    qsm_noise_ppm: float = 0.002,
-    seed: int = 0,
-    workers: int = 2,
-    clusters: int = 256,
-    experiment: str = "oefray",
-    tracking_uri: str | None = None,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Test RMSE of the LSTM ``model``, CCM and the floor under each echo scheme.
@@ -102,8 +185,12 @@ def te_shift(
     model : str
         Training run id (or model URI) of the LSTM, or the parent run of ``tune --repeats``: then
         every repeat's model is evaluated and the LSTM rows give mean and std over the repeats.
+    config : StudyConfig, optional
+        Re-simulation SNR and QSM noise, CCM clusters, seed, workers, MLflow experiment/store.
     schemes : dict of name to EchoScheme, optional
         Default: the training scheme plus :data:`SHIFTED_SCHEMES`.
+    out : path, optional
+        Also write ``te_shift.csv`` and ``te_shift.md`` here.
 
     Returns
     -------
@@ -112,119 +199,70 @@ def te_shift(
     """
     import pandas as pd
 
-    from oefray.io import bids
     from oefray.io import features as fio
-    from oefray.ml.ccm import CCMConfig, build_library, predict
-    from oefray.ml.metrics import pooled_rmse
-    from oefray.ml.windows import make_windows_table
-    from oefray.orchestration.predict import _bundle
+    from oefray.orchestration.evaluate import load_bundle
     from oefray.orchestration.preprocess import preprocess
-    from oefray.orchestration.train import predict_windows
-    from oefray.physics.constants import PARAMETERS
     from oefray.tracking import Tracker
 
+    config = config or StudyConfig()
     dataset = Path(dataset).resolve()
-    tracker = Tracker.from_uri(tracking_uri)
+    tracker = Tracker.from_uri(config.tracking_uri)
     children = _repeat_models(tracker, model)
-    bundles = [_bundle(tracker, m) for m in children or [model]]
-    meta = bundles[0][4]
-    index = bids.scan_dataset(dataset)
-    train = [s for s, v in index.split.items() if v == "train" and s in index.subjects]
-    test = [s for s, v in index.split.items() if v == "test" and s in index.subjects]
-    if not train or not test:
-        raise DatasetError(
-            dataset / "participants.tsv", "needs train and test subjects in a split column"
-        )
-    trained_at = meta.get("features", {}).get("echo_times_s")
-    all_schemes = dict(schemes or {})
-    if not all_schemes:
-        if trained_at:
-            all_schemes["training scheme"] = EchoScheme(tuple(trained_at))
-        all_schemes.update(SHIFTED_SCHEMES)
-    # the training subjects' ground truth: the CCM library and the floor
-    reference = []
-    for label in train:
-        slab = bids.read_slab(index.subjects[label], 0, index.subjects[label].depth)
-        reference.append(np.column_stack([slab.truth[p][slab.mask] for p in PARAMETERS]))
-    params = np.concatenate(reference)
-    floor_mean = params.mean(axis=0)
+    bundles = [load_bundle(tracker, m) for m in children or [model]]
+    index, train, test = _split(dataset)
+    all_schemes = _schemes(bundles[0], schemes)
+    params = _reference_params(index, train)
+    lstm_name = f"LSTM ({len(bundles)} seeds)" if children else "LSTM"
     rows = []
     with tempfile.TemporaryDirectory(prefix="oefray-te-shift-") as tmp:
         for i, (name, scheme) in enumerate(all_schemes.items()):
             ds = Path(tmp) / f"scheme{i}" / "bids"
             _resimulate(
-                dataset, ds, test, scheme.te_s, snr=snr, qsm_noise_ppm=qsm_noise_ppm, seed=seed + i
+                dataset,
+                ds,
+                test,
+                scheme.te_s,
+                snr=config.snr,
+                qsm_noise_ppm=config.qsm_noise_ppm,
+                seed=config.seed + i,
             )
             feats = ds.parent / "features"
-            result = preprocess(ds, feats, PreprocessConfig(workers=workers))
+            result = preprocess(ds, feats, PreprocessConfig(workers=config.workers))
             if not result.ok:
                 raise DatasetError(ds, next(iter(result.failed.values())))
             table = fio.read_features(feats)
-            per_model = []
-            for net, x_scaler, y_scaler, window, _ in bundles:
-                windows = make_windows_table(table, window)
-                assert windows.y is not None  # re-simulated with ground truth
-                per_model.append(
-                    pooled_rmse(predict_windows(net, x_scaler, y_scaler, windows.x), windows.y)
-                )
-            lstm = {q: float(np.mean([r[q] for r in per_model])) for q in QUANTITIES}
-            lstm_std = {
-                f"{q}_std": float(np.std([r[q] for r in per_model], ddof=1))
-                if len(per_model) > 1
-                else float("nan")
-                for q in QUANTITIES
-            }
-            good = table.filter(table["status"].to_numpy() == 0)
-            x = np.column_stack([good[c].to_numpy() for c in ("A", "B", "E", "S")])
-            true = np.column_stack([good[p].to_numpy() for p in PARAMETERS])
-            library = build_library(
-                params, np.asarray(scheme.te_s), CCMConfig(clusters=clusters, seed=seed, snr=snr)
-            )
-            ccm = pooled_rmse(predict(library, x), true)
-            floor = pooled_rmse(np.broadcast_to(floor_mean, true.shape), true)
-            te_ms = ", ".join(f"{t * 1e3:g}" for t in scheme.te_s)
-            lstm_name = f"LSTM ({len(bundles)} seeds)" if children else "LSTM"
-            nan_std = {f"{q}_std": float("nan") for q in QUANTITIES}
-            for method, values, std in (
-                (lstm_name, lstm, lstm_std),
-                ("CCM", ccm, nan_std),
-                ("floor", floor, nan_std),
-            ):
-                rows.append(
-                    {
-                        "method": method,
-                        "scheme": name,
-                        "te_ms": te_ms,
-                        **{q: float(values[q]) for q in QUANTITIES},
-                        **std,
-                    }
-                )
+            rows += _scheme_rows(name, scheme, table, bundles, params, config, lstm_name)
     frame = pd.DataFrame(rows)
     markdown = _markdown(frame)
-    out_dir = Path(out).resolve() if out else None
+    run_id = _log_study(tracker, config, model, dataset, all_schemes, frame, markdown, out)
+    return {"rows": rows, "markdown": markdown, "run_id": run_id}
+
+
+def _log_study(tracker, config, model, dataset, schemes, frame, markdown, out) -> str:
+    """The study's MLflow run with the table as CSV and markdown (also written to ``out``)."""
     with (
         tracker.tracked_run(
-            experiment,
+            config.experiment,
             run_name="te-shift",
             params={
                 "model": model,
                 "dataset": str(dataset),
-                "snr": snr,
-                "qsm_noise_ppm": qsm_noise_ppm,
-                "schemes": {k: list(v.te_s) for k, v in all_schemes.items()},
-                "ccm_clusters": clusters,
+                "snr": config.snr,
+                "qsm_noise_ppm": config.qsm_noise_ppm,
+                "schemes": {k: list(v.te_s) for k, v in schemes.items()},
+                "ccm_clusters": config.clusters,
             },
             tags={"oefray.command": "study te-shift"},
         ) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        target = out_dir or Path(tmp)
+        target = Path(out).resolve() if out else Path(tmp)
         target.mkdir(parents=True, exist_ok=True)
         frame.to_csv(target / "te_shift.csv", index=False)
-        (target / "te_shift.md").write_text(markdown)
+        write_text_atomic(target / "te_shift.md", markdown)
         run.log_artifact_file(target / "te_shift.csv")
         run.log_artifact_file(target / "te_shift.md")
-    return {"rows": rows, "markdown": markdown, "run_id": run.run_id}
+    return run.run_id
 
 
 def _repeat_models(tracker, model: str) -> list[str]:
@@ -236,7 +274,7 @@ def _repeat_models(tracker, model: str) -> list[str]:
     try:
         tags = tracker.get_run(model).data.tags
     except OefrayError:
-        return []  # not a run id: _bundle says what is wrong with it
+        return []  # not a run id: load_bundle says what is wrong with it
     children = tags.get("oefray.child_runs", "")
     return children.split(",") if children else []
 
@@ -244,16 +282,16 @@ def _repeat_models(tracker, model: str) -> list[str]:
 def _markdown(frame) -> str:
     head = (
         "| method | echo scheme | "
-        + " | ".join("OEF (%)" if q == "OEF" else q for q in QUANTITIES)
+        + " | ".join("OEF (%)" if q == "OEF" else q for q in RMSE_QUANTITIES)
         + " |"
     )
-    lines = [head, "|" + "---|" * (len(QUANTITIES) + 2)]
+    lines = [head, "|" + "---|" * (len(RMSE_QUANTITIES) + 2)]
     for _, r in frame.iterrows():
         lines.append(
             f"| {r['method']} | {r['scheme']} | "
             + " | ".join(
                 f"{r[q]:.4g}" if np.isnan(r[f"{q}_std"]) else f"{r[q]:.4g} ± {r[f'{q}_std']:.2g}"
-                for q in QUANTITIES
+                for q in RMSE_QUANTITIES
             )
             + " |"
         )

@@ -23,7 +23,6 @@ import datetime as _dt
 import logging
 import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from oefray.errors import OefrayError
+from oefray.orchestration.runtime import probe_tcp
 
 #: Keys of a job spec, each a keyword argument of ``JobSubmissionClient.submit_job``.
 SPEC_KEYS = (
@@ -278,13 +278,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise OefrayError(address, "not a job server address (http://<head>:8265)") from None
     if not parts.hostname or parts.scheme not in ("http", "https"):
         raise OefrayError(address, "not a job server address (http://<head>:8265)")
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise OefrayError(
-            address, f"cannot reach the Ray job server ({exc.strerror or exc})"
-        ) from None
+    probe_tcp(parts.hostname, port, "Ray job server", address, timeout_s)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -76,21 +74,6 @@ def test_publish_replaces_atomically(tmp_path):
         fio.publish_subject(staged, final)
         assert (final / "f").read_text() == str(value) and not staged.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["subject=A"]
-
-
-def test_manifest_checks(tmp_path):
-    assert fio.read_manifest(tmp_path) is None
-    (tmp_path / fio.MANIFEST).write_text("{not json")
-    with pytest.raises(FeaturesError, match="malformed manifest"):
-        fio.read_manifest(tmp_path)
-    (tmp_path / fio.MANIFEST).write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(FeaturesError, match="not an oefray features manifest"):
-        fio.read_manifest(tmp_path)
-    fio.write_manifest(tmp_path, {"format": fio.FORMAT, "format_version": 0, "subjects": {}})
-    with pytest.raises(FeaturesError, match="format version 0"):
-        fio.read_manifest(tmp_path)
-    with pytest.raises(FeaturesError, match="format version 0"):
-        fio.read_features(tmp_path)
 
 
 def test_read_features_requires_a_manifest(tmp_path):

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from oefray.cli import main
-from oefray.config import TrainConfig
+from oefray.config import CCMRunConfig, TrainConfig
 from oefray.orchestration.baseline import run_ccm
-from oefray.orchestration.compare import QUANTITIES
 from oefray.orchestration.train import train
+from oefray.physics.constants import RMSE_QUANTITIES as QUANTITIES
 from oefray.tracking import Tracker
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -41,7 +41,7 @@ def experiment(tiny_features, ray_local, tmp_path_factory):
         ),
         storage_path=root / "ray_results",
     )
-    ccm = run_ccm(tiny_features, clusters=16, experiment=EXPERIMENT, tracking_uri=uri)
+    ccm = run_ccm(tiny_features, CCMRunConfig(clusters=16, experiment=EXPERIMENT, tracking_uri=uri))
     tracker = Tracker(uri)
     with pytest.raises(RuntimeError), tracker.tracked_run(EXPERIMENT, run_name="broken"):
         raise RuntimeError("simulated failure <before any metric>")

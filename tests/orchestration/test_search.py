@@ -3,6 +3,7 @@ interrupted with Ctrl-C mid-trial, resumed with ``--resume``, and whose best con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,16 +16,16 @@ from pathlib import Path
 import pytest
 
 from oefray.cli import main
-from oefray.config import TrainConfig
-from oefray.errors import OefrayError
-from oefray.orchestration.search import (
+from oefray.config import (
     SEARCHABLE,
+    TrainConfig,
     default_space_path,
-    pointer_path,
+    load_config,
     read_search_space,
-    trial_config,
-    write_best_config,
 )
+from oefray.errors import OefrayError
+from oefray.orchestration.search import write_best_config
+from oefray.orchestration.tuner import STATE_TAG, trial_config
 from oefray.tracking import Tracker
 
 # --------------------------------------------------------------------------------------------
@@ -100,9 +101,7 @@ def test_best_config_file_is_read_back_by_train_config(tmp_path):
         "anchor": "last",
         "seed": 0,
     }  # where to run (workers) and the quick-run subsample are left to the command line
-    from oefray.cli import _train_config
-
-    again = _train_config(path, {})
+    again = load_config(TrainConfig, "train", path, {})
     assert (again.lstm_units, again.learning_rate, again.window, again.anchor, again.epochs) == (
         (32, 16),
         3.3e-4,
@@ -112,24 +111,17 @@ def test_best_config_file_is_read_back_by_train_config(tmp_path):
     )
 
 
-def test_resume_without_an_interrupted_search_says_so(tmp_path, capsys):
-    code = main(
-        [
-            "tune",
-            str(tmp_path),
-            "--search",
-            "--resume",
-            "--experiment",
-            "never-searched",
-            "--storage",
-            str(tmp_path / "rr"),
-            "--tracking-uri",
-            f"sqlite:///{tmp_path}/m.db",
-        ]
-    )
-    assert code == 1
+def test_resume_of_a_run_that_is_no_tune_says_so(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tracker = Tracker(uri)
+    with tracker.tracked_run("plain") as run:
+        pass
+    common = ["--storage", str(tmp_path / "rr"), "--tracking-uri", uri]
+    assert main(["tune", str(tmp_path), "--search", "--resume", run.run_id, *common]) == 1
     err = capsys.readouterr().err
-    assert "oefray-search-never-searched.json" in err and "no search" in err
+    assert f"MLflow run {run.run_id} is not the parent run of an oefray tune" in err
+    assert main(["tune", str(tmp_path), "--search", "--resume", "0" * 32, *common]) == 1
+    assert "unknown MLflow run id" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,10 +197,16 @@ def test_search_interrupted_mid_trial_resumes_and_its_best_config_trains(tiny_fe
         text=True,
     )
     tracker = Tracker(uri)
-    pointer = pointer_path(storage, "test-search")
-    parent_id = _wait_for(
-        lambda: pointer.is_file() and json.loads(pointer.read_text())["parent_run_id"], proc
-    )
+
+    def parent_run():
+        with contextlib.suppress(OefrayError):  # the experiment may not exist yet
+            for run in tracker.experiment_runs("test-search"):
+                if STATE_TAG in run.data.tags:
+                    return run.info.run_id
+        return None
+
+    parent_id = _wait_for(parent_run, proc)
+    state_file = Path(tracker.get_run(parent_id).data.tags[STATE_TAG])
 
     def second_trial_training():
         runs = tracker.child_runs(parent_id)
@@ -221,7 +219,7 @@ def test_search_interrupted_mid_trial_resumes_and_its_best_config_trains(tiny_fe
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err[-2000:]
     assert "search interrupted with 1 of 2 trial(s) unfinished" in err
-    assert "oefray tune --search --resume" in err
+    assert f"--search --resume {parent_id}" in err
     assert tracker.get_run(parent_id).info.status == "KILLED"
     assert tracker.get_run(first.info.run_id).info.status == "FINISHED"
     assert tracker.get_run(second.info.run_id).info.status != "FINISHED"
@@ -229,7 +227,7 @@ def test_search_interrupted_mid_trial_resumes_and_its_best_config_trains(tiny_fe
     assert 2 <= epochs_before < EPOCHS
     assert not best.exists()  # nothing half-written
 
-    code = main([*args, "--resume"])
+    code = main([*args, "--resume", parent_id])
     assert code == 0
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["parent_run_id"] == parent_id and result["resumed"] is True
@@ -263,7 +261,11 @@ def test_search_interrupted_mid_trial_resumes_and_its_best_config_trains(tiny_fe
         history[int(best_run.data.tags["oefray.best_epoch"])]
     )
     # ASHA got a report after every epoch of every trial (plus the final one)
-    for trial_dir in Path(json.loads(pointer.read_text())["tune_path"]).glob("_search_trainable_*"):
+    state = json.loads(state_file.read_text())
+    assert state["finished"] is True and state["parent_run_id"] == parent_id
+    trial_dirs = list(Path(state["tune_path"]).glob("_trial_*"))
+    assert len(trial_dirs) == 2
+    for trial_dir in trial_dirs:
         rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
         done = [r["epochs_done"] for r in rows if "epochs_done" in r]
         assert done[-1] == EPOCHS and done == sorted(done)

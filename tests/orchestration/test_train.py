@@ -17,13 +17,14 @@ import pandas as pd
 import pytest
 
 from oefray.cli import main
-from oefray.config import EchoScheme, SimulationConfig, TrainConfig
+from oefray.config import EchoScheme, PredictConfig, SimulationConfig, TrainConfig
 from oefray.io import features as fio
 from oefray.io.maps import read_map
 from oefray.ml.windows import WindowConfig, make_windows_table
+from oefray.orchestration.evaluate import load_bundle, predict_windows
 from oefray.orchestration.predict import predict
 from oefray.orchestration.simulate import simulate_cohort
-from oefray.orchestration.train import predict_windows, train
+from oefray.orchestration.train import train
 from oefray.physics.constants import PARAMETERS, YA
 from oefray.tracking import EPOCH_METRICS, TEST_METRICS, Tracker
 
@@ -122,17 +123,10 @@ def test_run_holds_params_metrics_and_artifacts(trained, store, tiny_features, t
 
 def test_logged_model_reproduces_the_maps(trained, store, tiny_features, tmp_path):
     tracker = Tracker(store["uri"])
-    model, meta = tracker.load_model_bundle(trained["run_id"])
-    from oefray.ml.scaling import Standardizer
-
-    window = WindowConfig(**meta["window"])
-    test = make_windows_table(fio.read_features(tiny_features, ["P6"]), window, ["P6"])
-    pred = predict_windows(
-        model,
-        Standardizer.from_dict(meta["scalers"]["x"]),
-        Standardizer.from_dict(meta["scalers"]["y"]),
-        test.x,
-    )
+    bundle = load_bundle(tracker, trained["run_id"])
+    assert bundle.window == WindowConfig(length=5, anchor="centre")
+    test = make_windows_table(fio.read_features(tiny_features, ["P6"]), bundle.window, ["P6"])
+    pred = predict_windows(bundle, test.x)
     art = tracker.download_artifacts(trained["run_id"], "maps", tmp_path)
     y_map = read_map(art / "sub-P6_desc-Y_pred.nii.gz").ravel()
     np.testing.assert_allclose(
@@ -158,7 +152,21 @@ def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
         ds, SimulationConfig(preset="tiny", subjects=("P6", "Z1"), echoes=scheme, seed=21)
     )
     out = tmp_path / "maps"
-    result = predict(trained["run_id"], ds, out, tracking_uri=store["uri"])
+    result = predict(trained["run_id"], ds, out, PredictConfig(tracking_uri=store["uri"]))
+    assert (
+        main(
+            [
+                "predict",
+                trained["run_id"],
+                str(ds),
+                "--out",
+                str(tmp_path / "cli"),
+                "--tracking-uri",
+                store["uri"],
+            ]
+        )
+        == 0
+    )
     assert set(result.subjects) == {"P6", "Z1"} and result.rmse is not None
     assert result.subjects["Z1"]["echo_times_s"] == pytest.approx(list(scheme.te_s))
     mask = nib.load(
@@ -172,11 +180,14 @@ def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
     assert inside.sum() == result.subjects["Z1"]["predicted"] > 500
     assert np.all(np.asarray(mask.dataobj)[inside] == 1)
     assert 0 < np.median(values[inside]) < 80  # OEF in percent
-    assert json.loads((out / "results.json").read_text())["command"] == "predict"
+    cli_results = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert cli_results["command"] == "predict" and cli_results["subjects"] == result.subjects
 
     # new data without ground truth: the same maps, no RMSE
     shutil.rmtree(ds / "derivatives" / "qq")
-    bare = predict(trained["run_id"], ds, tmp_path / "bare", tracking_uri=store["uri"])
+    bare = predict(
+        trained["run_id"], ds, tmp_path / "bare", PredictConfig(tracking_uri=store["uri"])
+    )
     assert (
         bare.rmse is None and bare.subjects["Z1"]["predicted"] == result.subjects["Z1"]["predicted"]
     )

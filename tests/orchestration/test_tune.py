@@ -110,7 +110,10 @@ def test_te_shift_of_a_repeats_parent_gives_mean_and_std_over_the_repeats(
 
     res = repeats["results"]
     scheme = {"10 echoes from 3.0 ms every 3.8 ms": EchoScheme.uniform(3.0e-3, 3.8e-3, 10)}
-    common = {"schemes": scheme, "clusters": 16, "tracking_uri": repeats["uri"], "seed": 4}
+    from oefray.config import StudyConfig
+
+    study = StudyConfig(clusters=16, tracking_uri=repeats["uri"], seed=4)
+    common = {"config": study, "schemes": scheme}
     both = te_shift(tiny_cohort, res["parent_run_id"], **common)
     lstm = [r for r in both["rows"] if r["method"].startswith("LSTM")]
     assert [r["method"] for r in lstm] == ["LSTM (2 seeds)"]

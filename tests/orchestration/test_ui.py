@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from oefray.cli import main
-from oefray.orchestration.compare import QUANTITIES
 from oefray.orchestration.ui import answers_health, wait_for_server
+from oefray.physics.constants import RMSE_QUANTITIES as QUANTITIES
 from oefray.tracking import Tracker
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

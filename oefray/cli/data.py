@@ -1,0 +1,205 @@
+"""``oefray simulate`` and ``oefray preprocess``: the data stages."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from oefray.cli.common import (
+    USAGE,
+    AddressOption,
+    ConfigOption,
+    OutResultsOption,
+    app,
+    err_console,
+    fail,
+    labels,
+    load,
+    out_console,
+    progress,
+    run,
+    write_results,
+)
+
+
+def _parse_ms_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        fail(f"--te must be a comma-separated list of milliseconds, got {text!r}", USAGE)
+    return tuple(v * 1e-3 for v in values)
+
+
+def _echo_scheme(te: str | None, te1: float | None, dte: float | None, echoes: int | None):
+    """The echo scheme the flags give, or None (the config's)."""
+    from oefray.config import DEFAULT_ECHOES, EchoScheme
+
+    uniform = (te1, dte, echoes)
+    if te is not None:
+        if any(v is not None for v in uniform):
+            fail("give either --te or --te1/--dte/--echoes, not both", USAGE)
+        return EchoScheme(_parse_ms_list(te))
+    if all(v is None for v in uniform):
+        return None
+    d = DEFAULT_ECHOES
+    return EchoScheme.uniform(
+        (te1 * 1e-3) if te1 is not None else d.te_s[0],
+        (dte * 1e-3) if dte is not None else d.te_s[1] - d.te_s[0],
+        echoes if echoes is not None else d.n_echoes,
+    )
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Folder of the BIDS dataset to create.")],
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Grid size: tiny (tests), demo, full (~1e6 brain voxels/subject)."),
+    ] = None,
+    subjects: Annotated[
+        str | None, typer.Option(help="Comma-separated labels (default: the paper's 18, P3..P34).")
+    ] = None,
+    te1: Annotated[float | None, typer.Option(help="First echo time, ms.")] = None,
+    dte: Annotated[float | None, typer.Option(help="Echo spacing, ms.")] = None,
+    echoes: Annotated[int | None, typer.Option(help="Number of echoes.")] = None,
+    te: Annotated[
+        str | None, typer.Option(help="Explicit echo times, ms, comma-separated (any spacing).")
+    ] = None,
+    snr: Annotated[float | None, typer.Option(help="Magnitude SNR at echo 1 in the brain.")] = None,
+    b0: Annotated[float | None, typer.Option(help="Field strength, tesla.")] = None,
+    qsm_noise: Annotated[
+        float | None, typer.Option(help="QSM noise standard deviation, ppm.")
+    ] = None,
+    lesion_fraction: Annotated[
+        float | None, typer.Option(help="Share of subjects with an infarct and penumbra.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Master seed (each subject: seed and label).")
+    ] = None,
+    plain_nii: Annotated[
+        bool, typer.Option("--plain-nii", help="Write uncompressed .nii instead of .nii.gz.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    config: ConfigOption = None,
+    results: OutResultsOption = None,
+) -> None:
+    """Simulate a synthetic BIDS cohort (mGRE magnitude, QSM, mask, ground-truth QQ maps)."""
+    from oefray.config import SimulationConfig
+    from oefray.orchestration.simulate import simulate_cohort
+
+    try:
+        scheme = _echo_scheme(te, te1, dte, echoes)
+    except ValueError as exc:
+        fail(str(exc), USAGE)
+    sim = load(
+        SimulationConfig,
+        "simulate",
+        config,
+        {
+            "preset": preset,
+            "subjects": labels(subjects),
+            "echoes": scheme,
+            "snr": snr,
+            "qsm_noise_ppm": qsm_noise,
+            "b0_t": b0,
+            "seed": seed,
+            "lesion_fraction": lesion_fraction,
+        },
+    )
+    with progress("simulate") as update:
+        result = run(
+            lambda: simulate_cohort(
+                out, sim, force=force, suffix=".nii" if plain_nii else ".nii.gz", progress=update
+            )
+        )
+    payload = result.to_dict()
+    write_results(results or Path(result.dataset) / "results.json", payload)
+    n_train = sum(1 for s in result.subjects.values() if s["split"] == "train")
+    te_ms = ", ".join(f"{t * 1e3:g}" for t in sim.echoes.te_s)
+    out_console.print(
+        f"Wrote {len(result.subjects)} subjects ({n_train} train, {len(result.subjects) - n_train} test), "
+        f"{payload['brain_voxels']:,} brain voxels, grid {sim.cohort.shape}, "
+        f"{sim.echoes.n_echoes} echoes (TE {te_ms} ms) in {result.seconds:.1f} s -> {result.dataset}"
+    )
+
+
+def _preprocess_table(result: Any) -> Table:
+    table = Table(title=None, show_edge=False)
+    for col in ("done", "skipped", "failed", "voxels", "seconds", "voxels/s"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(len(result.completed)),
+        str(len(result.skipped)),
+        str(len(result.failed)),
+        f"{result.voxels:,}",
+        f"{result.seconds:.1f}",
+        f"{result.voxels_per_second:,.0f}",
+    )
+    return table
+
+
+@app.command()
+def preprocess(
+    dataset: Annotated[Path, typer.Argument(help="BIDS dataset (see DESIGN.md section 4).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Features folder to write (Parquet + manifest.json).")
+    ],
+    workers: Annotated[
+        int | None, typer.Option(help="CPUs of the local Ray runtime / concurrent fit tasks.")
+    ] = None,
+    slab: Annotated[
+        int | None, typer.Option(help="z planes per Ray Data block (bounds memory per task).")
+    ] = None,
+    normalize: Annotated[
+        str | None, typer.Option(help="Intensity normalisation: none or first-echo.")
+    ] = None,
+    address: AddressOption = None,
+    subjects: Annotated[
+        str | None, typer.Option(help="Comma-separated labels (default: all).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo subjects that are already complete.")
+    ] = False,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="Finish the other subjects when one fails.")
+    ] = False,
+    config: ConfigOption = None,
+    results: OutResultsOption = None,
+) -> None:
+    """Fit A·exp(-B·TE) per brain voxel with Ray Data and write the features Parquet."""
+    from oefray.config import PreprocessConfig
+    from oefray.orchestration.preprocess import preprocess as run_preprocess
+
+    options = load(
+        PreprocessConfig,
+        "preprocess",
+        config,
+        {
+            "workers": workers,
+            "slab": slab,
+            "normalize": normalize,
+            "address": address,
+            "force": force or None,
+            "keep_going": keep_going or None,
+        },
+    )
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    with progress("preprocess") as update:
+        result = run(
+            lambda: run_preprocess(
+                dataset, out, options, subjects=labels(subjects), progress=update
+            )
+        )
+    write_results(results or Path(result.features) / "results.json", result.to_dict())
+    out_console.print(_preprocess_table(result))
+    out_console.print(f"features: {result.features}")
+    for label, message in result.failed.items():
+        err_console.print(
+            f"oefray: error: sub-{label}: {message}", markup=False, highlight=False, soft_wrap=True
+        )
+    if not result.ok:
+        raise typer.Exit(1)

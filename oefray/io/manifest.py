@@ -1,0 +1,249 @@
+"""The features folder's ``manifest.json`` as a typed, versioned record (DESIGN.md §5).
+
+``oefray preprocess`` writes it; every stage that reads features loads it through
+:meth:`FeaturesManifest.load`, which is the one place that says "this is not a features folder".
+The JSON layout::
+
+    {"format": "oefray-features", "format_version": 1, "oefray_version": "...",
+     "source": {"dataset": "/abs/path", "name": "..."}, "options": {"normalize": "none"},
+     "has_truth": true, "columns": [...], "echo_times_s": [...] or null,
+     "subjects": {"<label>": {"rows", "checksum", "status_counts", "split", "shape", "affine",
+                              "echo_times_s", "source_files", "created"}}}
+
+``echo_times_s`` at the top is the scheme every subject shares, or null when they differ.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oefray.errors import FeaturesError
+from oefray.io.bids import natural_key
+from oefray.io.files import write_text_atomic
+
+FORMAT = "oefray-features"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+_NOT_FEATURES = "no manifest.json: not a features folder (run oefray preprocess)"
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    """What the manifest records of one committed subject."""
+
+    rows: int
+    checksum: str
+    status_counts: dict[str, int]
+    split: str
+    shape: tuple[int, int, int]
+    affine: tuple[tuple[float, ...], ...]
+    echo_times_s: tuple[float, ...]
+    source_files: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "checksum": self.checksum,
+            "status_counts": dict(self.status_counts),
+            "split": self.split,
+            "shape": list(self.shape),
+            "affine": [list(r) for r in self.affine],
+            "echo_times_s": list(self.echo_times_s),
+            "source_files": self.source_files,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SubjectRecord:
+        return cls(
+            rows=int(data["rows"]),
+            checksum=str(data["checksum"]),
+            status_counts={str(k): int(v) for k, v in data.get("status_counts", {}).items()},
+            split=str(data.get("split", "")),
+            shape=tuple(int(n) for n in data["shape"]),  # type: ignore[arg-type]
+            affine=tuple(tuple(float(v) for v in row) for row in data["affine"]),
+            echo_times_s=tuple(float(t) for t in data["echo_times_s"]),
+            source_files=dict(data.get("source_files", {})),
+            created=str(data.get("created", "")),
+        )
+
+    @staticmethod
+    def now() -> str:
+        """A creation time stamp (UTC, seconds)."""
+        return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def read_manifest(root: str | Path) -> dict[str, Any] | None:
+    """The manifest of a features folder as the JSON it is, or None if there is none yet.
+
+    For tools and tests that look at the file itself; oefray's stages use
+    :meth:`FeaturesManifest.load`.
+
+    Raises
+    ------
+    FeaturesError
+        If the manifest is unreadable or was written by another tool or format version.
+    """
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FeaturesError(path, f"malformed manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FeaturesError(path, f"not an oefray features manifest (format != {FORMAT!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FeaturesError(
+            path,
+            f"features format version {manifest.get('format_version')} is not the supported "
+            f"{FORMAT_VERSION}; re-run oefray preprocess with --force",
+        )
+    return manifest
+
+
+@dataclass
+class FeaturesManifest:
+    """A features folder's manifest (see the module docstring for the JSON layout).
+
+    Parameters
+    ----------
+    source : dict
+        ``{"dataset": <absolute path>, "name": <dataset name>}``.
+    options : dict
+        Preprocessing options that change the features (``{"normalize": ...}``).
+    has_truth : bool
+        Whether the files carry the ground-truth columns.
+    columns : list of str
+        Column names of the dataset as read.
+    subjects : dict of str to SubjectRecord
+        Committed subjects in natural label order.
+    oefray_version : str
+        The oefray that last wrote the manifest.
+    """
+
+    source: dict[str, str]
+    options: dict[str, Any]
+    has_truth: bool
+    columns: list[str]
+    subjects: dict[str, SubjectRecord] = field(default_factory=dict)
+    oefray_version: str = ""
+
+    # -- reading and writing -----------------------------------------------------------------
+
+    @classmethod
+    def read(cls, root: str | Path) -> FeaturesManifest | None:
+        """The manifest of ``root``, or None where there is none yet (see :func:`read_manifest`)."""
+        data = read_manifest(root)
+        if data is None:
+            return None
+        path = Path(root) / MANIFEST
+        try:
+            return cls(
+                source=dict(data.get("source", {})),
+                options=dict(data.get("options", {})),
+                has_truth=bool(data.get("has_truth")),
+                columns=list(data.get("columns", [])),
+                subjects={str(k): SubjectRecord.from_dict(v) for k, v in data["subjects"].items()},
+                oefray_version=str(data.get("oefray_version", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FeaturesError(path, f"malformed manifest ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def load(cls, root: str | Path) -> FeaturesManifest:
+        """The manifest of an existing features folder.
+
+        Raises
+        ------
+        FeaturesError
+            ``no manifest.json: not a features folder``, or what :func:`read_manifest` raises.
+        """
+        manifest = cls.read(root)
+        if manifest is None:
+            raise FeaturesError(Path(root), _NOT_FEATURES)
+        return manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "oefray_version": self.oefray_version,
+            "source": self.source,
+            "options": self.options,
+            "has_truth": self.has_truth,
+            "columns": list(self.columns),
+            "echo_times_s": None if self.echo_times_s is None else list(self.echo_times_s),
+            "subjects": {k: v.to_dict() for k, v in self.subjects.items()},
+        }
+
+    def save(self, root: str | Path) -> Path:
+        """Write ``manifest.json`` atomically (temporary file + rename)."""
+        return write_text_atomic(Path(root) / MANIFEST, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    # -- views -----------------------------------------------------------------------------
+
+    @property
+    def echo_times_s(self) -> tuple[float, ...] | None:
+        """The echo scheme every subject shares, or None when they differ (or no subject yet)."""
+        schemes = {s.echo_times_s for s in self.subjects.values()}
+        return schemes.pop() if len(schemes) == 1 else None
+
+    @property
+    def normalize(self) -> str:
+        return str(self.options.get("normalize", "none"))
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        """Each subject's content checksum, by label."""
+        return {label: s.checksum for label, s in self.subjects.items()}
+
+    def digest(self, subjects: Sequence[str] | None = None) -> str:
+        """A short digest (16 hex digits) of the format, options and the subjects' checksums:
+        what identifies the data a run learned from (an MLflow dataset digest)."""
+        labels = list(self.subjects) if subjects is None else list(subjects)
+        payload = json.dumps(
+            [FORMAT_VERSION, self.options, [(s, self.subjects[s].checksum) for s in labels]]
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def add_subject(self, label: str, record: SubjectRecord, oefray_version: str) -> None:
+        """Record a committed subject (replacing an older record), keeping natural label order."""
+        self.subjects[label] = record
+        self.subjects = dict(sorted(self.subjects.items(), key=lambda kv: natural_key(kv[0])))
+        self.oefray_version = oefray_version
+
+    def split_subjects(
+        self,
+        root: str | Path,
+        train: Sequence[str] | None = None,
+        test: Sequence[str] | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """Training and test subjects: the given ones, else the manifest's ``split``.
+
+        Raises
+        ------
+        FeaturesError
+            When either side is empty, or a subject is on both sides.
+        """
+        train_s = list(train or [s for s, r in self.subjects.items() if r.split == "train"])
+        test_s = list(test or [s for s, r in self.subjects.items() if r.split == "test"])
+        if not train_s or not test_s:
+            raise FeaturesError(
+                Path(root) / MANIFEST,
+                f"need training and test subjects (split: {len(train_s)} train, {len(test_s)} test)",
+            )
+        overlap = sorted(set(train_s) & set(test_s))
+        if overlap:
+            raise FeaturesError(
+                Path(root), f"subjects both in training and test: {', '.join(overlap)}"
+            )
+        return train_s, test_s

@@ -1,0 +1,174 @@
+"""Evaluation: a method's test predictions → metrics, Table 1, maps and figures → MLflow.
+
+Every method is evaluated the same way (:func:`log_evaluation`): the LSTM after training
+(:func:`evaluate_model`), CCM (:mod:`oefray.orchestration.baseline`), and ``oefray evaluate``
+(:func:`evaluate`), which recomputes a training run's evaluation from its logged model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oefray.io.bundle import ModelBundle
+from oefray.io.manifest import FeaturesManifest
+
+
+def load_bundle(tracker: Any, model_uri_or_run_id: str) -> ModelBundle:
+    """The :class:`ModelBundle` logged as a run's model (or at a model URI)."""
+    model, files = tracker.load_model_bundle(model_uri_or_run_id)
+    return ModelBundle.from_files(model, files, model_uri_or_run_id)
+
+
+def predict_windows(bundle: ModelBundle, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Parameters (n, 5) in physical units for windows ``x`` (n, L, 4) in physical units."""
+    if len(x) == 0:
+        return np.zeros((0, len(bundle.targets)), np.float32)
+    pred = bundle.model.predict(bundle.x_scaler.transform(x), batch_size=batch_size, verbose=0)
+    return bundle.y_scaler.inverse_transform(np.asarray(pred, dtype=np.float32))
+
+
+def log_evaluation(
+    run,
+    pred: np.ndarray,
+    true: np.ndarray,
+    subject: np.ndarray,
+    idx: np.ndarray,
+    test_subjects: list[str],
+    manifest: FeaturesManifest,
+    train_mean: np.ndarray,
+    out_dir: Path,
+) -> tuple[Any, dict[str, float]]:
+    """Log any method's test predictions the same way: metrics, Table 1 CSV, maps, Fig. 4.
+
+    Parameters
+    ----------
+    pred, true : (n, 5) arrays
+        Predicted and true parameters (physical units) of the test voxels.
+    subject, idx : (n,) arrays
+        Each voxel's subject and C-order index in that subject's grid.
+    train_mean : (5,) array
+        The training subjects' mean parameters: the floor predicts it for every voxel.
+
+    Returns
+    -------
+    (pandas.DataFrame, dict)
+        The Table 1 frame and every logged metric by name.
+    """
+    from oefray import reports
+    from oefray.ml.metrics import per_subject_rmse, pooled_rmse
+
+    rows, columns = per_subject_rmse(pred, true, subject)
+    table = reports.rmse_table_frame(rows[:-1], {k: v[:-1] for k, v in columns.items()})
+    patient_mean = {name: float(columns[name][-1]) for name in columns}
+    logged = run.log_test_metrics(pooled_rmse(pred, true), patient_mean)
+    # the floor: every test voxel gets the training subjects' mean parameters
+    floor = pooled_rmse(np.broadcast_to(np.asarray(train_mean, np.float64), true.shape), true)
+    floor_logged = {f"floor_rmse_{k}": float(v) for k, v in floor.items()}
+    run.log_metrics(floor_logged)
+    logged.update(floor_logged)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run.log_artifact_file(reports.write_rmse_csv(table, out_dir / "rmse_per_patient.csv"))
+    rmse_oef = {label: float(columns["OEF"][rows.index(label)]) for label in test_subjects}
+    panels = _write_maps(pred, true, subject, idx, test_subjects, manifest, out_dir / "maps")
+    run.log_artifact_dir(out_dir / "maps", "maps")
+    figure = [(label, truth, guess, rmse_oef[label]) for label, truth, guess in panels]
+    run.log_artifact_file(reports.plot_oef_maps(figure, out_dir / "oef_maps.png"))
+    return table, logged
+
+
+def _write_maps(
+    pred: np.ndarray,
+    true: np.ndarray,
+    subject: np.ndarray,
+    idx: np.ndarray,
+    labels: list[str],
+    manifest: FeaturesManifest,
+    maps_dir: Path,
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Predicted NIfTI maps of every subject; returns its mid-slice OEF, truth and prediction."""
+    from oefray.io.maps import scatter_map, write_prediction_maps
+    from oefray.ml.metrics import oef_percent
+    from oefray.physics.constants import PARAMETERS
+
+    y = PARAMETERS.index("Y")
+    panels = []
+    for label in labels:
+        record = manifest.subjects[label]
+        shape, affine = record.shape, np.asarray(record.affine)
+        sel = subject == label
+        values = {p: pred[sel, i] for i, p in enumerate(PARAMETERS)}
+        values["OEF"] = oef_percent(pred[sel, y])
+        write_prediction_maps(maps_dir, label, values, idx[sel], shape, affine)
+        z = shape[2] // 2
+        truth = scatter_map(oef_percent(true[sel, y]), idx[sel], shape)[:, :, z]
+        guess = scatter_map(values["OEF"], idx[sel], shape)[:, :, z]
+        panels.append((label, truth, guess))
+    return panels
+
+
+def evaluate_model(
+    run,
+    bundle: ModelBundle,
+    test: Any,
+    test_subjects: list[str],
+    manifest: FeaturesManifest,
+    history: list[dict[str, Any]],
+    out_dir: Path,
+) -> tuple[Any, dict[str, float]]:
+    """A trained model's test tables, figures and maps (plus Fig. 3 from ``history``), logged to
+    ``run``; ``test`` is the test subjects' :class:`oefray.ml.windows.Windows`."""
+    from oefray import reports
+
+    pred = predict_windows(bundle, test.x)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = {k: [h[k] for h in history] for k in ("loss", "val_loss", "val_rmse_OEF")}
+    run.log_artifact_file(reports.plot_training_curves(curves, out_dir / "training_curves.png"))
+    return log_evaluation(
+        run,
+        pred,
+        test.y,
+        test.subject,
+        test.idx,
+        test_subjects,
+        manifest,
+        bundle.y_scaler.mean,
+        out_dir,
+    )
+
+
+def evaluate(
+    run_id: str, *, features: str | Path | None = None, tracking_uri: str | None = None
+) -> tuple[Any, dict[str, float]]:
+    """Recompute the test tables, figures and maps of a training run and log them to it again.
+
+    Uses the run's own model, scalers, window and test subjects; ``features`` overrides the
+    features folder recorded in the run (e.g. the same cohort preprocessed elsewhere).
+
+    Returns
+    -------
+    (pandas.DataFrame, dict)
+        The Table 1 frame and the test metrics.
+    """
+    from oefray.io import features as fio
+    from oefray.ml.windows import make_windows_table
+    from oefray.tracking import Tracker
+
+    tracker = Tracker.from_uri(tracking_uri)
+    params = tracker.get_run(run_id).data.params
+    bundle = load_bundle(tracker, run_id)
+    root = Path(features or params.get("features", "")).resolve()
+    manifest = FeaturesManifest.load(root)
+    test_subjects = [s for s in params.get("test_subjects", "").split(",") if s]
+    test = make_windows_table(fio.read_features(root, test_subjects), bundle.window, test_subjects)
+    history = {
+        key: [v for _, v in tracker.metric_history(run_id, key)]
+        for key in ("loss", "val_loss", "val_rmse_OEF")
+    }
+    n_epochs = min(len(v) for v in history.values())
+    epochs = [{k: history[k][i] for k in history} for i in range(n_epochs)]
+    with tracker.resumed_run(run_id) as run, tempfile.TemporaryDirectory() as tmp:
+        return evaluate_model(run, bundle, test, test_subjects, manifest, epochs, Path(tmp))

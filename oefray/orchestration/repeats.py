@@ -1,0 +1,214 @@
+"""``oefray tune --repeats N``: the paper's protocol — the same training N times, changing only the
+seed — as a grid over seeds on the Tune runner (:mod:`oefray.orchestration.tuner`), with an MLflow
+parent run that summarises the repeats (Table 2/3: mean ± std over seeds), names a representative
+repeat and holds the ensemble maps (per-voxel mean and spread of the repeats' predictions).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oefray.config import TrainConfig
+from oefray.errors import OefrayError
+from oefray.physics.constants import RMSE_QUANTITIES
+from oefray.reports import table_to_dict
+
+
+@dataclass
+class RepeatsResult:
+    """What ``tune --repeats`` produced (serialised into ``results.json``)."""
+
+    parent_run_id: str
+    child_run_ids: list[str]
+    seeds: list[int]
+    summary: Any  # pandas DataFrame, Table 2/3 layout
+    representative_run_id: str
+    tracking_uri: str
+    ui_command: str
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": "tune --repeats",
+            "parent_run_id": self.parent_run_id,
+            "child_run_ids": self.child_run_ids,
+            "seeds": self.seeds,
+            "representative_run_id": self.representative_run_id,
+            "metrics": self.metrics,
+            "summary": table_to_dict(self.summary),
+            "tracking_uri": self.tracking_uri,
+            "ui_command": self.ui_command,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def summarize_repeats(children: list[dict[str, float]]):
+    """Table 2/3 layout: one row per quantity, columns ``mean``, ``std`` and each repeat.
+
+    ``std`` is the sample standard deviation over repeats (ddof = 1; 0 for a single repeat).
+    """
+    import pandas as pd
+
+    rows = {}
+    for q in RMSE_QUANTITIES:
+        values = np.array([c[f"test_rmse_{q}"] for c in children], dtype=np.float64)
+        rows[q] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            **{f"repeat_{i}": float(v) for i, v in enumerate(values)},
+        }
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "quantity"
+    return frame
+
+
+def _ensemble_maps(tracker, child_ids: list[str], out: Path) -> list[Path]:
+    """Per-voxel mean and standard deviation across the repeats' predicted maps."""
+    import nibabel as nib
+
+    from oefray.io.maps import write_map
+
+    tmp = out / "children"
+    by_name: dict[str, list[Path]] = {}
+    for i, run_id in enumerate(child_ids):
+        folder = tracker.download_artifacts(run_id, "maps", tmp / str(i))
+        for path in sorted(Path(folder).glob("*_pred.nii.gz")):
+            by_name.setdefault(path.name, []).append(path)
+    written = []
+    for name, paths in sorted(by_name.items()):
+        imgs: list[Any] = [nib.load(p) for p in paths]
+        stack = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in imgs])
+        inside = np.isfinite(stack).all(axis=0)
+        idx = np.flatnonzero(inside.ravel())
+        flat = stack.reshape(len(paths), -1)[:, idx]
+        for stat, values in (
+            ("ensmean", flat.mean(axis=0)),
+            ("ensstd", flat.std(axis=0, ddof=1) if len(paths) > 1 else np.zeros(len(idx))),
+        ):
+            target = out / "maps" / name.replace("_pred.nii.gz", f"_{stat}.nii.gz")
+            written.append(write_map(target, values, idx, imgs[0].shape, imgs[0].affine))
+    return written
+
+
+def _uncertainty_figure(maps: Path, path: Path) -> Path:
+    """Mid-slice ensemble mean and spread of OEF for every subject with ensemble maps."""
+    from oefray.io.maps import read_map
+    from oefray.reports import plot_uncertainty_maps
+
+    panels = []
+    for mean_path in sorted(maps.glob("*_desc-OEF_ensmean.nii.gz")):
+        label = mean_path.name.split("_")[0].removeprefix("sub-")
+        mean = read_map(mean_path)
+        std = read_map(mean_path.with_name(mean_path.name.replace("ensmean", "ensstd")))
+        z = mean.shape[2] // 2
+        panels.append((label, mean[:, :, z], std[:, :, z]))
+    return plot_uncertainty_maps(panels, path)
+
+
+def _summarize(parent, tracker, trials, state) -> RepeatsResult:
+    """Table 2/3 on the parent run, the representative repeat, the ensemble maps."""
+    failed = [t.error for t in trials if t.error is not None]
+    if failed:
+        raise OefrayError(None, f"{len(failed)} repeat(s) failed: {failed[0]}")
+    results = [t.metrics for t in sorted(trials, key=lambda t: t.sampled["seed"])]
+    child_ids = [m["run_id"] for m in results]
+    summary = summarize_repeats(results)
+    metrics = {
+        **{f"test_rmse_{q}_mean": float(summary.loc[q, "mean"]) for q in RMSE_QUANTITIES},
+        **{f"test_rmse_{q}_std": float(summary.loc[q, "std"]) for q in RMSE_QUANTITIES},
+    }
+    parent.log_metrics(metrics)
+    oef = np.array([m["test_rmse_OEF"] for m in results])
+    representative = child_ids[int(np.argmin(np.abs(oef - oef.mean())))]
+    parent.set_tags(
+        {"oefray.representative_run": representative, "oefray.child_runs": ",".join(child_ids)}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        summary.to_csv(tmp_path / "repeats_summary.csv")
+        parent.log_artifact_file(tmp_path / "repeats_summary.csv")
+        rep = tracker.download_artifacts(representative, "", tmp_path / "representative")
+        for name in ("oef_maps.png", "training_curves.png", "rmse_per_patient.csv"):
+            if (Path(rep) / name).is_file():
+                parent.log_artifact_file(Path(rep) / name, "representative")
+        ens = tmp_path / "ensemble"
+        _ensemble_maps(tracker, child_ids, ens)
+        parent.log_artifact_dir(ens / "maps", "maps")
+        parent.log_artifact_file(_uncertainty_figure(ens / "maps", tmp_path / "uncertainty.png"))
+    return RepeatsResult(
+        parent_run_id=parent.run_id,
+        child_run_ids=child_ids,
+        seeds=list(state["seeds"]),
+        summary=summary,
+        representative_run_id=representative,
+        tracking_uri=tracker.tracking_uri,
+        ui_command=tracker.ui_command(),
+        seconds=0.0,
+        metrics=metrics,
+    )
+
+
+def run_repeats(
+    features: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    repeats: int = 5,
+    storage_path: str | Path | None = None,
+    max_concurrent: int | None = None,
+    resume: str | None = None,
+) -> RepeatsResult:
+    """Train ``repeats`` times with seeds ``config.seed + i`` on Ray Tune; summarise in MLflow.
+
+    Parameters
+    ----------
+    features : path
+        Features folder with ground truth.
+    config : TrainConfig
+        Everything but the seed is shared by the repeats.
+    repeats : int
+        Number of seeds.
+    storage_path : path, optional
+        Ray Train/Tune storage (default ``./ray_results``).
+    max_concurrent : int, optional
+        Cap on repeats running at once (default: as many as resources allow).
+    resume : str, optional
+        Parent run id of interrupted repeats: run the unfinished ones.
+    """
+    from ray import tune
+
+    from oefray.orchestration.tuner import TrialsPlan, run_trials
+
+    if repeats < 1:
+        raise OefrayError(None, f"--repeats must be >= 1, got {repeats}")
+    t0 = time.perf_counter()
+    config = config or TrainConfig()
+    seeds = [config.seed + i for i in range(repeats)]
+    plan = TrialsPlan(
+        command="tune --repeats",
+        run_name=f"repeats-{config.preset}-x{repeats}",
+        params={"repeats": repeats, "seeds": seeds},
+        # explicit repeats; nothing else is sampled
+        trial=tune.grid_search(
+            [{"sampled": {"seed": s}, "tags": {"oefray.repeat": i}} for i, s in enumerate(seeds)]
+        ),
+        n_trials=repeats,
+        extra_state={"seeds": seeds},
+    )
+    result = run_trials(
+        features,
+        config,
+        plan,
+        _summarize,
+        storage_path=storage_path,
+        resume=resume,
+        max_concurrent=max_concurrent,
+    )
+    result.seconds = time.perf_counter() - t0
+    return result

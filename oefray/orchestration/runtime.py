@@ -1,0 +1,117 @@
+"""The Ray runtime every command runs on: a local one started for the command, or a cluster.
+
+- :func:`ray_runtime` — use the runtime already initialised, connect to ``--address`` (or
+  ``RAY_ADDRESS``), or start a local one; shut down only what it started.
+- :func:`training_cpus` — the CPUs a local runtime gets for a training command.
+- :func:`check_gpus` — refuse ``--gpus`` on a local runtime without GPUs.
+- :func:`storage_path` — where Ray Train/Tune keep checkpoints and experiment state.
+- :func:`probe_tcp` — fail fast, in one line, when a cluster address does not answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from oefray.errors import OefrayError
+
+#: Default storage of Ray Train checkpoints and Ray Tune experiments, relative to the cwd.
+DEFAULT_STORAGE = "ray_results"
+
+#: CPUs of a local runtime for training: at least this many, so that a 1-worker training still
+#: leaves a CPU for Ray Data's feeding tasks and the trainer's coordinator.
+MIN_TRAINING_CPUS = 2
+
+
+def probe_tcp(host: str, port: int, what: str, address: str, timeout_s: float = 5.0) -> None:
+    """Connect to ``host:port`` once; raise one line naming ``address`` and ``what`` if refused.
+
+    ``ray.init`` and ``requests`` would otherwise retry or wait for minutes.
+
+    Raises
+    ------
+    OefrayError
+        ``<address>: cannot reach the <what> (<reason>)``.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise OefrayError(address, f"cannot reach the {what} ({exc.strerror or exc})") from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Probe a ``[scheme://]host:port`` cluster address; other forms ("auto", "local") are
+    ``ray.init``'s business."""
+    match = re.fullmatch(r"(?:[a-z]+://)?\[?([^\]/]+?)\]?:(\d+)/?", address.strip())
+    if match is not None:
+        probe_tcp(match[1], int(match[2]), "Ray cluster", address, timeout_s)
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to connect to: ``address``, else ``RAY_ADDRESS``, else None (local)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+@contextlib.contextmanager
+def ray_runtime(address: str | None, cpus: int) -> Iterator[None]:
+    """Use the Ray runtime already initialised, connect to ``address``/``RAY_ADDRESS``, or
+    start a local one with ``cpus`` CPUs; shut down only what this call started.
+
+    Raises
+    ------
+    OefrayError
+        When the cluster does not answer or refuses the connection.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = cluster_address(address)
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise OefrayError(address, f"cannot connect to the Ray cluster ({exc})") from None
+    else:
+        ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def training_cpus(workers: int) -> int:
+    """CPUs of a local runtime for a training with ``workers`` Ray Train workers."""
+    return max(int(workers), MIN_TRAINING_CPUS)
+
+
+def check_gpus(gpus: bool, workers: int, address: str | None) -> None:
+    """On a local runtime, refuse ``--gpus`` without GPUs (Ray would wait for them forever);
+    an autoscaling cluster may still add GPU nodes, so remote clusters are not checked.
+
+    Call inside :func:`ray_runtime`.
+    """
+    import ray
+
+    if not gpus or cluster_address(address):
+        return
+    have = int(ray.cluster_resources().get("GPU", 0))
+    if have < workers:
+        raise OefrayError(
+            None, f"--gpus needs {workers} GPU(s), this machine's Ray runtime has {have}"
+        )
+
+
+def storage_path(path: str | os.PathLike[str] | None) -> Path:
+    """Absolute storage folder of Ray Train/Tune: ``path``, else ``./ray_results``."""
+    return Path(path or Path.cwd() / DEFAULT_STORAGE).resolve()
