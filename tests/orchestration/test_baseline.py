@@ -13,6 +13,8 @@ from oefray.cli import main
 from oefray.physics.constants import YA
 from oefray.tracking import TEST_METRICS, Tracker
 
+pytestmark = pytest.mark.ray  # every test here uses the preprocessed `tiny_features`
+
 QUANTITIES = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
 
 
