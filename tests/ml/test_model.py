@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from oefray.ml.model import (  # noqa: E402
+from oefray.ml.model import (
     PRESETS,
     ModelConfig,
     build_lstm,
