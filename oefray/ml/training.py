@@ -37,7 +37,6 @@ def make_steps(
     loss_fn,
     strategy: tf.distribute.Strategy,
     global_batch_size: int,
-    y_mean: np.ndarray,
     y_std: np.ndarray,
     y_index: int,
 ) -> Steps:
@@ -51,8 +50,9 @@ def make_steps(
     strategy : tf.distribute.Strategy
     global_batch_size : int
         Samples per step over all replicas (the loss is averaged over it).
-    y_mean, y_std : (P,) arrays
-        Target standardisation, to report validation errors in physical units.
+    y_std : (P,) array
+        Standard deviation of the target standardisation, to report validation errors in
+        physical units (its mean cancels in errors).
     y_index : int
         Column of ``Y`` among the targets (for the OEF error).
 
@@ -106,7 +106,6 @@ def make_steps(
         mean_sq = strategy.reduce(tf.distribute.ReduceOp.SUM, sq, axis=None) / n
         return tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
 
-    del y_mean  # the standardisation offset cancels in errors; kept in the signature for clarity
     return Steps(
         replica_spread=lambda: float(replica_spread()),
         train=lambda x, y: float(train(tf.constant(x), tf.constant(y))),

@@ -96,7 +96,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss_fn,
         strategy,
         global_batch_size=local_batch * world,
-        y_mean=np.asarray(config["y_mean"]),
         y_std=np.asarray(config["y_std"]),
         y_index=int(config["y_index"]),
     )
