@@ -17,6 +17,12 @@ os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 #: Subjects of the test cohorts: two of the paper's training and two of its test subjects.
 TINY_SUBJECTS = ("P3", "P4", "P6", "P11")
 
+
+def error_lines(stderr: str) -> list[str]:
+    """The ``oefray: error:`` lines of a command's stderr."""
+    return [line for line in stderr.splitlines() if line.startswith("oefray: error:")]
+
+
 _RAY_WAS_UP = pytest.StashKey[bool]()
 
 
