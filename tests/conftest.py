@@ -1,8 +1,13 @@
-"""Shared fixtures: a real local Ray runtime (2 CPUs) and small simulated cohorts."""
+"""Shared fixtures: a real local Ray runtime (2 CPUs) and small simulated cohorts.
+
+Also the guard of the fast subset (``pytest -m 'not ray'``): a test that reaches Ray without the
+``ray`` marker is an error, so the subset cannot start Ray again unnoticed.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,56 @@ os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 
 #: Subjects of the test cohorts: two of the paper's training and two of its test subjects.
 TINY_SUBJECTS = ("P3", "P4", "P6", "P11")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ``oefray: error:`` lines of a command's stderr."""
+    return [line for line in stderr.splitlines() if line.startswith("oefray: error:")]
+
+
+_RAY_WAS_UP = pytest.StashKey[bool]()
+
+
+def _ray_is_up() -> bool:
+    """Whether this process holds a Ray runtime (never imports ray: a test that did not load it
+    cannot have started it)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def _unmarked_ray_message(item: pytest.Item, how: str) -> str:
+    return (
+        f"{item.nodeid} {how} but is not marked @pytest.mark.ray, so the fast subset "
+        "`pytest -m 'not ray'` would start Ray; mark it (or its module's pytestmark)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture of the test is set up: a test that needs a Ray fixture (``ray_local``,
+    a module's ``ray_head``: fixtures that start Ray are named ``ray_*``), directly or through
+    another fixture such as ``tiny_features``, must be marked; and remember whether Ray was up."""
+    if item.get_closest_marker("ray") is None:
+        used = sorted(f for f in getattr(item, "fixturenames", ()) if f.startswith("ray_"))
+        if used:
+            how = f"uses the Ray fixture {', '.join(used)}"
+            pytest.fail(_unmarked_ray_message(item, how), pytrace=False)
+    item.stash[_RAY_WAS_UP] = _ray_is_up()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item):
+    """After the test: an unmarked test that brought Ray up in this process (``ray.init`` itself,
+    or a command run in-process) is an error, reported once its fixtures are torn down."""
+    started = (
+        item.get_closest_marker("ray") is None
+        and not item.stash.get(_RAY_WAS_UP, True)
+        and _ray_is_up()
+    )
+    result = yield
+    if started:
+        pytest.fail(_unmarked_ray_message(item, "started Ray in the test process"), pytrace=False)
+    return result
 
 
 @pytest.fixture(scope="session")

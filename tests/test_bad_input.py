@@ -452,6 +452,7 @@ def test_unknown_config_key_on_the_command_line(tmp_path, capsys):
     assert str(config) in line and "learning_rte" in line
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -1,4 +1,5 @@
-"""The ``oefray`` command as users run it: output, results.json, exit codes, one-line errors."""
+"""The ``oefray`` command as users run it: output, results.json, exit codes, one-line errors
+(``oefray simulate``'s own tests are in orchestration/test_simulate.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 
 from oefray.cli import main
-from oefray.io import bids
 from oefray.io import features as fio
+
+from .conftest import error_lines
 
 OEFRAY = [sys.executable, "-m", "oefray.cli"]
 
@@ -24,86 +26,6 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [*OEFRAY, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
     )
-
-
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("oefray: error:")]
-
-
-def test_simulate_command(tmp_path, capsys):
-    out = tmp_path / "ds"
-    code = main(
-        [
-            "simulate",
-            str(out),
-            "--preset",
-            "tiny",
-            "--subjects",
-            "P3,sub-P6,X1",
-            "--te",
-            "3,6.8,10.6,14.4,18.2",
-            "--seed",
-            "3",
-        ]
-    )
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "Wrote 3 subjects (2 train, 1 test)" in " ".join(printed.split())
-    assert bids.list_subjects(out) == ["P3", "P6", "X1"]
-    sub = bids.scan_subject(out, "X1")
-    assert sub.te_s == pytest.approx((0.003, 0.0068, 0.0106, 0.0144, 0.0182), abs=1e-12)
-    results = json.loads((out / "results.json").read_text())
-    assert results["command"] == "simulate" and set(results["subjects"]) == {"P3", "P6", "X1"}
-    assert results["brain_voxels"] == sum(
-        bids.read_mask(bids.scan_subject(out, s).mask).sum() for s in ("P3", "P6", "X1")
-    )
-    rows = (out / "participants.tsv").read_text().splitlines()
-    assert rows == ["participant_id\tsplit", "sub-P3\ttrain", "sub-P6\ttest", "sub-X1\ttrain"]
-    # deterministic for a seed: the same subject is identical when simulated again (alone)
-    again = tmp_path / "again"
-    assert (
-        main(
-            [
-                "simulate",
-                str(again),
-                "--preset",
-                "tiny",
-                "--subjects",
-                "X1",
-                "--te",
-                "3,6.8,10.6,14.4,18.2",
-                "--seed",
-                "3",
-            ]
-        )
-        == 0
-    )
-    a = bids.read_slab(sub, 0, sub.depth)
-    b = bids.read_slab(bids.scan_subject(again, "X1"), 0, sub.depth)
-    np.testing.assert_array_equal(a.magnitude, b.magnitude)
-    np.testing.assert_array_equal(a.chi, b.chi)
-    # existing output is refused without --force, nothing is touched
-    assert main(["simulate", str(out), "--preset", "tiny"]) == 1
-    assert "already exists; use --force" in capsys.readouterr().err
-    assert bids.list_subjects(out) == ["P3", "P6", "X1"]
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--preset", "huge"], "unknown preset 'huge'"),
-        (["--te", "4.5"], "at least 2 echoes"),
-        (["--te", "4.5,abc"], "comma-separated list of milliseconds"),
-        (["--te", "4.5,9", "--echoes", "3"], "either --te or"),
-        (["--snr", "-1"], "snr must be positive"),
-        (["--subjects", "P3,P3"], "duplicate subject labels"),
-    ],
-)
-def test_simulate_bad_arguments(tmp_path, capsys, args, message):
-    assert main(["simulate", str(tmp_path / "x"), *args]) == 2
-    err = capsys.readouterr().err
-    assert len(_error_lines(err)) == 1 and message in err
-    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.ray
@@ -146,7 +68,7 @@ def test_preprocess_keep_going_exit_code(tiny_cohort, ray_local, tmp_path, capsy
     out = tmp_path / "f"
     assert main(["preprocess", str(root), "--out", str(out), "--keep-going"]) == 1
     err = capsys.readouterr().err
-    lines = _error_lines(err)
+    lines = error_lines(err)
     assert len(lines) == 1 and "sub-P11_desc-brain_mask.nii.gz: brain mask is empty" in lines[0]
     assert sorted(fio.read_manifest(out)["subjects"]) == ["P3", "P4", "P6"]
     assert json.loads((out / "results.json").read_text())["failed"].keys() == {"P11"}
@@ -165,7 +87,7 @@ def test_preprocess_bad_dataset_one_line_nonzero(tmp_path, make, fragment):
     out = tmp_path.parent / f"{tmp_path.name}-features"
     proc = _run("preprocess", str(target), "--out", str(out))
     assert proc.returncode == 1, proc.stderr
-    lines = _error_lines(proc.stderr)
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
@@ -190,6 +112,6 @@ def test_preprocess_unreachable_cluster(tiny_cohort, tmp_path):
     out = tmp_path / "f"
     proc = _run("preprocess", str(tiny_cohort), "--out", str(out), "--address", "127.0.0.1:1")
     assert proc.returncode == 1, proc.stderr
-    lines = _error_lines(proc.stderr)
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "127.0.0.1:1: cannot reach the Ray cluster" in lines[0]
     assert not out.exists()

@@ -127,20 +127,6 @@ def format_checksum(value: int) -> str:
     return f"xsum64:{value % 2**64:016x}"
 
 
-def checksum_subject(directory: Path) -> tuple[int, str, dict[str, int]]:
-    """Row count, content checksum and fit-status counts of a subject folder, read from its files.
-
-    Equals what ``preprocess`` recorded in the manifest (there it is summed from the slabs).
-    """
-    files = sorted(Path(directory).glob("part-*.parquet"))
-    if not files:
-        return 0, format_checksum(0), {}
-    table = pa.concat_tables([pq.read_table(f) for f in files])
-    codes, counts = np.unique(table["status"].to_numpy(), return_counts=True)
-    status = {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
-    return table.num_rows, format_checksum(checksum(table)), status
-
-
 def publish_subject(staged: Path, final: Path) -> None:
     """Move a finished subject folder into place atomically, replacing an older one."""
     old = None

@@ -22,7 +22,6 @@ __all__ = [
     "build_lstm",
     "huber_loss",
     "make_optimizer",
-    "make_early_stopping",
     "compile_for_fit",
 ]
 
@@ -199,13 +198,6 @@ def huber_loss(
 def make_optimizer(config: ModelConfig) -> keras.optimizers.Optimizer:
     """A fresh Adam optimiser with ``config.learning_rate`` (Keras defaults otherwise)."""
     return keras.optimizers.Adam(learning_rate=config.learning_rate)
-
-
-def make_early_stopping(config: ModelConfig) -> keras.callbacks.EarlyStopping:
-    """Early stopping on ``val_loss`` with ``config.patience``, restoring the best weights."""
-    return keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=True
-    )
 
 
 def compile_for_fit(model: keras.Model, config: ModelConfig) -> keras.Model:

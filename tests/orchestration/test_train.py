@@ -1,11 +1,11 @@
-"""``oefray train`` / ``evaluate`` / ``predict`` for real: Ray Train with 2 CPU workers, Keras 3,
-MLflow on a local sqlite store, on the `tiny` cohort."""
+"""``oefray train`` for real: Ray Train with 2 CPU workers, Keras 3, MLflow on a local sqlite
+store, on the `tiny` cohort. The run (`trained`, in conftest.py) is shared with the tests of
+``predict``/``evaluate`` (test_predict.py) and ``study`` (test_study.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,57 +17,20 @@ import pandas as pd
 import pytest
 
 from oefray.cli import main
-from oefray.config import EchoScheme, PredictConfig, SimulationConfig, TrainConfig
+from oefray.config import TrainConfig
 from oefray.io import features as fio
 from oefray.io.maps import read_map
 from oefray.ml.windows import WindowConfig, make_windows_table
 from oefray.orchestration.evaluate import load_bundle, predict_windows
-from oefray.orchestration.predict import predict
-from oefray.orchestration.simulate import simulate_cohort
 from oefray.orchestration.train import train
 from oefray.physics.constants import PARAMETERS, YA
 from oefray.tracking import EPOCH_METRICS, TEST_METRICS, Tracker
 
+from .conftest import EPOCHS
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-EPOCHS = 4
 MAP_DESC = ("Y", "v", "R2", "S0", "chinb", "OEF")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    return {"uri": f"sqlite:///{root}/mlflow.db", "storage": root / "ray_results", "root": root}
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_features, ray_local, store):
-    """One 2-worker training run through the CLI, as a user starts it."""
-    results = store["root"] / "results.json"
-    code = main(
-        [
-            "train",
-            str(tiny_features),
-            "--workers",
-            "2",
-            "--epochs",
-            str(EPOCHS),
-            "--seed",
-            "3",
-            "--learning-rate",
-            "1e-3",
-            "--experiment",
-            "test-train",
-            "--tracking-uri",
-            store["uri"],
-            "--storage",
-            str(store["storage"]),
-            "--results",
-            str(results),
-        ]
-    )
-    assert code == 0
-    return json.loads(results.read_text())
 
 
 def test_run_holds_params_metrics_and_artifacts(trained, store, tiny_features, tmp_path):
@@ -134,67 +97,6 @@ def test_logged_model_reproduces_the_maps(trained, store, tiny_features, tmp_pat
     )
     # voxels without a full window (and outside the brain) carry no prediction
     assert np.isnan(y_map).sum() == y_map.size - len(test.idx)
-
-
-def test_evaluate_recomputes_the_same_table(trained, store, capsys):
-    before = Tracker(store["uri"]).get_run(trained["run_id"]).data.metrics["test_rmse_OEF"]
-    assert main(["evaluate", trained["run_id"], "--tracking-uri", store["uri"]]) == 0
-    out = capsys.readouterr().out
-    assert f"test OEF RMSE {before:.3f} %" in out
-    assert Tracker(store["uri"]).get_run(trained["run_id"]).info.status == "FINISHED"
-
-
-def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
-    """New data with 10 echoes from 3.0 ms every 3.8 ms: maps on the input grid, with RMSE."""
-    ds = tmp_path / "bids"
-    scheme = EchoScheme.uniform(3.0e-3, 3.8e-3, 10)
-    simulate_cohort(
-        ds, SimulationConfig(preset="tiny", subjects=("P6", "Z1"), echoes=scheme, seed=21)
-    )
-    out = tmp_path / "maps"
-    result = predict(trained["run_id"], ds, out, PredictConfig(tracking_uri=store["uri"]))
-    assert (
-        main(
-            [
-                "predict",
-                trained["run_id"],
-                str(ds),
-                "--out",
-                str(tmp_path / "cli"),
-                "--tracking-uri",
-                store["uri"],
-            ]
-        )
-        == 0
-    )
-    assert set(result.subjects) == {"P6", "Z1"} and result.rmse is not None
-    assert result.subjects["Z1"]["echo_times_s"] == pytest.approx(list(scheme.te_s))
-    mask = nib.load(
-        ds / "derivatives" / "qsm" / "sub-Z1" / "anat" / "sub-Z1_desc-brain_mask.nii.gz"
-    )
-    oef = nib.load(out / "sub-Z1_desc-OEF_pred.nii.gz")
-    assert oef.shape == mask.shape
-    np.testing.assert_allclose(oef.affine, mask.affine, atol=1e-5)
-    values = np.asarray(oef.dataobj)
-    inside = np.isfinite(values)
-    assert inside.sum() == result.subjects["Z1"]["predicted"] > 500
-    assert np.all(np.asarray(mask.dataobj)[inside] == 1)
-    assert 0 < np.median(values[inside]) < 80  # OEF in percent
-    cli_results = json.loads((tmp_path / "cli" / "results.json").read_text())
-    assert cli_results["command"] == "predict" and cli_results["subjects"] == result.subjects
-
-    # new data without ground truth: the same maps, no RMSE
-    shutil.rmtree(ds / "derivatives" / "qq")
-    bare = predict(
-        trained["run_id"], ds, tmp_path / "bare", PredictConfig(tracking_uri=store["uri"])
-    )
-    assert (
-        bare.rmse is None and bare.subjects["Z1"]["predicted"] == result.subjects["Z1"]["predicted"]
-    )
-    np.testing.assert_array_equal(
-        np.asarray(nib.load(tmp_path / "bare" / "sub-Z1_desc-OEF_pred.nii.gz").dataobj), values
-    )
-    assert not (tmp_path / "bare" / "rmse_per_patient.csv").exists()
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(
@@ -265,43 +167,6 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(
     assert history[:restored] == head[:restored]
     assert sorted({s for s, _ in history}) == list(range(6))
     assert len(history) == 6 + (len(head) - restored)
-
-
-def test_te_shift_study_writes_its_table(trained, store, tiny_cohort, tmp_path, capsys):
-    out = tmp_path / "study"
-    code = main(
-        [
-            "study",
-            "te-shift",
-            str(tiny_cohort),
-            "--model",
-            trained["run_id"],
-            "--clusters",
-            "32",
-            "--tracking-uri",
-            store["uri"],
-            "--experiment",
-            "test-study",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
-    table = pd.read_csv(out / "te_shift.csv")
-    assert list(table["method"]) == ["LSTM", "CCM", "floor"] * 3
-    assert list(dict.fromkeys(table["scheme"])) == [
-        "training scheme",
-        "10 echoes from 3.0 ms every 3.8 ms",
-        "9 echoes uneven 3-45 ms",
-    ]
-    assert np.allclose(table["OEF"], 100 * table["Y"] / YA, rtol=1e-9)
-    assert (table[["S0", "R2", "Y", "v", "chi_nb"]] > 0).all().all()
-    # the ground truth does not change with the echo scheme, so neither does the floor
-    floor = table[table["method"] == "floor"]
-    assert np.allclose(floor["Y"], floor["Y"].iloc[0], rtol=1e-12)
-    printed = capsys.readouterr().out
-    assert "| LSTM | 10 echoes from 3.0 ms every 3.8 ms |" in printed
-    assert (out / "te_shift.md").read_text() in printed
 
 
 def test_gpus_without_gpus_is_refused(tiny_features, ray_local, store, capsys):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from oefray.cli import main
-from oefray.orchestration.ui import answers_health, wait_for_server
+from oefray.orchestration.ui import answers_health
 from oefray.physics.constants import RMSE_QUANTITIES as QUANTITIES
 from oefray.tracking import Tracker
 
@@ -45,6 +45,18 @@ def _get(url: str) -> bytes:
 
 def _get_json(base: str, endpoint: str, **query: str) -> dict:
     return json.loads(_get(f"{base}{endpoint}?{urllib.parse.urlencode(query)}"))
+
+
+def wait_for_server(url: str, timeout_s: float, *, process: subprocess.Popen) -> None:
+    """Wait until the MLflow server at ``url`` answers ``/health``; fail after ``timeout_s``
+    seconds, or as soon as ``process`` has exited."""
+    deadline = time.monotonic() + timeout_s
+    while not answers_health(url):
+        if process.poll() is not None:
+            pytest.fail(f"the server process exited with code {process.returncode}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no MLflow server answered at {url} within {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def _session_pids(sid: int) -> list[int]:

@@ -1,0 +1,72 @@
+"""``oefray predict`` and ``oefray evaluate`` for real: the `trained` run (conftest.py) applied to
+new data with another echo scheme, and its test tables recomputed; MLflow on sqlite."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from oefray.cli import main
+from oefray.config import EchoScheme, PredictConfig, SimulationConfig
+from oefray.orchestration.predict import predict
+from oefray.orchestration.simulate import simulate_cohort
+from oefray.tracking import Tracker
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_evaluate_recomputes_the_same_table(trained, store, capsys):
+    before = Tracker(store["uri"]).get_run(trained["run_id"]).data.metrics["test_rmse_OEF"]
+    assert main(["evaluate", trained["run_id"], "--tracking-uri", store["uri"]]) == 0
+    out = capsys.readouterr().out
+    assert f"test OEF RMSE {before:.3f} %" in out
+    assert Tracker(store["uri"]).get_run(trained["run_id"]).info.status == "FINISHED"
+
+
+def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
+    """New data with 10 echoes from 3.0 ms every 3.8 ms: maps on the input grid, with RMSE."""
+    ds = tmp_path / "bids"
+    scheme = EchoScheme.uniform(3.0e-3, 3.8e-3, 10)
+    simulate_cohort(
+        ds, SimulationConfig(preset="tiny", subjects=("P6", "Z1"), echoes=scheme, seed=21)
+    )
+    out = tmp_path / "maps"
+    result = predict(trained["run_id"], ds, out, PredictConfig(tracking_uri=store["uri"]))
+    cli_out = tmp_path / "cli"
+    args = ["predict", trained["run_id"], str(ds), "--out", str(cli_out)]
+    assert main([*args, "--tracking-uri", store["uri"]]) == 0
+    assert set(result.subjects) == {"P6", "Z1"} and result.rmse is not None
+    assert result.subjects["Z1"]["echo_times_s"] == pytest.approx(list(scheme.te_s))
+    mask = nib.load(
+        ds / "derivatives" / "qsm" / "sub-Z1" / "anat" / "sub-Z1_desc-brain_mask.nii.gz"
+    )
+    oef = nib.load(out / "sub-Z1_desc-OEF_pred.nii.gz")
+    assert oef.shape == mask.shape
+    np.testing.assert_allclose(oef.affine, mask.affine, atol=1e-5)
+    values = np.asarray(oef.dataobj)
+    inside = np.isfinite(values)
+    assert inside.sum() == result.subjects["Z1"]["predicted"] > 500
+    assert np.all(np.asarray(mask.dataobj)[inside] == 1)
+    assert 0 < np.median(values[inside]) < 80  # OEF in percent
+    cli_results = json.loads((cli_out / "results.json").read_text())
+    assert cli_results["command"] == "predict" and cli_results["subjects"] == result.subjects
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(cli_out / "sub-Z1_desc-OEF_pred.nii.gz").dataobj), values
+    )
+
+    # new data without ground truth: the same maps, no RMSE
+    shutil.rmtree(ds / "derivatives" / "qq")
+    bare = predict(
+        trained["run_id"], ds, tmp_path / "bare", PredictConfig(tracking_uri=store["uri"])
+    )
+    assert (
+        bare.rmse is None and bare.subjects["Z1"]["predicted"] == result.subjects["Z1"]["predicted"]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(tmp_path / "bare" / "sub-Z1_desc-OEF_pred.nii.gz").dataobj), values
+    )
+    assert not (tmp_path / "bare" / "rmse_per_patient.csv").exists()
