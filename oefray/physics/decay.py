@@ -26,6 +26,8 @@ import numpy as np
 from numba import njit
 from numpy.typing import ArrayLike, NDArray
 
+from oefray.physics.echoes import validate_te
+
 __all__ = [
     "B_MAX_EXPONENT",
     "DecayFit",
@@ -584,23 +586,6 @@ def _decay_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _validate_te(te_s: ArrayLike) -> NDArray[np.float64]:
-    """Echo times as a read-only float64 vector; ValueError unless finite, distinct and >= 0."""
-    te = np.array(te_s, dtype=np.float64, copy=True)
-    if te.ndim != 1:
-        raise ValueError(
-            f"te_s must be a 1-D sequence of echo times in seconds, got shape {te.shape}"
-        )
-    if not np.all(np.isfinite(te)):
-        raise ValueError(f"te_s must be finite, got {te.tolist()}")
-    if np.any(te < 0):
-        raise ValueError(f"te_s must be >= 0 (seconds), got {te.tolist()}")
-    if np.unique(te).size != te.size:
-        raise ValueError(f"te_s must be distinct, got {te.tolist()}")
-    te.setflags(write=False)
-    return te
-
-
 def _as_signal(signal: ArrayLike) -> NDArray[np.floating]:
     """The dtype policy: float32 stays float32 (no copy), anything real becomes float64."""
     arr = np.asarray(signal)
@@ -647,7 +632,8 @@ class DecayModel:
     Raises
     ------
     ValueError
-        If ``te_s`` is not 1-D or has a non-finite, negative or repeated value.
+        If ``te_s`` is not 1-D or has a non-finite, negative or repeated value
+        (:func:`oefray.physics.echoes.validate_te`).
 
     Notes
     -----
@@ -707,7 +693,7 @@ class DecayModel:
     """
 
     def __init__(self, te_s: ArrayLike) -> None:
-        te = _validate_te(te_s)
+        te = validate_te(te_s, min_echoes=0)  # K < 2 is a per-voxel status
         self.te_s: NDArray[np.float64] = te
         n_echo = te.size
         order = np.argsort(te, kind="stable")
@@ -917,7 +903,7 @@ def fit_decay_loglinear(signal: ArrayLike, te_s: ArrayLike) -> DecayFit:
     ``ZERO`` (no logarithm), a slope giving ``B <= 0`` gets ``NOT_DECAYING``. Computed with
     elementwise NumPy over voxels (no BLAS).
     """
-    te = _validate_te(te_s)
+    te = validate_te(te_s, min_echoes=0)  # K < 2 is a per-voxel status
     arr = _as_signal(signal)
     n_echo = te.size
     if arr.ndim < 1 or arr.shape[-1] != n_echo:
