@@ -9,6 +9,7 @@ import pytest
 from oefray.config import EchoScheme
 from oefray.physics.decay import DecayModel, fit_decay_loglinear
 from oefray.physics.echoes import validate_te
+from oefray.physics.phantom import simulate_subject
 from oefray.physics.qq import qbold_signal
 
 TE_UNEVEN_UNSORTED = [0.012, 0.003, 0.0045, 0.030]
@@ -60,8 +61,9 @@ def test_zero_echoes_allowed_and_zero_time_by_default() -> None:
         lambda te: DecayModel(te),
         lambda te: fit_decay_loglinear(np.ones((1, len(te))), te),
         lambda te: qbold_signal(1.0, 13.5, 0.6, 0.03, 0.0, te),
+        lambda te: simulate_subject((8, 8, 8), 22.0, te, 0),
     ],
-    ids=["EchoScheme", "DecayModel", "fit_decay_loglinear", "qbold_signal"],
+    ids=["EchoScheme", "DecayModel", "fit_decay_loglinear", "qbold_signal", "phantom"],
 )
 def test_every_caller_uses_the_one_validation(call) -> None:
     for te, message in (([0.005, 0.01, 0.005], "distinct"), ([0.005, np.nan], "finite")):
