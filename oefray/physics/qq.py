@@ -152,12 +152,9 @@ def qsm_susceptibility(Y: npt.ArrayLike, v: npt.ArrayLike, chi_nb: npt.ArrayLike
 
     Parameters
     ----------
-    Y : array_like of shape (...)
-        Venous oxygenation, fraction.
-    v : array_like of shape (...)
-        Venous blood volume fraction.
-    chi_nb : array_like of shape (...)
-        Non-blood tissue susceptibility, ppm.
+    Y, v, chi_nb : array_like of shape (...)
+        Venous oxygenation and venous blood volume (fractions), non-blood tissue susceptibility
+        (ppm), as in :func:`qbold_signal`; broadcast against each other.
 
     Returns
     -------
