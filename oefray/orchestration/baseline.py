@@ -38,7 +38,7 @@ def run_ccm(
 ) -> dict[str, Any]:
     """Build the CCM library, predict the test subjects, log an MLflow run; return its summary."""
     from oefray.io import features as fio
-    from oefray.ml.ccm import CCMConfig, build_library, predict
+    from oefray.ml.ccm import CCMConfig, build_library, estimate_snr, predict
     from oefray.orchestration.train import log_evaluation
     from oefray.physics.constants import PARAMETERS
     from oefray.tracking import Tracker
@@ -62,13 +62,10 @@ def run_ccm(
     train_table = fio.read_features(root, train)
     ok = pc.equal(train_table["status"], 0)
     params = np.column_stack([train_table[p].filter(ok).to_numpy() for p in PARAMETERS])
-    # The library must carry the data's noise, or its E (the fit residual, mostly noise at
-    # SNR ~100) would not match the measured one: estimate the echo-1 SNR from the training
-    # subjects' own features, sigma ~ E * sqrt(n / (n - 2)) for a 2-parameter fit of n echoes.
+    # The library must carry the data's noise: the echo-1 SNR of the training features.
     te = np.asarray(manifest["subjects"][train[0]]["echo_times_s"])
     a, b, e = (train_table[c].filter(ok).to_numpy() for c in ("A", "B", "E"))
-    sigma = float(np.median(e)) * np.sqrt(len(te) / max(len(te) - 2, 1))
-    snr = float(np.median(a * np.exp(-b * te.min())) / sigma) if sigma > 0 else None
+    snr = estimate_snr(a, b, e, te)
     config = CCMConfig(
         clusters=clusters, neighbours=neighbours, library_size=library_size, seed=seed, snr=snr
     )

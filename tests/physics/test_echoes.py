@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from oefray.config import EchoScheme
+from oefray.ml.ccm import build_library
 from oefray.physics.decay import DecayModel, fit_decay_loglinear
 from oefray.physics.echoes import validate_te
 from oefray.physics.phantom import simulate_subject
@@ -62,8 +63,9 @@ def test_zero_echoes_allowed_and_zero_time_by_default() -> None:
         lambda te: fit_decay_loglinear(np.ones((1, len(te))), te),
         lambda te: qbold_signal(1.0, 13.5, 0.6, 0.03, 0.0, te),
         lambda te: simulate_subject((8, 8, 8), 22.0, te, 0),
+        lambda te: build_library(np.ones((4, 5)), te),
     ],
-    ids=["EchoScheme", "DecayModel", "fit_decay_loglinear", "qbold_signal", "phantom"],
+    ids=["EchoScheme", "DecayModel", "fit_decay_loglinear", "qbold_signal", "phantom", "ccm"],
 )
 def test_every_caller_uses_the_one_validation(call) -> None:
     for te, message in (([0.005, 0.01, 0.005], "distinct"), ([0.005, np.nan], "finite")):
