@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from oefray import __version__
-from oefray import metrics as ray_metrics
 from oefray.config import PreprocessConfig
 from oefray.errors import DatasetError, FeaturesError, OefrayError
 from oefray.io import features as fio
@@ -45,6 +44,7 @@ from oefray.io.bids import (
     read_brain_voxels,
     scan_dataset,
 )
+from oefray.orchestration import metrics as ray_metrics
 from oefray.physics.decay import fit_decay
 
 log = logging.getLogger(__name__)

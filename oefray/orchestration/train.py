@@ -74,9 +74,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import tensorflow as tf
 
-    from oefray import metrics as ray_metrics
     from oefray.ml.model import ModelConfig, build_lstm, huber_loss, make_optimizer
     from oefray.ml.training import make_steps
+    from oefray.orchestration import metrics as ray_metrics
 
     tf.get_logger().setLevel("ERROR")  # per-step collective INFO lines drown the progress
     ctx = ray.train.get_context()
