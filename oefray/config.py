@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from oefray.errors import OefrayError
+from oefray.physics.echoes import validate_te
 
 # The paper's cohort (DESIGN.md section 1.5): 8 training/validation subjects, 10 test subjects.
 PAPER_TRAIN_SUBJECTS: tuple[str, ...] = ("P3", "P4", "P5", "P14", "P16", "P28", "P29", "P34")
@@ -46,19 +47,16 @@ class EchoScheme:
     Parameters
     ----------
     te_s : tuple of float
-        Echo times in seconds, in acquisition order (any spacing).
+        Echo times in seconds, in acquisition order (any spacing), rounded to 1e-12 s; at least
+        2, finite, > 0 and distinct (:func:`oefray.physics.echoes.validate_te`, which raises
+        the ValueError).
     """
 
     te_s: tuple[float, ...]
 
     def __post_init__(self) -> None:
         te = tuple(round(float(t), 12) for t in self.te_s)  # 4.5e-3 + 2 * 5e-3 -> 0.0145, not ...99
-        if len(te) < 2:
-            raise ValueError(f"an echo scheme needs at least 2 echoes, got {len(te)}")
-        if any(not math.isfinite(t) or t <= 0 for t in te):
-            raise ValueError(f"echo times must be finite and positive (seconds), got {te}")
-        if len(set(te)) != len(te):
-            raise ValueError(f"echo times must be distinct, got {te}")
+        validate_te(te, min_echoes=2, allow_zero=False)  # an acquisition: >= 2 echoes, all > 0
         object.__setattr__(self, "te_s", te)
 
     @classmethod

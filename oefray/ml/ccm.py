@@ -42,9 +42,19 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from oefray.ml.scaling import Standardizer
 from oefray.physics.constants import B0_T, PARAMETERS
 from oefray.physics.decay import FitStatus, fit_decay
+from oefray.physics.echoes import validate_te
+from oefray.physics.measurement import add_rician_noise, noise_sigma
 from oefray.physics.qq import qbold_signal, qsm_susceptibility
 
-__all__ = ["FEATURES", "MINIBATCH_THRESHOLD", "CCMConfig", "CCMLibrary", "build_library", "predict"]
+__all__ = [
+    "FEATURES",
+    "MINIBATCH_THRESHOLD",
+    "CCMConfig",
+    "CCMLibrary",
+    "build_library",
+    "estimate_snr",
+    "predict",
+]
 
 #: Matching features of the library, in the column order of :func:`predict`'s input: decay
 #: amplitude A (signal units), rate B (s^-1), RMS residual E (signal units), susceptibility chi
@@ -80,7 +90,9 @@ class CCMConfig:
     snr : float or None
         None: noise-free library signals. A number > 0: Rician noise with
         ``sigma = median(echo-1 signal) / snr`` is added to the library magnitudes before the
-        decay fit, as in :func:`oefray.physics.phantom.simulate_subject`.
+        decay fit (:func:`oefray.physics.measurement.add_rician_noise`), as in
+        :func:`oefray.physics.phantom.simulate_subject`; :func:`estimate_snr` gives the value
+        that matches measured features.
 
     Notes
     -----
@@ -165,8 +177,7 @@ class CCMLibrary:
             raise ValueError("centroids must be finite")
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
             raise ValueError("feature_mean must be finite and feature_std finite and positive")
-        if te.ndim != 1 or te.size == 0:
-            raise ValueError(f"te_s must be a non-empty 1-D array, got shape {te.shape}")
+        te = np.array(validate_te(te, min_echoes=2))  # a writable copy, as the other arrays
         if not isinstance(self.config, CCMConfig):
             raise ValueError(f"config must be a CCMConfig, got {type(self.config).__name__}")
         for name, value in (
@@ -222,7 +233,8 @@ def build_library(
         Reference parameter sets in ``PARAMETERS`` order (Y, v, R2 [s^-1], S0, chi_nb [ppm]),
         finite; e.g. the training subjects' ground-truth brain voxels.
     te_s : array_like of shape (n_echoes,)
-        Echo times, seconds, of the data the library will be applied to (>= 2 distinct, >= 0).
+        Echo times, seconds, of the data the library will be applied to (>= 2; finite, >= 0,
+        distinct: :func:`~oefray.physics.echoes.validate_te`).
     config : CCMConfig, optional
         Library settings; ``CCMConfig()`` by default.
     b0_t : float
@@ -251,40 +263,15 @@ def build_library(
     cfg = CCMConfig() if config is None else config
     if not isinstance(cfg, CCMConfig):
         raise ValueError(f"config must be a CCMConfig, got {type(cfg).__name__}")
-    ref = np.asarray(params, dtype=np.float64)
-    if ref.ndim != 2 or ref.shape[1] != _N_PARAMS:
-        raise ValueError(f"params must have shape (n, 5) in PARAMETERS order, got {ref.shape}")
-    if not np.all(np.isfinite(ref)):
-        raise ValueError("params must be finite")
-    te = np.asarray(te_s, dtype=np.float64)
-    if te.ndim != 1 or np.unique(te).size < 2 or not np.all(np.isfinite(te)) or np.any(te < 0):
-        raise ValueError("te_s must be a 1-D array of >= 2 distinct finite echo times >= 0 (s)")
-
-    sample_rng, noise_rng = np.random.default_rng(cfg.seed).spawn(2)
-    if cfg.library_size is not None and ref.shape[0] > cfg.library_size:
-        keep = np.sort(sample_rng.choice(ref.shape[0], size=cfg.library_size, replace=False))
-        ref = ref[keep]
-
-    y, v, r2, s0, chi_nb = ref.T
-    signal = qbold_signal(s0, r2, y, v, chi_nb, te, b0_t)
-    if cfg.snr is not None and signal.shape[0] > 0:
-        sigma = float(np.median(signal[:, 0])) / cfg.snr
-        real = signal + sigma * noise_rng.standard_normal(signal.shape)
-        imag = sigma * noise_rng.standard_normal(signal.shape)
-        signal = np.hypot(real, imag)
-    fit = fit_decay(signal, te)
-    ok = fit.status == FitStatus.OK
-    chi = qsm_susceptibility(y, v, chi_nb)
-    joint = np.column_stack([ref, fit.A, fit.B, fit.E, chi])[ok]
+    ref = _reference_params(params)
+    te = validate_te(te_s, min_echoes=2)
+    joint = _library_voxels(ref, te, cfg, b0_t)
     if joint.shape[0] < cfg.clusters:
         raise ValueError(
             f"only {joint.shape[0]} library voxels fitted OK, fewer than clusters={cfg.clusters}"
         )
-
     scaler = Standardizer.fit(joint)
-    z = scaler.transform(joint)
-    centroids_z = _kmeans(z, cfg.clusters, cfg.seed)
-    centroids = scaler.inverse_transform(centroids_z)
+    centroids = scaler.inverse_transform(_kmeans(scaler.transform(joint), cfg.clusters, cfg.seed))
     return CCMLibrary(
         centroid_params=centroids[:, :_N_PARAMS],
         centroid_features=centroids[:, _N_PARAMS:],
@@ -293,6 +280,79 @@ def build_library(
         te_s=te,
         config=cfg,
     )
+
+
+def _reference_params(params: npt.ArrayLike) -> np.ndarray:
+    """`params` as a finite (n, 5) float64 array; ValueError otherwise."""
+    ref = np.asarray(params, dtype=np.float64)
+    if ref.ndim != 2 or ref.shape[1] != _N_PARAMS:
+        raise ValueError(f"params must have shape (n, 5) in PARAMETERS order, got {ref.shape}")
+    if not np.all(np.isfinite(ref)):
+        raise ValueError("params must be finite")
+    return ref
+
+
+def _library_voxels(ref: np.ndarray, te: np.ndarray, cfg: CCMConfig, b0_t: float) -> np.ndarray:
+    """The joint rows ``[Y, v, R2, S0, chi_nb, A, B, E, chi]`` of the (subsampled) reference
+    voxels whose simulated signal fitted OK, shape (m, 9)."""
+    sample_rng, noise_rng = np.random.default_rng(cfg.seed).spawn(2)
+    if cfg.library_size is not None and ref.shape[0] > cfg.library_size:
+        keep = np.sort(sample_rng.choice(ref.shape[0], size=cfg.library_size, replace=False))
+        ref = ref[keep]
+    y, v, r2, s0, chi_nb = ref.T
+    signal = qbold_signal(s0, r2, y, v, chi_nb, te, b0_t)
+    if cfg.snr is not None and signal.shape[0] > 0:
+        sigma = noise_sigma(signal[:, 0], cfg.snr)
+        add_rician_noise(signal, sigma, noise_rng, block_elements=None)
+    fit = fit_decay(signal, te)
+    ok = fit.status == FitStatus.OK
+    chi = qsm_susceptibility(y, v, chi_nb)
+    return np.column_stack([ref, fit.A, fit.B, fit.E, chi])[ok]
+
+
+def estimate_snr(
+    A: npt.ArrayLike, B: npt.ArrayLike, E: npt.ArrayLike, te_s: npt.ArrayLike
+) -> float | None:
+    """Echo-1 SNR of measured data, from the decay fits of its voxels.
+
+    The CCM library must carry the data's noise, or its ``E`` (the fit residual, mostly noise
+    at SNR ~100) would not match the measured one: this is the ``snr`` of :class:`CCMConfig`
+    that reproduces it.
+
+    Parameters
+    ----------
+    A, B, E : array_like of shape (n,)
+        Decay-fit amplitude, rate (s^-1) and RMS residual of the voxels (fitted OK), e.g. the
+        training subjects' features.
+    te_s : array_like of shape (K,)
+        Their echo times, seconds (>= 2; :func:`~oefray.physics.echoes.validate_te`).
+
+    Returns
+    -------
+    float or None
+        The SNR; None when the residuals are 0 (noise-free data, or K = 2).
+
+    Notes
+    -----
+    For a two-parameter least-squares fit of ``K`` echoes with noise sd ``sigma`` per echo,
+    :math:`E[\\mathrm{SSR}] = (K - 2)\\sigma^2`, and :math:`E = \\sqrt{\\mathrm{SSR}/K}`, so
+
+    .. math::
+
+        \\hat\\sigma = \\operatorname{median}(E) \\sqrt{K / (K - 2)}, \\qquad
+        \\widehat{\\mathrm{SNR}} = \\operatorname{median}\\left(A e^{-B\\, TE_{min}}\\right)
+            / \\hat\\sigma,
+
+    the median fitted first-echo signal over the noise sd, as
+    :func:`~oefray.physics.measurement.simulate_measurement` defines the SNR. Medians make it
+    robust to badly fitted voxels; the median of a chi distribution lies below its RMS (by
+    about 6 % for ``K = 8``), so the estimate is that much high for pure noise residuals, and
+    lower where model misfit adds to ``E``.
+    """
+    te = validate_te(te_s, min_echoes=2)
+    a, b, e = (np.asarray(x) for x in (A, B, E))
+    sigma = float(np.median(e)) * np.sqrt(len(te) / max(len(te) - 2, 1))
+    return float(np.median(a * np.exp(-b * te.min())) / sigma) if sigma > 0 else None
 
 
 def predict(library: CCMLibrary, features: npt.ArrayLike) -> np.ndarray:

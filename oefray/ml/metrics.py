@@ -54,18 +54,11 @@ def rmse(pred: npt.ArrayLike, true: npt.ArrayLike, axis: int | None = 0) -> np.n
 
 
 def oef_percent(Y: npt.ArrayLike) -> np.ndarray:
-    """Oxygen extraction fraction in percent, ``100 * (1 - Y / YA)``.
+    """The physics layer's :func:`~oefray.physics.qq.oef` of `Y` (...), in percent, float64.
 
-    Parameters
-    ----------
-    Y : array_like of shape (...)
-        Venous oxygenation, fraction.
-
-    Returns
-    -------
-    ndarray of shape (...), float64
+    The unit the paper's tables report OEF in: ``100 * (1 - Y / YA)``.
     """
-    return 100.0 * oef(np.asarray(Y, dtype=np.float64))  # the physics layer's OEF, in percent
+    return 100.0 * oef(np.asarray(Y, dtype=np.float64))
 
 
 def _table_values(pred: npt.ArrayLike, true: npt.ArrayLike) -> dict[str, np.ndarray]:

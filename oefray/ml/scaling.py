@@ -131,14 +131,7 @@ class Standardizer:
     def inverse_transform(self, values: npt.ArrayLike) -> np.ndarray:
         """Undo :meth:`transform`: ``values * std + mean`` along the last axis.
 
-        Parameters
-        ----------
-        values : array_like of shape (..., F)
-
-        Returns
-        -------
-        ndarray of shape (..., F)
-            float32 for float32 input, else float64.
+        Takes and returns arrays of shape (..., F) with :meth:`transform`'s dtype policy.
         """
         arr, mean, std = self._operands(values)
         return arr * std + mean

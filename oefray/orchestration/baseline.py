@@ -45,15 +45,6 @@ def _library_params(train_table) -> tuple[np.ndarray, Any]:
     return np.column_stack([good[p].to_numpy() for p in PARAMETERS]), good
 
 
-def _library_snr(good, te: np.ndarray) -> float | None:
-    # The library must carry the data's noise, or its E (the fit residual, mostly noise at
-    # SNR ~100) would not match the measured one: estimate the echo-1 SNR from the training
-    # subjects' own features, sigma ~ E * sqrt(n / (n - 2)) for a 2-parameter fit of n echoes.
-    a, b, e = (good[c].to_numpy() for c in ("A", "B", "E"))
-    sigma = float(np.median(e)) * np.sqrt(len(te) / max(len(te) - 2, 1))
-    return float(np.median(a * np.exp(-b * te.min())) / sigma) if sigma > 0 else None
-
-
 def _predict_by_scheme(manifest, test, params, x, subject, ccm_config):
     """CCM predictions of the test voxels: one library per echo scheme among the test subjects
     (re-simulation is what makes CCM TE-robust; the usual case is a single scheme)."""
@@ -75,7 +66,7 @@ def _predict_by_scheme(manifest, test, params, x, subject, ccm_config):
 def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[str, Any]:
     """Build the CCM library, predict the test subjects, log an MLflow run; return its summary."""
     from oefray.io import features as fio
-    from oefray.ml.ccm import CCMConfig
+    from oefray.ml.ccm import CCMConfig, estimate_snr
     from oefray.orchestration.evaluate import log_evaluation
     from oefray.physics.constants import PARAMETERS
     from oefray.tracking import Tracker
@@ -86,7 +77,9 @@ def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[st
     manifest = _check_features(root)
     train, test = manifest.split_subjects(root, config.train_subjects, config.test_subjects)
     params, good = _library_params(fio.read_features(root, train))
-    snr = _library_snr(good, np.asarray(manifest.subjects[train[0]].echo_times_s))
+    # the library carries the data's noise (its E is mostly noise at SNR ~100)
+    te = np.asarray(manifest.subjects[train[0]].echo_times_s)
+    snr = estimate_snr(*(good[c].to_numpy() for c in ("A", "B", "E")), te)
     ccm_config = CCMConfig(**config.ccm_overrides(), snr=snr)
     test_table = fio.read_features(root, test)
     test_table = test_table.filter(pc.equal(test_table["status"], 0))

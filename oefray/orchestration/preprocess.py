@@ -10,7 +10,7 @@ mask, checksums the content, and renames the subject's staged folder into place,
 manifest. So an interrupted run loses only the subjects in flight, a re-run skips the finished
 ones, and no reader ever sees half a subject. Only plain data (dicts of numpy arrays, strings)
 crosses Ray boundaries. Each slab task records oefray's Ray metrics (voxels fitted, slabs done or
-failed, task time and throughput; :mod:`oefray.metrics`) once per slab.
+failed, task time and throughput; :mod:`oefray.orchestration.metrics`) once per slab.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from oefray import __version__
-from oefray import metrics as ray_metrics
 from oefray.config import PreprocessConfig
 from oefray.errors import DatasetError, FeaturesError, OefrayError
 from oefray.io import features as fio
@@ -42,6 +41,7 @@ from oefray.io.bids import (
 )
 from oefray.io.manifest import MANIFEST, FeaturesManifest, SubjectRecord
 from oefray.orchestration.runtime import ray_runtime
+from oefray.orchestration import metrics as ray_metrics
 from oefray.physics.decay import fit_decay
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def _fit_slabs(
                 )
         except OefrayError as exc:
             error = str(exc)
-        # once per slab, inside the task (oefray/metrics.py)
+        # once per slab, inside the task (oefray/orchestration/metrics.py)
         ray_metrics.record_slab(label, voxels=rows, seconds=time.perf_counter() - t0, ok=not error)
         for key, value in zip(out, (label, z0, z1, rows, xsum, status, error), strict=True):
             out[key].append(value)

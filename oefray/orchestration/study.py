@@ -44,11 +44,11 @@ def _resimulate(
 ) -> None:
     """Write ``labels`` of ``dataset`` again from their ground truth at echo times ``te_s``."""
     from oefray.io import bids
-    from oefray.physics.qq import qbold_signal, qsm_susceptibility
+    from oefray.physics.measurement import simulate_measurement
 
     bids.write_dataset_description(out, f"te-shift of {dataset.name}")
     bids.write_participants(out, [{"participant_id": f"sub-{s}", "split": "test"} for s in labels])
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # one stream across subjects, full-grid draws ("grid")
     for label in labels:
         sub = bids.scan_subject(dataset, label)
         if not sub.truth:
@@ -56,26 +56,24 @@ def _resimulate(
                 dataset, f"sub-{label} has no ground truth (derivatives/qq): cannot re-simulate"
             )
         slab = bids.read_slab(sub, 0, sub.depth)
-        t = slab.truth
-        signal = qbold_signal(t["S0"], t["R2"], t["Y"], t["v"], t["chi_nb"], np.asarray(te_s))
-        signal = np.where(slab.mask[..., None], signal, 0.0).astype(np.float32)
-        sigma = float(np.median(signal[slab.mask][:, 0])) / snr
-        noisy = np.abs(
-            signal + rng.normal(0, sigma, signal.shape) + 1j * rng.normal(0, sigma, signal.shape)
+        measured = simulate_measurement(
+            slab.truth,
+            slab.mask,
+            te_s,
+            rng,
+            snr=snr,
+            qsm_noise_ppm=qsm_noise_ppm,
+            noise_draws="grid",
         )
-        chi = qsm_susceptibility(t["Y"], t["v"], t["chi_nb"]) + rng.normal(
-            0, qsm_noise_ppm, slab.mask.shape
-        )
-        chi = np.where(slab.mask, chi, 0.0)
         bids.write_subject(
             out,
             label,
             np.asarray(sub.affine),
-            noisy.astype(np.float32),
+            measured.magnitude,
             te_s,
-            chi.astype(np.float32),
+            measured.chi,
             slab.mask,
-            {k: v for k, v in t.items()},
+            dict(slab.truth),
         )
 
 

@@ -1,4 +1,8 @@
-"""Physics and fitting kernels: QQ forward model, f_s, decay fitting, phantoms.
+"""Physics and fitting kernels: QQ forward model, f_s, decay fitting, the phantom.
 
-Pure NumPy/SciPy/Numba. Knows nothing of Ray, MLflow, files or Keras.
+Pure NumPy/SciPy/Numba. Knows nothing of Ray, MLflow, files or Keras. Modules:
+``constants`` (QQ constants, parameter names), ``echoes`` (echo-time validation), ``fs`` (the
+static-dephasing function), ``qq`` (forward model), ``decay`` (decay fit), and the phantom:
+``grid`` (physical grids, random fields), ``anatomy`` (tissue labels), ``parameter_maps``
+(ground truth), ``measurement`` (noisy images from maps), ``phantom`` (one subject).
 """

@@ -26,6 +26,8 @@ import numpy as np
 from numba import njit
 from numpy.typing import ArrayLike, NDArray
 
+from oefray.physics.echoes import validate_te
+
 __all__ = [
     "B_MAX_EXPONENT",
     "DecayFit",
@@ -584,23 +586,6 @@ def _decay_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _validate_te(te_s: ArrayLike) -> NDArray[np.float64]:
-    """Echo times as a read-only float64 vector; ValueError unless finite, distinct and >= 0."""
-    te = np.array(te_s, dtype=np.float64, copy=True)
-    if te.ndim != 1:
-        raise ValueError(
-            f"te_s must be a 1-D sequence of echo times in seconds, got shape {te.shape}"
-        )
-    if not np.all(np.isfinite(te)):
-        raise ValueError(f"te_s must be finite, got {te.tolist()}")
-    if np.any(te < 0):
-        raise ValueError(f"te_s must be >= 0 (seconds), got {te.tolist()}")
-    if np.unique(te).size != te.size:
-        raise ValueError(f"te_s must be distinct, got {te.tolist()}")
-    te.setflags(write=False)
-    return te
-
-
 def _as_signal(signal: ArrayLike) -> NDArray[np.floating]:
     """The dtype policy: float32 stays float32 (no copy), anything real becomes float64."""
     arr = np.asarray(signal)
@@ -613,6 +598,18 @@ def _as_signal(signal: ArrayLike) -> NDArray[np.floating]:
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr
     return arr.astype(np.float64)
+
+
+def _voxel_rows(
+    signal: ArrayLike, n_echo: int, name: str
+) -> tuple[NDArray[np.floating], tuple[int, ...], np.dtype]:
+    """`signal` (..., K) as rows (n_voxels, K) under the dtype policy, its leading shape and the
+    output dtype; ValueError (naming the argument `name`) unless K == `n_echo`."""
+    arr = _as_signal(signal)
+    if arr.ndim < 1 or arr.shape[-1] != n_echo:
+        raise ValueError(f"{name} must have shape (..., {n_echo}) to match te_s, got {arr.shape}")
+    lead = arr.shape[:-1]
+    return arr.reshape(math.prod(lead), n_echo), lead, np.dtype(arr.dtype)
 
 
 def _nan_fit(shape: tuple[int, ...], dtype: np.dtype, code: FitStatus) -> DecayFit:
@@ -647,7 +644,8 @@ class DecayModel:
     Raises
     ------
     ValueError
-        If ``te_s`` is not 1-D or has a non-finite, negative or repeated value.
+        If ``te_s`` is not 1-D or has a non-finite, negative or repeated value
+        (:func:`oefray.physics.echoes.validate_te`).
 
     Notes
     -----
@@ -707,7 +705,7 @@ class DecayModel:
     """
 
     def __init__(self, te_s: ArrayLike) -> None:
-        te = _validate_te(te_s)
+        te = validate_te(te_s, min_echoes=0)  # K < 2 is a per-voxel status
         self.te_s: NDArray[np.float64] = te
         n_echo = te.size
         order = np.argsort(te, kind="stable")
@@ -763,14 +761,9 @@ class DecayModel:
             If ``data`` is not at least 1-D with ``K`` on the last axis, is complex, or ``mask``
             has the wrong shape.
         """
-        arr = _as_signal(data)
         n_echo = self.n_echoes
-        if arr.ndim < 1 or arr.shape[-1] != n_echo:
-            raise ValueError(f"data must have shape (..., {n_echo}) to match te_s, got {arr.shape}")
-        lead = arr.shape[:-1]
-        n_vox = math.prod(lead)
-        out_dtype = np.dtype(arr.dtype)
-        flat = arr.reshape(n_vox, n_echo)
+        flat, lead, out_dtype = _voxel_rows(data, n_echo, "data")
+        n_vox = flat.shape[0]
 
         mflat: NDArray[np.bool_] | None = None
         if mask is not None:
@@ -917,22 +910,35 @@ def fit_decay_loglinear(signal: ArrayLike, te_s: ArrayLike) -> DecayFit:
     ``ZERO`` (no logarithm), a slope giving ``B <= 0`` gets ``NOT_DECAYING``. Computed with
     elementwise NumPy over voxels (no BLAS).
     """
-    te = _validate_te(te_s)
-    arr = _as_signal(signal)
-    n_echo = te.size
-    if arr.ndim < 1 or arr.shape[-1] != n_echo:
-        raise ValueError(f"signal must have shape (..., {n_echo}) to match te_s, got {arr.shape}")
-    lead = arr.shape[:-1]
-    n_vox = math.prod(lead)
-    out_dtype = np.dtype(arr.dtype)
-    if n_echo < 2:
-        return _reshape(_nan_fit((n_vox,), out_dtype, FitStatus.TOO_FEW_ECHOES), lead)
-    m = arr.reshape(n_vox, n_echo)
+    te = validate_te(te_s, min_echoes=0)  # K < 2 is a per-voxel status
+    m, lead, out_dtype = _voxel_rows(signal, te.size, "signal")
+    if te.size < 2:
+        return _reshape(_nan_fit((m.shape[0],), out_dtype, FitStatus.TOO_FEW_ECHOES), lead)
+    a, b, e = _loglinear_rows(m, te)
+    status = _loglinear_status(m, b)
+    bad = status != FitStatus.OK
+    a[bad] = np.nan
+    b[bad] = np.nan
+    e[bad] = np.nan
+    return _reshape(
+        DecayFit(
+            A=a.astype(out_dtype, copy=False),
+            B=b.astype(out_dtype, copy=False),
+            E=e.astype(out_dtype, copy=False),
+            status=status,
+        ),
+        lead,
+    )
 
-    finite = np.isfinite(m).all(axis=1)
-    positive = (m > 0).all(axis=1)
-    constant = (m == m[:, :1]).all(axis=1)
-    # Invalid voxels (log of <= 0, NaN) are computed through and masked by status below.
+
+def _loglinear_rows(
+    m: NDArray[np.floating], te: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """``A``, ``B``, ``E`` of the log-linear fit of every row of `m` (n, K), in float64.
+
+    Invalid voxels (log of <= 0, NaN) are computed through; :func:`_loglinear_status` flags them.
+    """
+    n_vox, n_echo = m.shape
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         y = np.log(m, dtype=np.float64)
         tc = te - te.mean()
@@ -950,22 +956,14 @@ def fit_decay_loglinear(signal: ArrayLike, te_s: ArrayLike) -> DecayFit:
             r = m[:, k] - a * np.exp(-b * te[k])
             ssr += r * r
         e = np.sqrt(ssr / n_echo)
+    return a, b, e
 
-    status = np.full(n_vox, int(FitStatus.OK), dtype=np.int8)
+
+def _loglinear_status(m: NDArray[np.floating], b: NDArray[np.float64]) -> NDArray[np.int8]:
+    """:class:`FitStatus` of each row of `m` (n, K) given its log-linear rate `b` (n,)."""
+    status = np.full(m.shape[0], int(FitStatus.OK), dtype=np.int8)
     status[~(b > 0)] = FitStatus.NOT_DECAYING
-    status[constant] = FitStatus.CONSTANT
-    status[~positive] = FitStatus.ZERO
-    status[~finite] = FitStatus.NONFINITE
-    bad = status != FitStatus.OK
-    a[bad] = np.nan
-    b[bad] = np.nan
-    e[bad] = np.nan
-    return _reshape(
-        DecayFit(
-            A=a.astype(out_dtype, copy=False),
-            B=b.astype(out_dtype, copy=False),
-            E=e.astype(out_dtype, copy=False),
-            status=status,
-        ),
-        lead,
-    )
+    status[(m == m[:, :1]).all(axis=1)] = FitStatus.CONSTANT
+    status[~(m > 0).all(axis=1)] = FitStatus.ZERO
+    status[~np.isfinite(m).all(axis=1)] = FitStatus.NONFINITE
+    return status

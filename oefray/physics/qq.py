@@ -21,6 +21,7 @@ from oefray.physics.constants import (
     PSI_HB,
     YA,
 )
+from oefray.physics.echoes import validate_te
 from oefray.physics.fs import f_s
 
 __all__ = ["characteristic_frequency", "qbold_signal", "qsm_susceptibility", "oef"]
@@ -96,7 +97,7 @@ def qbold_signal(
     chi_nb : array_like of shape (...)
         Non-blood tissue susceptibility, ppm.
     te_s : array_like of shape (E,)
-        Echo times, seconds, >= 0, any spacing.
+        Echo times, seconds: at least one, finite, >= 0, distinct, any order and spacing.
     b0_t : float
         Main field strength, tesla.
 
@@ -110,7 +111,7 @@ def qbold_signal(
     Raises
     ------
     ValueError
-        If `te_s` is not one-dimensional, or has negative or non-finite entries.
+        If `te_s` is invalid (:func:`oefray.physics.echoes.validate_te`).
 
     Notes
     -----
@@ -122,11 +123,7 @@ def qbold_signal(
     static-dephasing function (``oefray.physics.fs.f_s``); the macroscopic field-inhomogeneity
     factor G(t) is taken as 1.
     """
-    te = np.asarray(te_s, dtype=np.float64)
-    if te.ndim != 1:
-        raise ValueError(f"te_s must be one-dimensional, got shape {te.shape}")
-    if not np.all(np.isfinite(te)) or np.any(te < 0):
-        raise ValueError("te_s must be finite and >= 0 (seconds)")
+    te = validate_te(te_s)
     dtype = _result_dtype(S0, R2, Y, v, chi_nb)
     params = [np.asarray(p) for p in (S0, R2, Y, v, chi_nb)]
     shape = np.broadcast_shapes(*(p.shape for p in params))
@@ -155,12 +152,9 @@ def qsm_susceptibility(Y: npt.ArrayLike, v: npt.ArrayLike, chi_nb: npt.ArrayLike
 
     Parameters
     ----------
-    Y : array_like of shape (...)
-        Venous oxygenation, fraction.
-    v : array_like of shape (...)
-        Venous blood volume fraction.
-    chi_nb : array_like of shape (...)
-        Non-blood tissue susceptibility, ppm.
+    Y, v, chi_nb : array_like of shape (...)
+        Venous oxygenation and venous blood volume (fractions), non-blood tissue susceptibility
+        (ppm), as in :func:`qbold_signal`; broadcast against each other.
 
     Returns
     -------

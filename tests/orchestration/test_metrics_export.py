@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from oefray import metrics
 from oefray.io import features as fio
+from oefray.orchestration import metrics
 from oefray.tracking import Tracker
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

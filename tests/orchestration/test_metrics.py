@@ -1,4 +1,4 @@
-"""oefray's Ray application metrics (``oefray/metrics.py``) and the Grafana dashboard over them
+"""oefray's Ray application metrics (``oefray/orchestration/metrics.py``) and the Grafana dashboard over them
 (``dashboards/oefray.json``): names, layering, recording without a runtime, and a dashboard whose
 PromQL queries exactly the exported metrics. The real export is tested in
 ``tests/orchestration/test_metrics_export.py``."""
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from oefray import metrics
+from oefray.orchestration import metrics
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "dashboards" / "oefray.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "oefray.json"
 
 # --------------------------------------------------------------------------------------------
 # A small PromQL reader: the metric names an expression selects
@@ -139,8 +139,8 @@ def test_import_loads_no_ray_and_the_pure_layers_do_not_import_it():
     code = (
         "import sys\n"
         "import oefray.physics.decay, oefray.io.bids, oefray.io.features, oefray.ml.windows\n"
-        "print(int('oefray.metrics' in sys.modules))\n"
-        "import oefray.metrics\n"
+        "print(int('oefray.orchestration.metrics' in sys.modules))\n"
+        "import oefray.orchestration.metrics\n"
         "print(int('ray' in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -150,7 +150,7 @@ def test_import_loads_no_ray_and_the_pure_layers_do_not_import_it():
 def test_recording_without_a_ray_runtime_is_cheap_and_harmless():
     code = (
         "import time, ray.util.metrics\n"
-        "from oefray import metrics as m\n"
+        "from oefray.orchestration import metrics as m\n"
         "t = time.perf_counter(); made = m._instruments(); made_s = time.perf_counter() - t\n"
         "t = time.perf_counter()\n"
         "for _ in range(200):\n"
@@ -201,7 +201,9 @@ def test_every_panel_queries_only_exported_oefray_metrics(dashboard):
             names = promql_metric_names(target["expr"])
             assert names, (panel["title"], target["expr"])
             unknown = names - set(exported)
-            assert not unknown, f"panel {panel['title']!r} queries {unknown}, not in oefray.metrics"
+            assert not unknown, (
+                f"panel {panel['title']!r} queries {unknown}, not in oefray.orchestration.metrics"
+            )
 
 
 def test_every_exported_metric_has_a_panel(dashboard):
