@@ -40,8 +40,8 @@ from oefray.io.bids import (
     scan_dataset,
 )
 from oefray.io.manifest import MANIFEST, FeaturesManifest, SubjectRecord
-from oefray.orchestration.runtime import ray_runtime
 from oefray.orchestration import metrics as ray_metrics
+from oefray.orchestration.runtime import ray_runtime
 from oefray.physics.decay import fit_decay
 
 log = logging.getLogger(__name__)
