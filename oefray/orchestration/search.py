@@ -509,7 +509,7 @@ def _close_stopped_runs(tracker, parent_run_id: str) -> None:
     """Trials that ASHA stopped were killed mid-run: end their MLflow runs as KILLED, tagged."""
     for run in tracker.child_runs(parent_run_id):
         if run.info.status == "RUNNING":
-            tracker.set_tags(run.info.run_id, {"oefray.stopped_early": "asha"})
+            tracker.run(run.info.run_id).set_tags({"oefray.stopped_early": "asha"})
             tracker.end_run(run.info.run_id, "KILLED")
 
 

@@ -129,11 +129,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # after an epoch may restart one epoch earlier than MLflow shows: that epoch is
             # trained and logged again (two values at its step, the later one belongs to the
             # model). Epochs the checkpoint holds but MLflow lacks are logged from it.
-            tracker.set_tags(run_id, {"oefray.resumed_from_epoch": state["epoch"]})
+            tracker.run(run_id).set_tags({"oefray.resumed_from_epoch": state["epoch"]})
             logged = {step for step, _ in tracker.metric_history(run_id, "loss")}
             for done in state["history"]:
                 if done["epoch"] not in logged:
-                    tracker.log_epoch_metrics(run_id, done["epoch"], done)
+                    tracker.run(run_id).log_epoch_metrics(done["epoch"], done)
 
     # This worker's shards, from Ray Data. Held in memory after one pass: the windows are small
     # (n x 5 x 4 float32), and re-streaming them through the split coordinator every epoch cost
@@ -190,7 +190,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:  # Ray application metrics (oefray/metrics.py), once per epoch
             ray_metrics.record_epoch(config.get("metrics_tags") or {}, metrics)
         if tracker is not None:  # after the checkpoint: a resumed run never logs an epoch twice
-            tracker.log_epoch_metrics(run_id, epoch, metrics)
+            tracker.run(run_id).log_epoch_metrics(epoch, metrics)
         if stop:
             break
 
