@@ -13,7 +13,8 @@ Metrics
     ``test_*``: pytest would collect it.)
 
 Tags
-    Run tags ``oefray.<what>`` (``*_TAG``) and MLflow's own ``mlflow.parentRunId``.
+    Run tags ``oefray.<what>`` (``*_TAG``), MLflow's own ``mlflow.parentRunId`` and the
+    experiment tag ``mlflow.experimentKind``.
 
 Artifacts
     Run-relative artifact paths that one command logs and another reads back.
@@ -198,6 +199,11 @@ STOPPED_EARLY_TAG = "oefray.stopped_early"
 MODEL_TAG_PREFIX = "oefray.model."
 #: MLflow's tag of a child run naming its parent.
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+
+#: Experiment tag the MLflow 3 UI reads for the kind of an experiment ...
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+#: ... and the value of oefray's experiments: model training, not GenAI development.
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def model_tag(name: str) -> str:

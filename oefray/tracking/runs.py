@@ -9,6 +9,9 @@ an exception, KILLED on Ctrl-C, so no run is left RUNNING. It yields a :class:`T
 which logs to that run (params, metrics, tags, artifacts, a Keras model);
 :meth:`Tracker.run` is the same handle on any existing run.
 
+Every experiment oefray creates or logs a new run into carries the experiment tag
+``mlflow.experimentKind = custom_model_development``.
+
 Importing this module imports no MLflow and touches neither the tracking URI nor the disk.
 """
 
@@ -26,6 +29,8 @@ from oefray.errors import Interrupted, OefrayError
 from oefray.tracking import models, store
 from oefray.tracking.names import (
     ERROR_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     PARENT_RUN_ID_TAG,
     final_metrics,
 )
@@ -109,6 +114,8 @@ class Tracker:
 
         In a SQLite store a new experiment keeps its artifacts in
         ``<db folder>/artifacts/<name>/`` (see :func:`~oefray.tracking.store.artifact_root`).
+        The experiment gets the tag ``mlflow.experimentKind = custom_model_development`` (so
+        that MLflow's UI treats it as model training) when created, or here if it lacks one.
 
         Raises
         ------
@@ -123,8 +130,9 @@ class Tracker:
         found = client.get_experiment_by_name(name)
         if found is None:
             location = store.experiment_artifact_location(self.tracking_uri, name)
+            kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
             try:
-                return client.create_experiment(name, artifact_location=location)
+                return client.create_experiment(name, artifact_location=location, tags=kind)
             except MlflowException as exc:  # created meanwhile by another worker
                 if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -138,6 +146,8 @@ class Tracker:
                 f"(mlflow experiments restore --experiment-id {found.experiment_id}) or use "
                 "another name",
             )
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older oefray, or by hand
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
 
     def start_run(

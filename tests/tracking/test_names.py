@@ -100,6 +100,7 @@ def test_tag_names():
         "oefray.error",
         "oefray.stopped_early",
         "mlflow.parentRunId",
+        "mlflow.experimentKind",
     } == tags
     assert names.model_tag("model") == "oefray.model.model"
     assert names.model_meta_artifact_dir("model") == "model_meta"

@@ -1,5 +1,5 @@
 """Experiments and runs against a real local SQLite store (no server): the run lifecycle, params,
-metric names and steps, tags and artifacts."""
+metric names and steps, tags, artifacts, and the experiment kind."""
 
 from __future__ import annotations
 
@@ -113,6 +113,20 @@ def test_params_metrics_and_artifacts(tracker, experiment, tmp_path):
         run.log_artifact_file(tmp_path / "missing.png")
     with pytest.raises(OefrayError, match="no such folder"):
         run.log_artifact_dir(tmp_path / "missing")
+
+
+def test_experiments_are_model_training_experiments(tracker, experiment):
+    client = tracker.client
+    exp_id = tracker.get_or_create_experiment(experiment)
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # one made elsewhere gets the tag when oefray logs a run into it; a kind set by hand stays
+    bare = client.create_experiment(f"{experiment}-bare")
+    chosen = client.create_experiment(f"{experiment}-genai", tags={"mlflow.experimentKind": "x"})
+    assert "mlflow.experimentKind" not in client.get_experiment(bare).tags
+    with tracker.tracked_run(f"{experiment}-bare"), tracker.tracked_run(f"{experiment}-genai"):
+        pass
+    assert client.get_experiment(bare).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "x"
 
 
 def test_unknown_run_ids_give_one_line_errors(tracker, tmp_path):
