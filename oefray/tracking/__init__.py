@@ -25,6 +25,7 @@ from oefray.tracking.names import (
     BEST_RUN_TAG,
     CHILD_RUNS_TAG,
     COMMAND_TAG,
+    DATASET_CONTEXT_TAG,
     EPOCH_METRICS,
     EPOCHS_RUN_TAG,
     ERROR_TAG,
@@ -51,7 +52,7 @@ from oefray.tracking.names import (
     rmse_metric_name,
 )
 from oefray.tracking.params import flatten_params
-from oefray.tracking.runs import END_STATUSES, TrackedRun, Tracker
+from oefray.tracking.runs import END_STATUSES, TrackedRun, Tracker, dataset_digest
 from oefray.tracking.store import (
     artifact_root,
     default_tracking_uri,
@@ -66,6 +67,7 @@ __all__ = [
     "BEST_RUN_TAG",
     "CHILD_RUNS_TAG",
     "COMMAND_TAG",
+    "DATASET_CONTEXT_TAG",
     "END_STATUSES",
     "EPOCHS_RUN_TAG",
     "EPOCH_METRICS",
@@ -89,6 +91,7 @@ __all__ = [
     "TrackedRun",
     "Tracker",
     "artifact_root",
+    "dataset_digest",
     "default_tracking_uri",
     "existing_tracking_uri",
     "final_metrics",

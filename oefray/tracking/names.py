@@ -13,8 +13,8 @@ Metrics
     ``test_*``: pytest would collect it.)
 
 Tags
-    Run tags ``oefray.<what>`` (``*_TAG``), MLflow's own ``mlflow.parentRunId`` and the
-    experiment tag ``mlflow.experimentKind``.
+    Run tags ``oefray.<what>`` (``*_TAG``), MLflow's own ``mlflow.parentRunId``, the experiment
+    tag ``mlflow.experimentKind`` and the dataset-input tag ``mlflow.data.context``.
 
 Artifacts
     Run-relative artifact paths that one command logs and another reads back.
@@ -204,6 +204,9 @@ PARENT_RUN_ID_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 #: ... and the value of oefray's experiments: model training, not GenAI development.
 EXPERIMENT_KIND = "custom_model_development"
+
+#: Tag of a dataset input: what the run used it for (``training``, ``evaluation``, ...).
+DATASET_CONTEXT_TAG = "mlflow.data.context"
 
 
 def model_tag(name: str) -> str:

@@ -23,6 +23,8 @@ MAX_KEY = 250
 BATCH_PARAMS = 100
 #: Most metrics in one ``log_batch`` call.
 BATCH_METRICS = 1000
+#: Longest dataset digest, characters.
+MAX_DATASET_DIGEST = 36
 
 
 def truncate(text: str, limit: int) -> str:

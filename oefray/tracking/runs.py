@@ -6,7 +6,7 @@ global tracking URI and run stack as it found them). It creates experiments, ope
 runs, and reads back what they logged.
 :meth:`Tracker.tracked_run` is the way to run: it ends the run FINISHED on success, FAILED on
 an exception, KILLED on Ctrl-C, so no run is left RUNNING. It yields a :class:`TrackedRun`,
-which logs to that run (params, metrics, tags, artifacts, a Keras model);
+which logs to that run (params, metrics, tags, artifacts, a dataset input, a Keras model);
 :meth:`Tracker.run` is the same handle on any existing run.
 
 Every experiment oefray creates or logs a new run into carries the experiment tag
@@ -18,6 +18,8 @@ Importing this module imports no MLflow and touches neither the tracking URI nor
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from oefray.errors import Interrupted, OefrayError
 from oefray.tracking import models, store
 from oefray.tracking.names import (
+    DATASET_CONTEXT_TAG,
     ERROR_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -37,6 +40,7 @@ from oefray.tracking.names import (
 from oefray.tracking.params import (
     BATCH_METRICS,
     BATCH_PARAMS,
+    MAX_DATASET_DIGEST,
     MAX_TAG_VALUE,
     flatten_params,
     tag_value,
@@ -66,6 +70,25 @@ def run_errors(run_id: str) -> Iterator[None]:
         if missing or malformed:
             raise OefrayError(None, f"unknown MLflow run id {run_id}") from None
         raise
+
+
+def dataset_digest(checksums: Mapping[str, str]) -> str:
+    """A 16-character digest of a features dataset, from its manifest's per-subject checksums.
+
+    Parameters
+    ----------
+    checksums : mapping of str to str
+        Content checksum by subject (``manifest["subjects"][s]["checksum"]``).
+
+    Returns
+    -------
+    str
+        The first 16 hex digits of the SHA-256 of the sorted ``subject=checksum`` lines (within
+        MLflow's 36 characters); it changes when any subject's content, or the set of subjects,
+        does.
+    """
+    lines = "".join(f"{s}={c}\n" for s, c in sorted(checksums.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,6 +490,57 @@ class TrackedRun:
         with run_errors(self.run_id):
             self.tracker.client.log_artifacts(self.run_id, str(path), artifact_path)
         return artifact_path
+
+    def log_dataset_input(
+        self,
+        *,
+        name: str,
+        source: str,
+        digest: str,
+        context: str,
+        profile: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a local dataset (a features folder) as an input of the run.
+
+        It shows in the Dataset column of MLflow's runs table and on the run's page. Logging the
+        same dataset (name and digest) again adds nothing.
+
+        Parameters
+        ----------
+        name : str
+            Dataset name, e.g. ``features``.
+        source : str
+            The dataset's folder; stored as MLflow's local source, ``{"uri": source}``.
+        digest : str
+            At most 36 characters (MLflow's limit), e.g. :func:`dataset_digest` of the
+            manifest's checksums.
+        context : str
+            What the run used it for (``training``, ``evaluation``, ...): the input tag
+            ``mlflow.data.context``.
+        profile : mapping, optional
+            JSON-able summary (e.g. subject and window counts), stored as the dataset profile.
+
+        Raises
+        ------
+        ValueError
+            For an empty name, or a digest longer than 36 characters.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if not name:
+            raise ValueError("dataset name must not be empty")
+        if len(digest) > MAX_DATASET_DIGEST:
+            raise ValueError(f"dataset digest longer than {MAX_DATASET_DIGEST} characters")
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=None if profile is None else json.dumps(dict(profile), default=str),
+        )
+        tags = [InputTag(key=DATASET_CONTEXT_TAG, value=context)]
+        with run_errors(self.run_id):
+            self.tracker.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
 
     def log_keras_model(
         self,

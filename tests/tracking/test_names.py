@@ -101,6 +101,7 @@ def test_tag_names():
         "oefray.stopped_early",
         "mlflow.parentRunId",
         "mlflow.experimentKind",
+        "mlflow.data.context",
     } == tags
     assert names.model_tag("model") == "oefray.model.model"
     assert names.model_meta_artifact_dir("model") == "model_meta"
@@ -110,3 +111,4 @@ def test_mlflow_tags_are_mlflows():
     from mlflow.utils import mlflow_tags
 
     assert names.PARENT_RUN_ID_TAG == mlflow_tags.MLFLOW_PARENT_RUN_ID
+    assert names.DATASET_CONTEXT_TAG == mlflow_tags.MLFLOW_DATASET_CONTEXT

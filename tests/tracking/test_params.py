@@ -51,3 +51,4 @@ def test_limits_are_mlflows():
     assert params.MAX_KEY == validation.MAX_ENTITY_KEY_LENGTH
     assert params.BATCH_PARAMS == validation.MAX_PARAMS_TAGS_PER_BATCH
     assert params.BATCH_METRICS == validation.MAX_METRICS_PER_BATCH
+    assert params.MAX_DATASET_DIGEST == validation.MAX_DATASET_DIGEST_SIZE

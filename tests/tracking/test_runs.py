@@ -1,8 +1,9 @@
 """Experiments and runs against a real local SQLite store (no server): the run lifecycle, params,
-metric names and steps, tags, artifacts, and the experiment kind."""
+metric names and steps, tags, artifacts, dataset inputs, and the experiment kind."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -115,6 +116,33 @@ def test_params_metrics_and_artifacts(tracker, experiment, tmp_path):
         run.log_artifact_dir(tmp_path / "missing")
 
 
+def test_dataset_input_shows_on_the_run(tracker, experiment, tmp_path):
+    checksums = {"P3": "xsum64:00000000000000a1", "P6": "xsum64:00000000000000b2"}
+    digest = tracking.dataset_digest(checksums)
+    reordered = dict(reversed(checksums.items()))
+    assert len(digest) == 16 and digest == tracking.dataset_digest(reordered)
+    assert digest != tracking.dataset_digest({**checksums, "P6": "xsum64:00000000000000b3"})
+    assert digest != tracking.dataset_digest({"P3": checksums["P3"]})
+    features = str(tmp_path / "features")
+    with tracker.tracked_run(experiment) as run:
+        run.log_dataset_input(
+            name="features",
+            source=features,
+            digest=digest,
+            context="training",
+            profile={"subjects": 2, "train_windows": 1000},
+        )
+        with pytest.raises(ValueError, match="36"):
+            run.log_dataset_input(name="f", source=features, digest="d" * 37, context="training")
+    inputs = tracker.client.get_run(run.run_id).inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("features", digest, "local")
+    assert json.loads(dataset.source) == {"uri": features}
+    assert json.loads(dataset.profile) == {"subjects": 2, "train_windows": 1000}
+    assert {t.key: t.value for t in inputs[0].tags} == {"mlflow.data.context": "training"}
+
+
 def test_experiments_are_model_training_experiments(tracker, experiment):
     client = tracker.client
     exp_id = tracker.get_or_create_experiment(experiment)
@@ -138,6 +166,7 @@ def test_unknown_run_ids_give_one_line_errors(tracker, tmp_path):
         lambda: handle.log_params({"a": 1}),
         lambda: handle.log_epoch_metrics(1, {"loss": 1.0}),
         lambda: handle.set_tags({"a": 1}),
+        lambda: handle.log_dataset_input(name="f", source="/f", digest="d", context="training"),
         lambda: tracker.end_run(unknown),
         lambda: tracker.download_artifacts(unknown, "x", tmp_path),
         lambda: tracker.load_model_bundle(unknown),
