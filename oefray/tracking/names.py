@@ -200,7 +200,8 @@ MODEL_TAG_PREFIX = "oefray.model."
 #: MLflow's tag of a child run naming its parent.
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
 
-#: Experiment tag the MLflow 3 UI reads for the kind of an experiment ...
+#: Experiment tag with the kind of an experiment, which MLflow 3's UI sets and reads (3.17.2
+#: shows the view of its sidebar switch instead; see :func:`~oefray.tracking.store.experiment_url`) ...
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 #: ... and the value of oefray's experiments: model training, not GenAI development.
 EXPERIMENT_KIND = "custom_model_development"

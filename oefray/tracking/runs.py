@@ -10,7 +10,9 @@ which logs to that run (params, metrics, tags, artifacts, a dataset input, a Ker
 :meth:`Tracker.run` is the same handle on any existing run.
 
 Every experiment oefray creates or logs a new run into carries the experiment tag
-``mlflow.experimentKind = custom_model_development``.
+``mlflow.experimentKind = custom_model_development`` (MLflow's value for model training; the
+3.17.2 UI still opens the view of its sidebar switch, see
+:func:`~oefray.tracking.store.experiment_url`).
 
 Importing this module imports no MLflow and touches neither the tracking URI nor the disk.
 """

@@ -6,7 +6,8 @@ plain file store). Writers resolve it that way (creating the database's folder);
 :func:`existing_tracking_uri`, which creates nothing and refuses a store that is not there. For a
 SQLite store the artifacts of experiment ``<name>`` go to ``<db folder>/artifacts/<name>/``
 (:func:`experiment_artifact_location`): runs under ``<run_id>/artifacts/``, logged models under
-``models/<model_id>/artifacts/``. :func:`ui_command` prints how to browse it all;
+``models/<model_id>/artifacts/``. :func:`ui_command` prints how to browse it all, and
+:func:`experiment_url` is an experiment's page in the UI's model-training view;
 :func:`server_command` is the ``mlflow server`` that ``oefray ui`` runs over the store (it
 proxies artifacts, so clients of ``http://`` URIs upload them over HTTP).
 
@@ -134,6 +135,29 @@ def ui_command(uri: str) -> str:
     if root is not None:
         command += f" --default-artifact-root {shlex.quote(root.as_uri())}"
     return command
+
+
+def experiment_url(base_url: str, experiment_id: str) -> str:
+    """The address of an experiment's page in the MLflow UI, in its model-training view.
+
+    MLflow 3.17's UI picks the view (GenAI: traces and token usage; model training: the runs
+    table) from its sidebar switch, remembered per browser and GenAI by default, not from the
+    experiment tag ``mlflow.experimentKind``; the query ``workflowType=machine_learning``
+    selects the training view for the page opened.
+
+    Parameters
+    ----------
+    base_url : str
+        The server, e.g. ``http://127.0.0.1:5000``.
+    experiment_id : str
+        The experiment's id.
+
+    Returns
+    -------
+    str
+        ``<base_url>/#/experiments/<id>?workflowType=machine_learning``.
+    """
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def server_command(uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

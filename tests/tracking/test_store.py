@@ -63,6 +63,9 @@ def test_ui_command_names_store_and_artifact_root(tmp_path):
         f"mlflow ui --backend-store-uri {uri} --default-artifact-root {root.as_uri()}"
     )
     assert "webbrowser" in tracking.ui_command("http://host:5000")
+    assert tracking.experiment_url("http://127.0.0.1:5000/", "3") == (
+        "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    )
 
 
 def test_server_command(tmp_path):
