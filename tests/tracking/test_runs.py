@@ -125,13 +125,14 @@ def test_dataset_input_shows_on_the_run(tracker, experiment, tmp_path):
     assert digest != tracking.dataset_digest({"P3": checksums["P3"]})
     features = str(tmp_path / "features")
     with tracker.tracked_run(experiment) as run:
-        run.log_dataset_input(
-            name="features",
-            source=features,
-            digest=digest,
-            context="training",
-            profile={"subjects": 2, "train_windows": 1000},
-        )
+        for _ in range(2):  # again, as a resumed training does: nothing added
+            run.log_dataset_input(
+                name="features",
+                source=features,
+                digest=digest,
+                context="training",
+                profile={"subjects": 2, "train_windows": 1000},
+            )
         with pytest.raises(ValueError, match="36"):
             run.log_dataset_input(name="f", source=features, digest="d" * 37, context="training")
     inputs = tracker.client.get_run(run.run_id).inputs.dataset_inputs
