@@ -207,9 +207,10 @@ class FeaturesManifest:
         return {label: s.checksum for label, s in self.subjects.items()}
 
     def digest(self, subjects: Sequence[str] | None = None) -> str:
-        """A short digest (16 hex digits) of the format, options and the subjects' checksums:
-        what identifies the data a run learned from (an MLflow dataset digest)."""
-        labels = list(self.subjects) if subjects is None else list(subjects)
+        """A short digest (16 hex digits, within MLflow's 36) of the format version, the options
+        and the subjects' checksums (in label order, whatever order they are given in): what
+        identifies the data a run learned from or was tested on (an MLflow dataset digest)."""
+        labels = sorted(self.subjects if subjects is None else subjects)
         payload = json.dumps(
             [FORMAT_VERSION, self.options, [(s, self.subjects[s].checksum) for s in labels]]
         )

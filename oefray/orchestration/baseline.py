@@ -67,7 +67,7 @@ def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[st
     """Build the CCM library, predict the test subjects, log an MLflow run; return its summary."""
     from oefray.io import features as fio
     from oefray.ml.ccm import CCMConfig, estimate_snr
-    from oefray.orchestration.evaluate import log_evaluation
+    from oefray.orchestration.evaluate import log_evaluation, log_features_inputs
     from oefray.physics.constants import PARAMETERS
     from oefray.tracking import Tracker
 
@@ -109,6 +109,7 @@ def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[st
         ) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
+        log_features_inputs(run, root, manifest, train, test)
         tmp_path = Path(tmp)
         idx = test_table["idx"].to_numpy()
         table, logged = log_evaluation(

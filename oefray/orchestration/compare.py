@@ -14,26 +14,30 @@ from typing import Any
 from oefray.config import COMPARE_FORMATS
 from oefray.errors import OefrayError
 from oefray.physics.constants import RMSE_QUANTITIES
+from oefray.tracking.names import FLOOR_METRICS, rmse_metric_name
 
 
 def _row(run) -> dict[str, Any] | None:
     m, tags = run.data.metrics, run.data.tags
     name = run.info.run_name or run.info.run_id[:8]
     label = f"{name} ({run.info.run_id[:8]})"
-    if all(f"test_rmse_{q}_mean" in m for q in RMSE_QUANTITIES):
+    if all(rmse_metric_name("test", q, "mean") in m for q in RMSE_QUANTITIES):
         return {
             "run": label,
             "kind": tags.get("oefray.command", "repeats"),
             **{
-                q: (m[f"test_rmse_{q}_mean"], m.get(f"test_rmse_{q}_std", 0.0))
+                q: (
+                    m[rmse_metric_name("test", q, "mean")],
+                    m.get(rmse_metric_name("test", q, "std"), 0.0),
+                )
                 for q in RMSE_QUANTITIES
             },
         }
-    if all(f"test_rmse_{q}" in m for q in RMSE_QUANTITIES):
+    if all(rmse_metric_name("test", q) in m for q in RMSE_QUANTITIES):
         return {
             "run": label,
             "kind": tags.get("oefray.command", "run"),
-            **{q: (m[f"test_rmse_{q}"], None) for q in RMSE_QUANTITIES},
+            **{q: (m[rmse_metric_name("test", q)], None) for q in RMSE_QUANTITIES},
         }
     return None
 
@@ -50,13 +54,13 @@ def floor_row(tracker: Any, runs: Sequence[Any]) -> dict[str, Any] | None:
     for run in runs:
         m = run.data.metrics
         child_ids = run.data.tags.get("oefray.child_runs", "")
-        if not all(f"floor_rmse_{q}" in m for q in RMSE_QUANTITIES) and child_ids:
+        if not all(name in m for name in FLOOR_METRICS) and child_ids:
             m = tracker.get_run(child_ids.split(",")[0]).data.metrics
-        if all(f"floor_rmse_{q}" in m for q in RMSE_QUANTITIES):
+        if all(name in m for name in FLOOR_METRICS):
             return {
                 "run": "floor: training mean",
                 "kind": "floor",
-                **{q: (m[f"floor_rmse_{q}"], None) for q in RMSE_QUANTITIES},
+                **{q: (m[rmse_metric_name("floor", q)], None) for q in RMSE_QUANTITIES},
             }
     return None
 

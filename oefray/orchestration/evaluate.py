@@ -15,6 +15,35 @@ import numpy as np
 
 from oefray.io.bundle import ModelBundle
 from oefray.io.manifest import FeaturesManifest
+from oefray.tracking.names import floor_metrics, rmse_metric_name
+
+#: The per-epoch metrics of Fig. 3 (training curves).
+CURVE_METRICS: tuple[str, ...] = ("loss", "val_loss", rmse_metric_name("val", "OEF"))
+
+
+def log_features_inputs(
+    run,
+    features: Path,
+    manifest: FeaturesManifest,
+    train_subjects: list[str],
+    test_subjects: list[str],
+) -> None:
+    """Record what a method learned from and was tested on as MLflow dataset inputs (the runs
+    table's Dataset column): the features folder, digested over the subjects of each side."""
+    for name, subjects, context in (
+        ("features-train", train_subjects, "training"),
+        ("features-test", test_subjects, "evaluation"),
+    ):
+        run.log_dataset_input(
+            name=name,
+            source=str(features),
+            digest=manifest.digest(subjects),
+            context=context,
+            profile={
+                "subjects": list(subjects),
+                "voxels": sum(manifest.subjects[s].rows for s in subjects),
+            },
+        )
 
 
 def load_bundle(tracker: Any, model_uri_or_run_id: str) -> ModelBundle:
@@ -67,7 +96,7 @@ def log_evaluation(
     logged = run.log_test_metrics(pooled_rmse(pred, true), patient_mean)
     # the floor: every test voxel gets the training subjects' mean parameters
     floor = pooled_rmse(np.broadcast_to(np.asarray(train_mean, np.float64), true.shape), true)
-    floor_logged = {f"floor_rmse_{k}": float(v) for k, v in floor.items()}
+    floor_logged = floor_metrics(floor)
     run.log_metrics(floor_logged)
     logged.update(floor_logged)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +154,7 @@ def evaluate_model(
 
     pred = predict_windows(bundle, test.x)
     out_dir.mkdir(parents=True, exist_ok=True)
-    curves = {k: [h[k] for h in history] for k in ("loss", "val_loss", "val_rmse_OEF")}
+    curves = {k: [h[k] for h in history] for k in CURVE_METRICS}
     run.log_artifact_file(reports.plot_training_curves(curves, out_dir / "training_curves.png"))
     return log_evaluation(
         run,
@@ -164,10 +193,7 @@ def evaluate(
     manifest = FeaturesManifest.load(root)
     test_subjects = [s for s in params.get("test_subjects", "").split(",") if s]
     test = make_windows_table(fio.read_features(root, test_subjects), bundle.window, test_subjects)
-    history = {
-        key: [v for _, v in tracker.metric_history(run_id, key)]
-        for key in ("loss", "val_loss", "val_rmse_OEF")
-    }
+    history = {key: [v for _, v in tracker.metric_history(run_id, key)] for key in CURVE_METRICS}
     n_epochs = min(len(v) for v in history.values())
     epochs = [{k: history[k][i] for k in history} for i in range(n_epochs)]
     with tracker.resumed_run(run_id) as run, tempfile.TemporaryDirectory() as tmp:

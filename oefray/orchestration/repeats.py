@@ -18,6 +18,7 @@ from oefray.config import TrainConfig
 from oefray.errors import OefrayError
 from oefray.physics.constants import RMSE_QUANTITIES
 from oefray.reports import table_to_dict
+from oefray.tracking.names import repeats_metrics, rmse_metric_name
 
 
 @dataclass
@@ -58,7 +59,7 @@ def summarize_repeats(children: list[dict[str, float]]):
 
     rows = {}
     for q in RMSE_QUANTITIES:
-        values = np.array([c[f"test_rmse_{q}"] for c in children], dtype=np.float64)
+        values = np.array([c[rmse_metric_name("test", q)] for c in children], dtype=np.float64)
         rows[q] = {
             "mean": float(values.mean()),
             "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
@@ -120,12 +121,12 @@ def _summarize(parent, tracker, trials, state) -> RepeatsResult:
     results = [t.metrics for t in sorted(trials, key=lambda t: t.sampled["seed"])]
     child_ids = [m["run_id"] for m in results]
     summary = summarize_repeats(results)
-    metrics = {
-        **{f"test_rmse_{q}_mean": float(summary.loc[q, "mean"]) for q in RMSE_QUANTITIES},
-        **{f"test_rmse_{q}_std": float(summary.loc[q, "std"]) for q in RMSE_QUANTITIES},
-    }
+    metrics = repeats_metrics(
+        {q: float(summary.loc[q, "mean"]) for q in RMSE_QUANTITIES},
+        {q: float(summary.loc[q, "std"]) for q in RMSE_QUANTITIES},
+    )
     parent.log_metrics(metrics)
-    oef = np.array([m["test_rmse_OEF"] for m in results])
+    oef = np.array([m[rmse_metric_name("test", "OEF")] for m in results])
     representative = child_ids[int(np.argmin(np.abs(oef - oef.mean())))]
     parent.set_tags(
         {"oefray.representative_run": representative, "oefray.child_runs": ",".join(child_ids)}

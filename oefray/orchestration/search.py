@@ -23,6 +23,9 @@ from oefray.config import SearchSpace, TrainConfig, read_search_space
 from oefray.errors import OefrayError
 from oefray.io.files import write_text_atomic
 from oefray.orchestration.tuner import Trial, trial_config
+from oefray.tracking.names import rmse_metric_name
+
+OEF_TEST = rmse_metric_name("test", "OEF")
 
 
 def tune_domains(space: SearchSpace) -> dict[str, Any]:
@@ -110,7 +113,7 @@ def _trial_row(t: Trial, metric: str) -> dict[str, Any]:
         "completed": t.completed,
         "epochs": None if t.completed else int(m.get("epochs_done") or 0),
         metric: m.get(metric),
-        "test_rmse_OEF": m.get("test_rmse_OEF"),
+        OEF_TEST: m.get(OEF_TEST),
         "error": None if t.error is None else t.error[:300],
     }
 

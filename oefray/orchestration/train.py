@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from oefray.orchestration import checkpoint as ckpt
+from oefray.tracking.names import rmse_metric_name
 
 # --------------------------------------------------------------------------------------------
 # 2. The loop on every worker
@@ -130,8 +131,8 @@ def _run_epoch(rep: _Replica, data, epoch: int, seed: int, names: list[str]) -> 
         "epoch": epoch,
         "loss": float(np.mean(losses)) if losses else float("nan"),
         "val_loss": float(loss_sum / count),
-        **{f"val_rmse_{p}": float(np.sqrt(sq[i] / count)) for i, p in enumerate(names)},
-        "val_rmse_OEF": float(np.sqrt(sq_oef / count)),
+        **{rmse_metric_name("val", p): float(np.sqrt(sq[i] / count)) for i, p in enumerate(names)},
+        rmse_metric_name("val", "OEF"): float(np.sqrt(sq_oef / count)),
         "epoch_seconds": train_seconds,
         "samples_per_second": len(losses) * b * rep.world / max(train_seconds, 1e-9),
     }
@@ -441,7 +442,7 @@ def train(
     from oefray.ml.model import model_config
     from oefray.orchestration import runtime
     from oefray.orchestration.data import prepare_data
-    from oefray.orchestration.evaluate import evaluate_model
+    from oefray.orchestration.evaluate import evaluate_model, log_features_inputs
     from oefray.tracking import Tracker
 
     t0 = time.perf_counter()
@@ -461,6 +462,9 @@ def train(
         # before the MLflow run: a usage error leaves no failed run behind
         runtime.check_gpus(config.gpus, config.workers, config.address)
         run = stack.enter_context(opened)
+        log_features_inputs(
+            run, data.features, data.manifest, data.train_subjects, data.test_subjects
+        )
         model, state = _fit(run, tracker, config, mc, data, storage, callbacks)
         bundle = ModelBundle(
             model=model,

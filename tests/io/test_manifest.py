@@ -87,6 +87,9 @@ def test_digest_changes_with_options_and_checksums():
     d = m.digest()
     assert len(d) == 16 and int(d, 16) >= 0
     assert m.digest(["P3"]) == d
+    m.add_subject("P6", _record("test"), "1")
+    assert m.digest(["P3", "P6"]) == m.digest(["P6", "P3"]) == m.digest() != d
+    assert m.digest(["P3"]) == d
     m.options = {"normalize": "first-echo"}
     assert m.digest() != d
     m.options = {"normalize": "none"}

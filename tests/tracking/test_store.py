@@ -1,0 +1,90 @@
+"""Store URIs against the real filesystem: defaults, resolution, readers that create nothing,
+the browse commands, and a package import that touches nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oefray import tracking
+from oefray.errors import OefrayError
+from oefray.tracking import store
+
+
+def test_default_and_resolved_uris(tmp_path, monkeypatch):
+    uri = tracking.default_tracking_uri(tmp_path)
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert (tmp_path / "mlruns").is_dir()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri(None, cwd=tmp_path) == uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////x/env.db")
+    assert tracking.resolve_tracking_uri(None, cwd=tmp_path) == "sqlite:////x/env.db"
+    assert tracking.resolve_tracking_uri("http://host:5000") == "http://host:5000"
+    db = tmp_path / "other" / "t.db"
+    assert tracking.resolve_tracking_uri(str(db)) == f"sqlite:///{db.resolve()}"
+    for file_store in ("file:///tmp/mlruns", "./mlruns"):
+        with pytest.raises(OefrayError, match="file store"):
+            tracking.resolve_tracking_uri(file_store)
+
+
+def test_readers_create_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    for explicit in (None, str(missing), f"sqlite:///{missing}"):
+        with pytest.raises(OefrayError, match="no MLflow store here"):
+            tracking.Tracker.for_reading(explicit)
+    assert list(tmp_path.iterdir()) == []
+    missing.parent.mkdir()
+    missing.touch()
+    assert tracking.Tracker.for_reading(str(missing)).tracking_uri == f"sqlite:///{missing}"
+    assert tracking.existing_tracking_uri("http://host:5000") == "http://host:5000"
+
+
+def test_sqlite_paths_and_experiment_locations(tmp_path):
+    assert store.sqlite_path("sqlite:////a/b.db?mode=ro") == Path("/a/b.db")
+    for other in ("sqlite:///:memory:", "sqlite:///", "postgresql://h/db", "http://h:5000"):
+        assert store.sqlite_path(other) is None
+        assert store.experiment_artifact_location(other, "x") is None
+    uri = tracking.default_tracking_uri(tmp_path)
+    root = tracking.artifact_root(uri)
+    assert store.experiment_artifact_location(uri, "oef lstm/1") == (root / "oef_lstm_1").as_uri()
+    assert store.experiment_artifact_location(uri, "..") == (root / "experiment").as_uri()
+
+
+def test_ui_command_names_store_and_artifact_root(tmp_path):
+    uri = tracking.default_tracking_uri(tmp_path)
+    root = (tmp_path / "mlruns" / "artifacts").resolve()
+    assert tracking.artifact_root(uri) == root
+    assert tracking.ui_command(uri) == (
+        f"mlflow ui --backend-store-uri {uri} --default-artifact-root {root.as_uri()}"
+    )
+    assert "webbrowser" in tracking.ui_command("http://host:5000")
+    assert tracking.experiment_url("http://127.0.0.1:5000/", "3") == (
+        "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    )
+
+
+def test_server_command(tmp_path):
+    uri = tracking.default_tracking_uri(tmp_path)
+    command = tracking.server_command(uri, port=5123)
+    assert command[:4] == [sys.executable, "-m", "mlflow", "server"]
+    assert command[command.index("--artifacts-destination") + 1] == str(tracking.artifact_root(uri))
+    assert command[-6:] == ["--host", "127.0.0.1", "--port", "5123", "--workers", "1"]
+    with pytest.raises(OefrayError, match="tracking server already"):
+        tracking.server_command("http://host:5000")
+
+
+def test_import_is_light_and_side_effect_free(tmp_path):
+    code = (
+        "import sys, os\n"
+        "import oefray.tracking\n"
+        "print(int('mlflow' in sys.modules), int('ray' in sys.modules), len(os.listdir('.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert out.stdout.split() == ["0", "0", "0"]
