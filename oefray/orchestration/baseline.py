@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from oefray.config import CCMRunConfig
 from oefray.errors import FeaturesError
 from oefray.io.manifest import FeaturesManifest
+from oefray.tracking.names import COMMAND_TAG
 
 
 def _check_features(root: Path):
@@ -105,7 +106,7 @@ def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[st
                 "estimated_snr": snr,
                 "n_test_voxels": len(true),
             },
-            tags={"oefray.command": "baseline ccm"},
+            tags={COMMAND_TAG: "baseline ccm"},
         ) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):

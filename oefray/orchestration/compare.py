@@ -14,7 +14,7 @@ from typing import Any
 from oefray.config import COMPARE_FORMATS
 from oefray.errors import OefrayError
 from oefray.physics.constants import RMSE_QUANTITIES
-from oefray.tracking.names import FLOOR_METRICS, rmse_metric_name
+from oefray.tracking.names import CHILD_RUNS_TAG, COMMAND_TAG, FLOOR_METRICS, rmse_metric_name
 
 
 def _row(run) -> dict[str, Any] | None:
@@ -24,7 +24,7 @@ def _row(run) -> dict[str, Any] | None:
     if all(rmse_metric_name("test", q, "mean") in m for q in RMSE_QUANTITIES):
         return {
             "run": label,
-            "kind": tags.get("oefray.command", "repeats"),
+            "kind": tags.get(COMMAND_TAG, "repeats"),
             **{
                 q: (
                     m[rmse_metric_name("test", q, "mean")],
@@ -36,7 +36,7 @@ def _row(run) -> dict[str, Any] | None:
     if all(rmse_metric_name("test", q) in m for q in RMSE_QUANTITIES):
         return {
             "run": label,
-            "kind": tags.get("oefray.command", "run"),
+            "kind": tags.get(COMMAND_TAG, "run"),
             **{q: (m[rmse_metric_name("test", q)], None) for q in RMSE_QUANTITIES},
         }
     return None
@@ -53,7 +53,7 @@ def floor_row(tracker: Any, runs: Sequence[Any]) -> dict[str, Any] | None:
     it (a repeats parent's first child for a parent); None if no run did."""
     for run in runs:
         m = run.data.metrics
-        child_ids = run.data.tags.get("oefray.child_runs", "")
+        child_ids = run.data.tags.get(CHILD_RUNS_TAG, "")
         if not all(name in m for name in FLOOR_METRICS) and child_ids:
             m = tracker.get_run(child_ids.split(",")[0]).data.metrics
         if all(name in m for name in FLOOR_METRICS):

@@ -18,7 +18,13 @@ from oefray.config import TrainConfig
 from oefray.errors import OefrayError
 from oefray.physics.constants import RMSE_QUANTITIES
 from oefray.reports import table_to_dict
-from oefray.tracking.names import repeats_metrics, rmse_metric_name
+from oefray.tracking.names import (
+    CHILD_RUNS_TAG,
+    REPEAT_TAG,
+    REPRESENTATIVE_RUN_TAG,
+    repeats_metrics,
+    rmse_metric_name,
+)
 
 
 @dataclass
@@ -128,9 +134,7 @@ def _summarize(parent, tracker, trials, state) -> RepeatsResult:
     parent.log_metrics(metrics)
     oef = np.array([m[rmse_metric_name("test", "OEF")] for m in results])
     representative = child_ids[int(np.argmin(np.abs(oef - oef.mean())))]
-    parent.set_tags(
-        {"oefray.representative_run": representative, "oefray.child_runs": ",".join(child_ids)}
-    )
+    parent.set_tags({REPRESENTATIVE_RUN_TAG: representative, CHILD_RUNS_TAG: ",".join(child_ids)})
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         summary.to_csv(tmp_path / "repeats_summary.csv")
@@ -197,7 +201,7 @@ def run_repeats(
         params={"repeats": repeats, "seeds": seeds},
         # explicit repeats; nothing else is sampled
         trial=tune.grid_search(
-            [{"sampled": {"seed": s}, "tags": {"oefray.repeat": i}} for i, s in enumerate(seeds)]
+            [{"sampled": {"seed": s}, "tags": {REPEAT_TAG: i}} for i, s in enumerate(seeds)]
         ),
         n_trials=repeats,
         extra_state={"seeds": seeds},

@@ -23,7 +23,7 @@ from oefray.config import SearchSpace, TrainConfig, read_search_space
 from oefray.errors import OefrayError
 from oefray.io.files import write_text_atomic
 from oefray.orchestration.tuner import Trial, trial_config
-from oefray.tracking.names import rmse_metric_name
+from oefray.tracking.names import BEST_RUN_TAG, rmse_metric_name
 
 OEF_TEST = rmse_metric_name("test", "OEF")
 
@@ -144,7 +144,7 @@ def _summarizer(best_config_path: str | Path):
             }
         )
         parent.log_params({f"best.{k}": v for k, v in best["sampled"].items()})
-        parent.set_tags({"oefray.best_run": best["run_id"]})
+        parent.set_tags({BEST_RUN_TAG: best["run_id"]})
         parent.log_artifact_file(path)
         with tempfile.TemporaryDirectory() as tmp:
             table = write_text_atomic(
@@ -165,6 +165,42 @@ def _summarizer(best_config_path: str | Path):
         )
 
     return summarize
+
+
+def _plan(config: TrainConfig, parsed: SearchSpace, samples: int):
+    """The runner's plan of a search: the space's domains, ASHA on a per-epoch metric."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from oefray.orchestration.tuner import TrialsPlan
+
+    scheduler = parsed.scheduler
+    return TrialsPlan(
+        command="tune --search",
+        run_name=f"search-{config.preset}-n{samples}",
+        params={
+            "samples": samples,
+            "space": parsed.space,
+            "scheduler": scheduler,
+            "max_epochs": _max_epochs(config),
+        },
+        trial={"sampled": tune_domains(parsed), "tags": {}},
+        n_trials=samples,
+        tune_config={
+            "num_samples": samples,
+            "scheduler": ASHAScheduler(
+                time_attr="epochs_done",
+                metric=scheduler["metric"],
+                mode=scheduler["mode"],
+                # never reached by an epoch: a trial that is not cut short ends by itself and
+                # still sends its final (test) report
+                max_t=_max_epochs(config) + 1,
+                grace_period=scheduler["grace_period"],
+                reduction_factor=scheduler["reduction_factor"],
+            ),
+        },
+        per_epoch=True,
+        extra_state={"space": parsed.to_dict()},
+    )
 
 
 def run_search(
@@ -199,9 +235,7 @@ def run_search(
     best_config_path : path
         Where to write the best trial's ``[train]`` TOML.
     """
-    from ray.tune.schedulers import ASHAScheduler
-
-    from oefray.orchestration.tuner import TrialsPlan, run_trials
+    from oefray.orchestration.tuner import run_trials
 
     if samples < 1:
         raise OefrayError(None, f"--samples must be >= 1, got {samples}")
@@ -211,34 +245,7 @@ def run_search(
     for key, value in parsed.space.items():  # every fixed value must make a valid config alone
         if not isinstance(value, dict):
             trial_config(config, {key: value}, parsed.source)
-    scheduler = parsed.scheduler
-    plan = TrialsPlan(
-        command="tune --search",
-        run_name=f"search-{config.preset}-n{samples}",
-        params={
-            "samples": samples,
-            "space": parsed.space,
-            "scheduler": scheduler,
-            "max_epochs": _max_epochs(config),
-        },
-        trial={"sampled": tune_domains(parsed), "tags": {}},
-        n_trials=samples,
-        tune_config={
-            "num_samples": samples,
-            "scheduler": ASHAScheduler(
-                time_attr="epochs_done",
-                metric=scheduler["metric"],
-                mode=scheduler["mode"],
-                # never reached by an epoch: a trial that is not cut short ends by itself and
-                # still sends its final (test) report
-                max_t=_max_epochs(config) + 1,
-                grace_period=scheduler["grace_period"],
-                reduction_factor=scheduler["reduction_factor"],
-            ),
-        },
-        per_epoch=True,
-        extra_state={"space": parsed.to_dict()},
-    )
+    plan = _plan(config, parsed, samples)
     result = run_trials(
         features,
         config,

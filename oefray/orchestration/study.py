@@ -22,6 +22,7 @@ from oefray.config import EchoScheme, PreprocessConfig, StudyConfig
 from oefray.errors import DatasetError
 from oefray.io.files import write_text_atomic
 from oefray.physics.constants import RMSE_QUANTITIES
+from oefray.tracking.names import CHILD_RUNS_TAG, COMMAND_TAG
 
 #: The default shifted schemes: 10 echoes from 3.0 ms every 3.8 ms, and an uneven 9-echo scheme.
 SHIFTED_SCHEMES: dict[str, EchoScheme] = {
@@ -250,7 +251,7 @@ def _log_study(tracker, config, model, dataset, schemes, frame, markdown, out) -
                 "schemes": {k: list(v.te_s) for k, v in schemes.items()},
                 "ccm_clusters": config.clusters,
             },
-            tags={"oefray.command": "study te-shift"},
+            tags={COMMAND_TAG: "study te-shift"},
         ) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
@@ -273,7 +274,7 @@ def _repeat_models(tracker, model: str) -> list[str]:
         tags = tracker.get_run(model).data.tags
     except OefrayError:
         return []  # not a run id: load_bundle says what is wrong with it
-    children = tags.get("oefray.child_runs", "")
+    children = tags.get(CHILD_RUNS_TAG, "")
     return children.split(",") if children else []
 
 

@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 
 from oefray.orchestration import checkpoint as ckpt
-from oefray.tracking.names import rmse_metric_name
+from oefray.tracking.names import (
+    BEST_EPOCH_TAG,
+    COMMAND_TAG,
+    EPOCHS_RUN_TAG,
+    PARENT_RUN_ID_TAG,
+    RESUMED_FROM_EPOCH_TAG,
+    SEED_TAG,
+    rmse_metric_name,
+)
 
 # --------------------------------------------------------------------------------------------
 # 2. The loop on every worker
@@ -105,7 +113,7 @@ def _open_tracking(config: dict[str, Any], rank: int, resumed: dict[str, Any] | 
     tracker = Tracker(config["tracking"]["uri"])
     run = tracker.run(config["tracking"]["run_id"])
     if resumed is not None:
-        run.set_tags({"oefray.resumed_from_epoch": resumed["epoch"]})
+        run.set_tags({RESUMED_FROM_EPOCH_TAG: resumed["epoch"]})
         logged = {step for step, _ in tracker.metric_history(run.run_id, "loss")}
         for done in resumed["history"]:
             if done["epoch"] not in logged:
@@ -313,9 +321,9 @@ def _open_run(tracker, config, params, *, resume, parent_run_id, tags):
         run_name=f"train-{config.preset}-seed{config.seed}",
         params=params,
         tags={
-            "oefray.command": "train",
-            "oefray.seed": config.seed,
-            **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
+            COMMAND_TAG: "train",
+            SEED_TAG: config.seed,
+            **({PARENT_RUN_ID_TAG: parent_run_id} if parent_run_id else {}),
             **(tags or {}),
         },
     )
@@ -398,6 +406,31 @@ def _fit(run, tracker, config, mc, data, storage: str, callbacks) -> tuple[Any, 
     return model, state
 
 
+def _evaluate_and_log(run, model, mc, data, state: dict[str, Any]) -> tuple[Any, dict, str]:
+    """Evaluate the trained model on the test subjects and log it as a :class:`ModelBundle`;
+    returns the Table 1 frame, the logged test metrics and the model URI."""
+    from oefray.io.bundle import ModelBundle
+    from oefray.orchestration.evaluate import evaluate_model
+
+    bundle = ModelBundle(
+        model=model,
+        x_scaler=data.x_scaler,
+        y_scaler=data.y_scaler,
+        window=data.window,
+        model_config=mc.to_dict(),
+        features_options=data.manifest.options,
+        echo_times_s=data.manifest.echo_times_s,
+    )
+    history = state["history"]
+    with tempfile.TemporaryDirectory() as tmp:
+        table, logged = evaluate_model(
+            run, bundle, data.test, data.test_subjects, data.manifest, history, Path(tmp)
+        )
+    model_uri = run.log_keras_model(model, extra_files=bundle.files())
+    run.set_tags({BEST_EPOCH_TAG: state["best_epoch"], EPOCHS_RUN_TAG: state["epoch"]})
+    return table, logged, model_uri
+
+
 def _best_val_metrics(state: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
@@ -438,11 +471,10 @@ def train(
         Ray Train callbacks (``tune --search`` passes Tune's per-epoch report callback).
     """
     from oefray.config import TrainConfig
-    from oefray.io.bundle import ModelBundle
     from oefray.ml.model import model_config
     from oefray.orchestration import runtime
     from oefray.orchestration.data import prepare_data
-    from oefray.orchestration.evaluate import evaluate_model, log_features_inputs
+    from oefray.orchestration.evaluate import log_features_inputs
     from oefray.tracking import Tracker
 
     t0 = time.perf_counter()
@@ -466,29 +498,7 @@ def train(
             run, data.features, data.manifest, data.train_subjects, data.test_subjects
         )
         model, state = _fit(run, tracker, config, mc, data, storage, callbacks)
-        bundle = ModelBundle(
-            model=model,
-            x_scaler=data.x_scaler,
-            y_scaler=data.y_scaler,
-            window=data.window,
-            model_config=mc.to_dict(),
-            features_options=data.manifest.options,
-            echo_times_s=data.manifest.echo_times_s,
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            table, logged = evaluate_model(
-                run,
-                bundle,
-                data.test,
-                data.test_subjects,
-                data.manifest,
-                state["history"],
-                Path(tmp),
-            )
-        model_uri = run.log_keras_model(model, extra_files=bundle.files())
-        run.set_tags(
-            {"oefray.best_epoch": state["best_epoch"], "oefray.epochs_run": state["epoch"]}
-        )
+        table, logged, model_uri = _evaluate_and_log(run, model, mc, data, state)
     return TrainResult(
         run_id=run.run_id,
         experiment=config.experiment,

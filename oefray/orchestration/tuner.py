@@ -24,18 +24,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from oefray.config import TrainConfig, config_from_mapping
 from oefray.errors import Interrupted, OefrayError
 from oefray.io.files import write_text_atomic
+from oefray.tracking.names import COMMAND_TAG, STOPPED_EARLY_TAG, TRIAL_ID_TAG, TUNE_STATE_TAG
 
-#: Tag that ties an MLflow child run to its Tune trial (a resumed trial re-opens that run).
-TRIAL_TAG = "oefray.trial_id"
-#: Parent-run tag naming the state file of its Tune experiment.
-STATE_TAG = "oefray.tune_state"
 #: Resources of the trainable itself (0 is refused by Tune); the trial's Ray Train workers
 #: reserve the real CPUs and GPUs.
 TRAINABLE_RESOURCES = {"cpu": 0.01}
@@ -64,7 +61,7 @@ def _trial(config: dict[str, Any]) -> None:
     # a trial restored by `--resume` re-opens its MLflow run (and Ray Train its checkpoint)
     earlier = [
         r
-        for r in tracker.child_runs(config["parent_run_id"], {TRIAL_TAG: trial_id})
+        for r in tracker.child_runs(config["parent_run_id"], {TRIAL_ID_TAG: trial_id})
         if r.info.status != "FINISHED"
     ]
     result = train(
@@ -73,7 +70,7 @@ def _trial(config: dict[str, Any]) -> None:
         storage_path=config["storage"],
         resume=earlier[-1].info.run_id if earlier else None,
         parent_run_id=config["parent_run_id"],
-        tags={TRIAL_TAG: trial_id, "oefray.command": config["command"], **tags},
+        tags={TRIAL_ID_TAG: trial_id, COMMAND_TAG: config["command"], **tags},
         callbacks=(TuneReportCallback(),) if config["per_epoch"] else (),
     )
     # No `epochs_done` here: ASHA only acts on per-epoch reports, this one ranks the trial.
@@ -152,7 +149,7 @@ def state_path(storage: Path, parent_run_id: str) -> Path:
 
 def _read_state(tracker, resume: str, command: str) -> dict[str, Any]:
     """The state of the interrupted experiment whose parent run is ``resume``."""
-    tag = tracker.get_run(resume).data.tags.get(STATE_TAG)
+    tag = tracker.get_run(resume).data.tags.get(TUNE_STATE_TAG)
     if not tag:
         raise OefrayError(None, f"MLflow run {resume} is not the parent run of an oefray tune")
     path = Path(tag)
@@ -217,7 +214,7 @@ def _close_stopped_runs(tracker, parent_run_id: str) -> None:
     for run in tracker.child_runs(parent_run_id):
         if run.info.status == "RUNNING":
             handle = tracker.run(run.info.run_id)
-            handle.set_tags({"oefray.stopped_early": "asha"})
+            handle.set_tags({STOPPED_EARLY_TAG: "asha"})
             tracker.end_run(run.info.run_id, "KILLED")
 
 
@@ -285,51 +282,61 @@ def run_trials(
         )
         opened = tracker.resumed_run(resume)
     else:
-        from dataclasses import replace
-
         config = replace(config, tracking_uri=tracker.tracking_uri)
         features = str(Path(features).resolve())
         opened = tracker.tracked_run(
             config.experiment,
             run_name=plan.run_name,
             params={**plan.params, "train": asdict(config), "features": features},
-            tags={"oefray.command": plan.command},
+            tags={COMMAND_TAG: plan.command},
         )
     with (
         runtime.ray_runtime(config.address, runtime.training_cpus(config.workers)),
         opened as parent,
     ):
         if resume is None:
-            state = {
-                "command": plan.command,
-                "parent_run_id": parent.run_id,
-                "tune_path": str(
-                    storage / f"oefray-{plan.command.split('--')[-1]}-{parent.run_id}"
-                ),
-                "storage": str(storage),
-                "features": features,
-                "train_config": asdict(config),
-                "n_trials": plan.n_trials,
-                **plan.extra_state,
-                "finished": False,
-            }
-            path = write_text_atomic(
-                state_path(storage, parent.run_id), json.dumps(state, indent=2, default=str)
-            )
-            parent.set_tags({STATE_TAG: str(path)})
+            state = _new_state(plan, parent, storage, str(features), config)
         grid = _tuner(plan, state, resume is not None, max_concurrent).fit()
-        unfinished = _unfinished_trials(state["tune_path"], state["n_trials"])
-        if unfinished:  # Tune caught Ctrl-C, saved its state and returned early
-            raise Interrupted(
-                None,
-                f"{plan.command.split('--')[-1]} interrupted with {unfinished} of "
-                f"{state['n_trials']} trial(s) unfinished; continue it with: oefray tune "
-                f"{state['features']} {plan.command.split()[-1]} --resume {state['parent_run_id']}",
-            )
+        _check_finished(plan, state)
         _close_stopped_runs(tracker, parent.run_id)
         outcome = summarize(parent, tracker, _trials(grid), state)
-        write_text_atomic(
-            state_path(Path(state["storage"]), state["parent_run_id"]),
-            json.dumps({**state, "finished": True}, indent=2, default=str),
-        )
+        _write_state({**state, "finished": True})
     return outcome
+
+
+def _write_state(state: dict[str, Any]) -> Path:
+    path = state_path(Path(state["storage"]), state["parent_run_id"])
+    return write_text_atomic(path, json.dumps(state, indent=2, default=str))
+
+
+def _new_state(plan: TrialsPlan, parent, storage: Path, features: str, config) -> dict[str, Any]:
+    """The state file of a new experiment, named on its parent run (tag ``oefray.tune_state``)."""
+    state = {
+        "command": plan.command,
+        "parent_run_id": parent.run_id,
+        "tune_path": str(storage / f"oefray-{_kind(plan)}-{parent.run_id}"),
+        "storage": str(storage),
+        "features": features,
+        "train_config": asdict(config),
+        "n_trials": plan.n_trials,
+        **plan.extra_state,
+        "finished": False,
+    }
+    parent.set_tags({TUNE_STATE_TAG: str(_write_state(state))})
+    return state
+
+
+def _kind(plan: TrialsPlan) -> str:
+    return plan.command.split("--")[-1]  # "repeats" or "search"
+
+
+def _check_finished(plan: TrialsPlan, state: dict[str, Any]) -> None:
+    """Raise :class:`Interrupted` when Tune caught Ctrl-C, saved its state and returned early."""
+    unfinished = _unfinished_trials(state["tune_path"], state["n_trials"])
+    if unfinished:
+        raise Interrupted(
+            None,
+            f"{_kind(plan)} interrupted with {unfinished} of {state['n_trials']} trial(s) "
+            f"unfinished; continue it with: oefray tune {state['features']} "
+            f"{plan.command.split()[-1]} --resume {state['parent_run_id']}",
+        )

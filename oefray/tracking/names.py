@@ -195,6 +195,8 @@ EPOCHS_RUN_TAG = "oefray.epochs_run"
 ERROR_TAG = "oefray.error"
 #: Who stopped a trial early (``asha``).
 STOPPED_EARLY_TAG = "oefray.stopped_early"
+#: Parent-run tag of a ``tune``: the state file of its Ray Tune experiment (for ``--resume``).
+TUNE_STATE_TAG = "oefray.tune_state"
 #: Run tag holding the URI of the model logged under a name: ``oefray.model.<name>``.
 MODEL_TAG_PREFIX = "oefray.model."
 #: MLflow's tag of a child run naming its parent.

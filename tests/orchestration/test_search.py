@@ -25,8 +25,9 @@ from oefray.config import (
 )
 from oefray.errors import OefrayError
 from oefray.orchestration.search import write_best_config
-from oefray.orchestration.tuner import STATE_TAG, trial_config
+from oefray.orchestration.tuner import trial_config
 from oefray.tracking import Tracker
+from oefray.tracking.names import TUNE_STATE_TAG
 
 # --------------------------------------------------------------------------------------------
 # The space file (no Ray)
@@ -201,12 +202,12 @@ def test_search_interrupted_mid_trial_resumes_and_its_best_config_trains(tiny_fe
     def parent_run():
         with contextlib.suppress(OefrayError):  # the experiment may not exist yet
             for run in tracker.experiment_runs("test-search"):
-                if STATE_TAG in run.data.tags:
+                if TUNE_STATE_TAG in run.data.tags:
                     return run.info.run_id
         return None
 
     parent_id = _wait_for(parent_run, proc)
-    state_file = Path(tracker.get_run(parent_id).data.tags[STATE_TAG])
+    state_file = Path(tracker.get_run(parent_id).data.tags[TUNE_STATE_TAG])
 
     def second_trial_training():
         runs = tracker.child_runs(parent_id)
