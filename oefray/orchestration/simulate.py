@@ -46,11 +46,13 @@ class SimulationResult:
     dataset: str
     subjects: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)  # the SimulationConfig, as data
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "command": "simulate",
             "dataset": self.dataset,
+            "options": self.options,
             "subjects": self.subjects,
             "brain_voxels": sum(s["brain_voxels"] for s in self.subjects.values()),
             "seconds": round(self.seconds, 3),
@@ -90,7 +92,7 @@ def simulate_cohort(
     out = Path(out).resolve()
     if out.exists() and not force:
         raise OefrayError(out, "already exists; use --force to replace it")
-    result = SimulationResult(dataset=str(out))
+    result = SimulationResult(dataset=str(out), options=_options(config))
     try:
         with atomic_folder(out, replace=force) as partial:
             _write_cohort(partial, config, suffix, result, progress)
@@ -98,6 +100,19 @@ def simulate_cohort(
     except OSError as exc:
         raise OefrayError(out, f"cannot write the dataset ({exc.strerror or exc})") from None
     return result
+
+
+def _options(config: SimulationConfig) -> dict[str, Any]:
+    return {
+        "preset": config.preset,
+        "subjects": list(config.subjects),
+        "echo_times_s": list(config.echoes.te_s),
+        "snr": config.snr,
+        "qsm_noise_ppm": config.qsm_noise_ppm,
+        "b0_t": config.b0_t,
+        "seed": config.seed,
+        "lesion_fraction": config.lesion_fraction,
+    }
 
 
 def _write_cohort(
