@@ -95,7 +95,10 @@ def ui(
         say(f"starting the MLflow server on {store} at {url} ...")
 
     def ready(url: str) -> None:
+        from oefray.tracking import experiments_url
+
         say(f"MLflow UI: {url}  (Ctrl-C stops it; jobs log to it with --tracking-uri {url})")
+        say(f"runs tables (the UI's model-training view): {experiments_url(url)}")
 
     url = run(
         lambda: serve_ui(

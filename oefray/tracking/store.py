@@ -160,6 +160,12 @@ def experiment_url(base_url: str, experiment_id: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
+def experiments_url(base_url: str) -> str:
+    """The MLflow UI's experiments list in its model-training view (see :func:`experiment_url`;
+    checked in headless Chromium against MLflow 3.17.2)."""
+    return f"{base_url.rstrip('/')}/#/experiments?workflowType=machine_learning"
+
+
 def server_command(uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """The ``mlflow server`` command line (UI and REST API) over a store.
 

@@ -66,6 +66,9 @@ def test_ui_command_names_store_and_artifact_root(tmp_path):
     assert tracking.experiment_url("http://127.0.0.1:5000/", "3") == (
         "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
     )
+    assert tracking.experiments_url("http://127.0.0.1:5000") == (
+        "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    )
 
 
 def test_server_command(tmp_path):
