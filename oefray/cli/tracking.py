@@ -100,14 +100,6 @@ def ui(
         say(f"MLflow UI: {url}  (Ctrl-C stops it; jobs log to it with --tracking-uri {url})")
         say(f"runs tables (the UI's model-training view): {experiments_url(url)}")
 
-    url = run(
-        lambda: serve_ui(
-            options.tracking_uri,
-            host=options.host,
-            port=options.port,
-            on_start=start,
-            on_ready=ready,
-        )
-    )
+    url = run(lambda: serve_ui(options, on_start=start, on_ready=ready))
     write_results(results, {"command": "ui", "url": url, "stopped": True})
     say(f"stopped the MLflow server at {url}")

@@ -201,12 +201,7 @@ def _tune_repeats(features: Path, train_config, options, resume, storage, result
     with contextlib.redirect_stdout(sys.stderr):  # Tune's trial tables: stderr, with the logs
         result = run(
             lambda: run_repeats(
-                features,
-                train_config,
-                repeats=options.repeats,
-                storage_path=storage,
-                max_concurrent=options.max_concurrent,
-                resume=resume,
+                features, train_config, options, storage_path=storage, resume=resume
             ),
             interrupted_code=130,
         )
@@ -237,14 +232,7 @@ def _tune_search(features: Path, train_config, options, resume, storage, results
     with contextlib.redirect_stdout(sys.stderr):  # Tune's trial tables: stderr, with the logs
         result = run(
             lambda: run_search(
-                features,
-                train_config,
-                samples=options.samples,
-                space=options.space,
-                storage_path=storage,
-                resume=resume,
-                max_concurrent=options.max_concurrent,
-                best_config_path=options.best_config,
+                features, train_config, options, storage_path=storage, resume=resume
             ),
             interrupted_code=130,
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from oefray.config import TrainConfig
+from oefray.config import TrainConfig, TuneConfig
 from oefray.errors import OefrayError
 from oefray.physics.constants import RMSE_QUANTITIES
 from oefray.reports import table_to_dict
@@ -163,13 +163,13 @@ def _summarize(parent, tracker, trials, state) -> RepeatsResult:
 def run_repeats(
     features: str | Path,
     config: TrainConfig | None = None,
+    tune_config: TuneConfig | None = None,
     *,
-    repeats: int = 5,
     storage_path: str | Path | None = None,
-    max_concurrent: int | None = None,
     resume: str | None = None,
 ) -> RepeatsResult:
-    """Train ``repeats`` times with seeds ``config.seed + i`` on Ray Tune; summarise in MLflow.
+    """Train ``tune_config.repeats`` times with seeds ``config.seed + i`` on Ray Tune; summarise
+    in MLflow.
 
     Parameters
     ----------
@@ -177,12 +177,11 @@ def run_repeats(
         Features folder with ground truth.
     config : TrainConfig
         Everything but the seed is shared by the repeats.
-    repeats : int
-        Number of seeds.
+    tune_config : TuneConfig, optional
+        ``repeats`` (the number of seeds) and ``max_concurrent`` (a cap on repeats running at
+        once; default: as many as resources allow).
     storage_path : path, optional
         Ray Train/Tune storage (default ``./ray_results``).
-    max_concurrent : int, optional
-        Cap on repeats running at once (default: as many as resources allow).
     resume : str, optional
         Parent run id of interrupted repeats: run the unfinished ones.
     """
@@ -190,10 +189,9 @@ def run_repeats(
 
     from oefray.orchestration.tuner import TrialsPlan, run_trials
 
-    if repeats < 1:
-        raise OefrayError(None, f"--repeats must be >= 1, got {repeats}")
     t0 = time.perf_counter()
     config = config or TrainConfig()
+    repeats = (tune_config or TuneConfig()).repeats
     seeds = [config.seed + i for i in range(repeats)]
     plan = TrialsPlan(
         command="tune --repeats",
@@ -213,7 +211,7 @@ def run_repeats(
         _summarize,
         storage_path=storage_path,
         resume=resume,
-        max_concurrent=max_concurrent,
+        max_concurrent=(tune_config or TuneConfig()).max_concurrent,
     )
     result.seconds = time.perf_counter() - t0
     return result

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from oefray.config import SearchSpace, TrainConfig, read_search_space
+from oefray.config import SearchSpace, TrainConfig, TuneConfig, read_search_space
 from oefray.errors import OefrayError
 from oefray.io.files import write_text_atomic
 from oefray.orchestration.tuner import Trial, trial_config
@@ -206,13 +206,10 @@ def _plan(config: TrainConfig, parsed: SearchSpace, samples: int):
 def run_search(
     features: str | Path,
     config: TrainConfig | None = None,
+    tune_config: TuneConfig | None = None,
     *,
-    samples: int = 8,
-    space: str | Path | None = None,
     storage_path: str | Path | None = None,
     resume: str | None = None,
-    max_concurrent: int | None = None,
-    best_config_path: str | Path = "best_config.toml",
 ) -> SearchResult:
     """Search hyperparameters with ASHA; log every trial as a child run; write the best config.
 
@@ -222,26 +219,22 @@ def run_search(
         Features folder with ground truth.
     config : TrainConfig
         The options every trial shares (the space overrides what it names).
-    samples : int
-        Number of trials.
-    space : path, optional
-        Search-space file (default :func:`oefray.config.default_space_path`).
+    tune_config : TuneConfig, optional
+        ``samples`` (trials), ``space`` (the search-space file; default
+        :func:`oefray.config.default_space_path`), ``max_concurrent`` (a cap on trials running at
+        once) and ``best_config`` (where to write the best trial's ``[train]`` TOML).
     storage_path : path, optional
         Ray Train/Tune storage (default ``./ray_results``).
     resume : str, optional
         Parent run id of an interrupted search: run its unfinished trials.
-    max_concurrent : int, optional
-        Cap on trials running at once (default: as many as resources allow).
-    best_config_path : path
-        Where to write the best trial's ``[train]`` TOML.
     """
     from oefray.orchestration.tuner import run_trials
 
-    if samples < 1:
-        raise OefrayError(None, f"--samples must be >= 1, got {samples}")
     t0 = time.perf_counter()
     config = config or TrainConfig()
-    parsed = read_search_space(space)
+    tune_config = tune_config or TuneConfig()
+    samples = tune_config.samples
+    parsed = read_search_space(tune_config.space)
     for key, value in parsed.space.items():  # every fixed value must make a valid config alone
         if not isinstance(value, dict):
             trial_config(config, {key: value}, parsed.source)
@@ -250,10 +243,10 @@ def run_search(
         features,
         config,
         plan,
-        _summarizer(best_config_path),
+        _summarizer(tune_config.best_config),
         storage_path=storage_path,
         resume=resume,
-        max_concurrent=max_concurrent,
+        max_concurrent=tune_config.max_concurrent,
     )
     result.seconds = time.perf_counter() - t0
     result.resumed = resume is not None

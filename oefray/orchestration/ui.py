@@ -19,6 +19,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from oefray.config import UIConfig
 from oefray.errors import OefrayError
 
 
@@ -71,10 +72,8 @@ def _stop(process: subprocess.Popen[Any], grace_s: float = 15.0) -> None:
 
 
 def serve_ui(
-    tracking_uri: str | None = None,
+    config: UIConfig | None = None,
     *,
-    host: str = "127.0.0.1",
-    port: int = 5000,
     on_start: Callable[[str, str], None] | None = None,
     on_ready: Callable[[str], None] | None = None,
     poll_s: float = 0.5,
@@ -83,11 +82,10 @@ def serve_ui(
 
     Parameters
     ----------
-    tracking_uri : str, optional
-        The store (default: the one :class:`~oefray.tracking.Tracker` resolves, i.e.
-        ``$MLFLOW_TRACKING_URI`` or ``./mlruns/mlflow.db``); a database, not an ``http`` URI.
-    host, port
-        Where the server listens (default: this machine only).
+    config : UIConfig, optional
+        ``tracking_uri``: the store (default: the one :class:`~oefray.tracking.Tracker`
+        resolves, i.e. ``$MLFLOW_TRACKING_URI`` or ``./mlruns/mlflow.db``), a database, not an
+        ``http`` URI; ``host``, ``port``: where the server listens (default: this machine only).
     on_start : callable, optional
         Called with the server's URL and the store URI when the server process starts.
     on_ready : callable, optional
@@ -105,7 +103,9 @@ def serve_ui(
     """
     from oefray.tracking import resolve_tracking_uri, server_command
 
-    uri = resolve_tracking_uri(tracking_uri)
+    config = config or UIConfig()
+    host, port = config.host, config.port
+    uri = resolve_tracking_uri(config.tracking_uri)
     command = server_command(uri, host=host, port=port)
     url = client_url(host, port)
     if port_in_use(host, port):
