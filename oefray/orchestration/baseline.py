@@ -80,7 +80,7 @@ def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[st
     params, good = _library_params(fio.read_features(root, train))
     # the library carries the data's noise (its E is mostly noise at SNR ~100)
     te = np.asarray(manifest.subjects[train[0]].echo_times_s)
-    snr = estimate_snr(*(good[c].to_numpy() for c in ("A", "B", "E")), te)
+    snr = estimate_snr(good["A"].to_numpy(), good["B"].to_numpy(), good["E"].to_numpy(), te)
     ccm_config = CCMConfig(**config.ccm_overrides(), snr=snr)
     test_table = fio.read_features(root, test)
     test_table = test_table.filter(pc.equal(test_table["status"], 0))
