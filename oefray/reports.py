@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -217,6 +218,82 @@ def _draw_slice(ax, data, cmap, vmin: float, vmax: float, title: str, fontsize: 
     return image
 
 
+def _check_map_panels(
+    panels: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
+) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
+    """The panels of :func:`plot_oef_maps` as ``(label, truth, prediction, rmse)`` of float64.
+
+    Raises
+    ------
+    ValueError
+        On no panels, or a slice that is not 2-D or whose truth and prediction shapes differ.
+    """
+    if len(panels) == 0:
+        raise ValueError("plot_oef_maps needs at least one subject panel")
+    slices = []
+    for label, truth, pred, rmse in panels:
+        t = np.asarray(truth, dtype=np.float64)
+        p = np.asarray(pred, dtype=np.float64)
+        if t.ndim != 2 or t.shape != p.shape:
+            raise ValueError(
+                f"subject {label}: truth and prediction must be 2-D of one shape, "
+                f"got {t.shape} and {p.shape}"
+            )
+        slices.append((str(label), t, p, float(rmse)))
+    return slices
+
+
+@dataclass(frozen=True)
+class _MapLayout:
+    """Sizes (inches) of :func:`plot_oef_maps`' grid: one row of two panels per subject."""
+
+    panel_w: float
+    panel_h: float
+    gap_h: float  # between rows (room for the titles)
+    top_h: float
+    bottom_h: float
+    fig_h: float
+
+    @classmethod
+    def of(cls, shape: tuple[int, ...], n_rows: int) -> _MapLayout:
+        """The layout of ``n_rows`` rows of two panels, each a slice of ``shape`` (M, N)."""
+        m, n = shape
+        panel_w = 2.6
+        panel_h = float(np.clip(panel_w * m / n, 1.2, 4.0)) if n else panel_w
+        gap_h, top_h, bottom_h = 0.4, 0.35, 0.1
+        fig_h = n_rows * panel_h + (n_rows - 1) * gap_h + top_h + bottom_h
+        return cls(panel_w, panel_h, gap_h, top_h, bottom_h, fig_h)
+
+
+def _print_rmse(ax, rmse: float) -> None:
+    """The subject's OEF RMSE (percent), white on black, in the panel's lower left corner."""
+    ax.text(
+        0.03,
+        0.04,
+        f"RMSE {rmse:.2f} %",
+        transform=ax.transAxes,
+        color="white",
+        fontsize=9,
+        fontweight="bold",
+        bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "edgecolor": "none"},
+    )
+
+
+def _place_maps(fig: Figure, layout: _MapLayout, image) -> None:
+    """Fit the panels to ``layout`` and put the shared colour bar of ``image`` on their right."""
+    fig.subplots_adjust(
+        left=0.03,
+        right=0.80,
+        top=1 - layout.top_h / layout.fig_h,
+        bottom=layout.bottom_h / layout.fig_h,
+        wspace=0.05,
+        hspace=layout.gap_h / layout.panel_h,
+    )
+    bar_h = min(0.8, 3.0 / layout.fig_h)  # a colour bar of at most 3 inches, centred
+    cax = fig.add_axes((0.84, 0.5 - bar_h / 2, 0.035, bar_h))
+    fig.colorbar(image, cax=cax, label="OEF (%)")
+
+
 def plot_oef_maps(
     panels: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
     path: str | os.PathLike[str],
@@ -254,56 +331,21 @@ def plot_oef_maps(
     ValueError
         On no panels, or a slice that is not 2-D or whose truth and prediction shapes differ.
     """
-    if len(panels) == 0:
-        raise ValueError("plot_oef_maps needs at least one subject panel")
-    slices = []
-    for label, truth, pred, rmse in panels:
-        t = np.asarray(truth, dtype=np.float64)
-        p = np.asarray(pred, dtype=np.float64)
-        if t.ndim != 2 or t.shape != p.shape:
-            raise ValueError(
-                f"subject {label}: truth and prediction must be 2-D of one shape, "
-                f"got {t.shape} and {p.shape}"
-            )
-        slices.append((str(label), t, p, float(rmse)))
+    slices = _check_map_panels(panels)
     import matplotlib as mpl
 
     colours = mpl.colormaps[cmap].with_extremes(bad="black")
     # Image [x, y] drawn with x to the right and y up (transpose + origin="lower").
-    m, n = slices[0][1].shape
-    panel_w = 2.6
-    panel_h = float(np.clip(panel_w * m / n, 1.2, 4.0)) if n else panel_w
-    n_rows = len(slices)
-    gap_h, top_h, bottom_h = 0.4, 0.35, 0.1  # inches: between rows (titles), above, below
-    fig_h = n_rows * panel_h + (n_rows - 1) * gap_h + top_h + bottom_h
-    fig = _new_figure(2 * panel_w + 1.3, fig_h)
-    axes = np.atleast_2d(fig.subplots(n_rows, 2, squeeze=False))
+    layout = _MapLayout.of(slices[0][1].shape, len(slices))
+    fig = _new_figure(2 * layout.panel_w + 1.3, layout.fig_h)
+    axes = np.atleast_2d(fig.subplots(len(slices), 2, squeeze=False))
     image = None
     for row, (label, t, p, rmse) in enumerate(slices):
         for col, (data, title) in enumerate(((t, "truth"), (p, "prediction"))):
             image = _draw_slice(axes[row, col], data, colours, vmin, vmax, f"{label} {title}", 9)
-        axes[row, 1].text(
-            0.03,
-            0.04,
-            f"RMSE {rmse:.2f} %",
-            transform=axes[row, 1].transAxes,
-            color="white",
-            fontsize=9,
-            fontweight="bold",
-            bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "edgecolor": "none"},
-        )
-    fig.subplots_adjust(
-        left=0.03,
-        right=0.80,
-        top=1 - top_h / fig_h,
-        bottom=bottom_h / fig_h,
-        wspace=0.05,
-        hspace=gap_h / panel_h,
-    )
-    bar_h = min(0.8, 3.0 / fig_h)  # a colour bar of at most 3 inches, centred
-    cax = fig.add_axes((0.84, 0.5 - bar_h / 2, 0.035, bar_h))
+        _print_rmse(axes[row, 1], rmse)
     assert image is not None  # at least one panel was drawn
-    fig.colorbar(image, cax=cax, label="OEF (%)")
+    _place_maps(fig, layout, image)
     return _save_png(fig, path)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from oefray.cli.common import (
     say,
     write_results,
 )
+
+if TYPE_CHECKING:
+    from oefray.orchestration.submit import SubmittedJob
 
 
 @app.command()
@@ -57,7 +60,6 @@ def submit(
     """Run a pipeline stage as a Ray job on a cluster (jobs/<stage>.yaml)."""
     from oefray.config import SubmitConfig
     from oefray.errors import OefrayError
-    from oefray.orchestration.submit import follow as follow_job
     from oefray.orchestration.submit import parse_overrides, read_job_spec
     from oefray.orchestration.submit import submit as submit_job
 
@@ -81,6 +83,33 @@ def submit(
             f"--address {job.address} {job.submission_id}"
         )
         return
+    _follow_to_the_end(job, spec, record, results)
+
+
+def _follow_to_the_end(
+    job: SubmittedJob, spec: Path, record: dict[str, Any], results: Path
+) -> None:
+    """Stream the job's logs to stdout until it ends, write ``results`` and exit with its status.
+
+    Parameters
+    ----------
+    job : oefray.orchestration.submit.SubmittedJob
+        The submitted job.
+    spec : Path
+        The job spec it came from (named in the error line).
+    record : dict
+        ``command``, ``submission_id`` and ``address``; the results JSON adds ``status``,
+        ``message`` and ``seconds``.
+    results : Path
+        The results JSON to write.
+
+    Raises
+    ------
+    typer.Exit
+        Code 1 if the job did not succeed, 130 if following was interrupted (the job keeps
+        running; nothing is written then).
+    """
+    from oefray.orchestration.submit import follow as follow_job
 
     def write(chunk: str) -> None:
         sys.stdout.write(chunk)

@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -86,18 +86,10 @@ class ReportResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "command": "report",
-            "path": self.path,
-            "experiment": self.experiment,
-            "tracking_uri": self.tracking_uri,
-            "run_ids": self.run_ids,
-            "figures": self.figures,
-            "tables": self.tables,
-            "bytes": self.bytes,
-            "seconds": round(self.seconds, 2),
-            "notes": self.notes,
-        }
+        """The results JSON of ``oefray report``: ``command``, then the fields in order."""
+        record = {"command": "report", **asdict(self)}
+        record["seconds"] = round(self.seconds, 2)
+        return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,13 +127,14 @@ def _frame_table(frame: Any) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{''.join(rows)}</tbody>\n</table>\n"
 
 
-def _rmse_table(rows: list[dict[str, Any]]) -> str:
-    """``oefray compare``'s HTML table, with the floor's row marked."""
+def _rmse_table(rows: list[dict[str, Any]], floor: dict[str, Any] | None) -> str:
+    """``oefray compare``'s HTML table of ``rows`` and the ``floor`` (if any), its row marked."""
+    rows = rows + ([floor] if floor else [])
     html = format_rows(rows, "html")
-    floor = [r for r in rows if r["kind"] == "floor"]
-    if floor:  # format_rows writes the floor last
-        marker = "<tr><td>" + escape(floor[0]["run"]) + "</td>"
-        html = html.replace(marker, '<tr class="floor"><td>' + escape(floor[0]["run"]) + "</td>")
+    floors = [r for r in rows if r["kind"] == "floor"]
+    if floors:  # format_rows writes the floor last
+        marker = "<tr><td>" + escape(floors[0]["run"]) + "</td>"
+        html = html.replace(marker, '<tr class="floor"><td>' + escape(floors[0]["run"]) + "</td>")
     return html
 
 
@@ -177,65 +170,73 @@ def _duration(start: int | None, end: int | None) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _run_section(
-    tracker: Any, run: Any, tmp: Path, counts: dict[str, int], notes: list[str]
-) -> str:
-    """The HTML section of one top-level run (downloads its artifacts into ``tmp``)."""
-    import pandas as pd
-
-    info, data = run.info, run.data
-    run_id = info.run_id
-    kind = data.tags.get("oefray.command", "run")
-    name = info.run_name or run_id[:8]
-    parts = [f'<section class="run" id="run-{escape(run_id)}" data-run-id="{escape(run_id)}">']
-    parts.append(f"<h2>{escape(name)} <span class='meta'>({escape(kind)})</span></h2>")
+def _run_meta(info: Any, tags: dict[str, str]) -> str:
+    """The run's meta line: id, status, start, duration and the tags worth a glance."""
     meta = [
-        f"run id <code>{escape(run_id)}</code>",
+        f"run id <code>{escape(info.run_id)}</code>",
         f'status <b class="status-{escape(info.status)}">{escape(info.status)}</b>',
         f"started {escape(_when(info.start_time))}",
     ]
     if _duration(info.start_time, info.end_time):
         meta.append(f"took {escape(_duration(info.start_time, info.end_time))}")
-    if "oefray.epochs_run" in data.tags:
-        meta.append(f"epochs run <code>{escape(data.tags['oefray.epochs_run'])}</code>")
-    if data.tags.get("oefray.best_epoch", "").isdigit():  # the tag counts from 0, figures from 1
-        meta.append(f"best epoch <code>{int(data.tags['oefray.best_epoch']) + 1}</code>")
+    if "oefray.epochs_run" in tags:
+        meta.append(f"epochs run <code>{escape(tags['oefray.epochs_run'])}</code>")
+    if tags.get("oefray.best_epoch", "").isdigit():  # the tag counts from 0, figures from 1
+        meta.append(f"best epoch <code>{int(tags['oefray.best_epoch']) + 1}</code>")
     for tag, label in (
         ("oefray.representative_run", "representative repeat"),
         ("oefray.best_run", "best trial"),
     ):
-        if tag in data.tags:
-            meta.append(f"{label} <code>{escape(data.tags[tag])}</code>")
-    parts.append(f'<p class="meta">{" · ".join(meta)}</p>')
-    if "oefray.error" in data.tags:
-        parts.append(f'<p class="error">error: {escape(data.tags["oefray.error"])}</p>')
+        if tag in tags:
+            meta.append(f"{label} <code>{escape(tags[tag])}</code>")
+    return f'<p class="meta">{" · ".join(meta)}</p>'
 
+
+def _run_values(tracker: Any, run: Any) -> list[str]:
+    """The run's test RMSE table (with the floor), its other metrics and its parameters."""
+    parts = []
     rows = rmse_rows([run])
     if rows:
-        floor = floor_row(tracker, [run])
         parts.append("<h3>Test RMSE over all test voxels (OEF in %)</h3>")
-        parts.append(_rmse_table(rows + ([floor] if floor else [])))
+        parts.append(_rmse_table(rows, floor_row(tracker, [run])))
     skip = ("test_rmse_", "floor_rmse_")
-    other = {k: v for k, v in sorted(data.metrics.items()) if not k.startswith(skip)}
+    other = {k: v for k, v in sorted(run.data.metrics.items()) if not k.startswith(skip)}
     if other:
         parts.append("<h3>Other metrics (latest values)</h3>")
         parts.append(_params_block({k: _fmt(float(v)) for k, v in other.items()}))
     parts.append("<h3>Parameters</h3>")
-    parts.append(_params_block(dict(data.params)))
+    parts.append(_params_block(dict(run.data.params)))
+    return parts
 
-    children = tracker.child_runs(run_id)
-    if children:
-        parts.append(f"<h3>Child runs ({len(children)})</h3>")
-        head = "<tr><th>run</th><th>status</th><th>seed</th><th>test OEF RMSE (%)</th></tr>"
-        body = "".join(
-            f"<tr><td>{escape((c.info.run_name or '') + ' ')}<code>{escape(c.info.run_id)}</code></td>"
-            f'<td class="status-{escape(c.info.status)}">{escape(c.info.status)}</td>'
-            f"<td>{escape(c.data.tags.get('oefray.seed', ''))}</td>"
-            f"<td>{escape(_fmt(c.data.metrics.get('test_rmse_OEF')))}</td></tr>"
-            for c in children
-        )
-        parts.append(f"<table><thead>{head}</thead><tbody>{body}</tbody></table>")
 
+def _child_runs_table(children: list[Any]) -> list[str]:
+    """Heading and table of a run's child runs (nothing if it has none)."""
+    if not children:
+        return []
+    head = "<tr><th>run</th><th>status</th><th>seed</th><th>test OEF RMSE (%)</th></tr>"
+    body = "".join(
+        f"<tr><td>{escape((c.info.run_name or '') + ' ')}<code>{escape(c.info.run_id)}</code></td>"
+        f'<td class="status-{escape(c.info.status)}">{escape(c.info.status)}</td>'
+        f"<td>{escape(c.data.tags.get('oefray.seed', ''))}</td>"
+        f"<td>{escape(_fmt(c.data.metrics.get('test_rmse_OEF')))}</td></tr>"
+        for c in children
+    )
+    return [
+        f"<h3>Child runs ({len(children)})</h3>",
+        f"<table><thead>{head}</thead><tbody>{body}</tbody></table>",
+    ]
+
+
+def _list_artifacts(tracker: Any, info: Any, notes: list[str]) -> tuple[set[str], list[str]]:
+    """The run's artifact paths, or none and a note saying why they cannot be read.
+
+    Returns
+    -------
+    available : set of str
+        Run-relative artifact paths; empty if the store cannot list them.
+    parts : list of str
+        The HTML note for the page (empty when the listing worked).
+    """
     try:
         if info.artifact_uri.startswith("mlflow-artifacts:") and not (
             tracker.tracking_uri.startswith(("http://", "https://"))
@@ -245,28 +246,56 @@ def _run_section(
                 f"they were uploaded through an MLflow server ({info.artifact_uri}); report with "
                 "--tracking-uri http://<that server> (e.g. the one `oefray ui` starts)",
             )
-        available = set(tracker.list_artifacts(run_id))
+        return set(tracker.list_artifacts(info.run_id)), []
     except Exception as exc:  # an unreachable server, a missing folder
         message = " ".join(str(getattr(exc, "message", exc)).split())[:300]
-        notes.append(f"run {run_id}: artifacts not readable ({message})")
-        parts.append(
-            f'<p class="note">artifacts not readable from this store: {escape(message)}</p>'
-        )
-        available = set()
-    folder = tmp / run_id
+        notes.append(f"run {info.run_id}: artifacts not readable ({message})")
+        note = f'<p class="note">artifacts not readable from this store: {escape(message)}</p>'
+        return set(), [note]
+
+
+def _read_table(local: str | os.PathLike[str], path: str) -> Any:
+    """A logged table as a pandas frame: a CSV with its index, or the search trials' JSON.
+
+    ``local`` is the downloaded file, ``path`` its artifact path (whose suffix names the format).
+    """
+    import pandas as pd
+
+    if path.endswith(".json"):
+        frame = pd.DataFrame(json.loads(Path(local).read_text()))
+        frame = frame.drop(columns=[c for c in ("sampled",) if c in frame.columns])
+        return frame.set_index(frame.columns[0])
+    return pd.read_csv(local, index_col=0)
+
+
+def _artifact_tables(
+    tracker: Any, run_id: str, available: set[str], folder: Path, counts: dict[str, int]
+) -> list[str]:
+    """The :data:`TABLES` the run logged, downloaded into ``folder``, as captioned HTML tables."""
+    parts = []
     for path, caption in TABLES:
         if path not in available:
             continue
-        local = tracker.download_artifacts(run_id, path, folder)
-        if path.endswith(".json"):
-            frame = pd.DataFrame(json.loads(Path(local).read_text()))
-            frame = frame.drop(columns=[c for c in ("sampled",) if c in frame.columns])
-            frame = frame.set_index(frame.columns[0])
-        else:
-            frame = pd.read_csv(local, index_col=0)
+        frame = _read_table(tracker.download_artifacts(run_id, path, folder), path)
         parts.append(f"<h3>{escape(caption)} <span class='meta'>({escape(path)})</span></h3>")
         parts.append(_frame_table(frame))
         counts["tables"] += 1
+    return parts
+
+
+def _artifact_figures(
+    tracker: Any,
+    run_id: str,
+    available: set[str],
+    folder: Path,
+    counts: dict[str, int],
+    notes: list[str],
+) -> list[str]:
+    """The :data:`FIGURES` the run logged, downloaded into ``folder``, as embedded ``<figure>``s.
+
+    A file that is not a PNG is left out, with a note.
+    """
+    parts = []
     for path, caption in FIGURES:
         if path not in available:
             continue
@@ -281,6 +310,49 @@ def _run_section(
             f"<figcaption>{escape(caption)} <code>{escape(path)}</code></figcaption></figure>"
         )
         counts["figures"] += 1
+    return parts
+
+
+def _run_section(
+    tracker: Any, run: Any, tmp: Path, counts: dict[str, int], notes: list[str]
+) -> str:
+    """The HTML section of one top-level run (downloads its artifacts into ``tmp``).
+
+    Parameters
+    ----------
+    tracker : oefray.tracking.Tracker
+        The store, opened for reading.
+    run : mlflow.entities.Run
+        A top-level run of the experiment.
+    tmp : Path
+        Scratch folder; the run's artifacts go to ``tmp / run_id``.
+    counts : dict of str to int
+        ``"figures"`` and ``"tables"``, incremented by what the section embeds.
+    notes : list of str
+        Appended to: the run's artifacts that could not be read or shown.
+
+    Returns
+    -------
+    str
+        A ``<section>`` element.
+    """
+    info = run.info
+    kind = run.data.tags.get("oefray.command", "run")
+    name = info.run_name or info.run_id[:8]
+    parts = [
+        f'<section class="run" id="run-{escape(info.run_id)}" data-run-id="{escape(info.run_id)}">',
+        f"<h2>{escape(name)} <span class='meta'>({escape(kind)})</span></h2>",
+        _run_meta(info, run.data.tags),
+    ]
+    if "oefray.error" in run.data.tags:
+        parts.append(f'<p class="error">error: {escape(run.data.tags["oefray.error"])}</p>')
+    parts += _run_values(tracker, run)
+    parts += _child_runs_table(tracker.child_runs(info.run_id))
+    available, unreadable = _list_artifacts(tracker, info, notes)
+    parts += unreadable
+    folder = tmp / info.run_id
+    parts += _artifact_tables(tracker, info.run_id, available, folder, counts)
+    parts += _artifact_figures(tracker, info.run_id, available, folder, counts, notes)
     parts.append("</section>\n")
     return "\n".join(parts)
 
@@ -289,9 +361,111 @@ def _run_section(
 # The page
 # --------------------------------------------------------------------------------------------
 
+#: Under the experiment's RMSE table: what the numbers are and what to hold them against.
+_RMSE_NOTE = (
+    "<p class='meta'>Pooled over all test voxels; S0 echo-1-normalised, R2 in s⁻¹, Y and v "
+    "fractions, chi_nb in ppm, OEF in %. Repeats show mean ± std over seeds. The floor gives "
+    "every test voxel the training mean: a method is only as good as its margin over it. "
+    "Paper (patient data): OEF 5.23 ± 0.035 % (LSTM) vs 5.35 % (CCM).</p>"
+)
+
+
+def _run_sections(tracker: Any, runs: list[Any]) -> tuple[list[str], dict[str, int], list[str]]:
+    """The sections of ``runs``, their artifacts downloaded into a temporary folder.
+
+    Returns
+    -------
+    sections : list of str
+        One ``<section>`` per run, in the given order.
+    counts : dict of str to int
+        ``"figures"`` and ``"tables"`` embedded.
+    notes : list of str
+        What could not be read or shown.
+    """
+    import tempfile
+
+    counts = {"figures": 0, "tables": 0}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="oefray-report-") as tmp:
+        sections = [_run_section(tracker, r, Path(tmp), counts, notes) for r in runs]
+    return sections, counts, notes
+
+
+def _experiment_meta(tracker: Any, exp: Any) -> str:
+    """The meta line under the title: experiment id, store, artifacts, when and by what."""
+    from oefray import __version__
+
+    generated = dt.datetime.now(tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    items = [
+        f"experiment id <code>{escape(exp.experiment_id)}</code>",
+        f"store <code>{escape(tracker.tracking_uri)}</code>",
+        f"artifacts <code>{escape(exp.artifact_location)}</code>",
+        f"generated {generated} by oefray {escape(__version__)}",
+    ]
+    return '<p class="meta">' + " · ".join(items) + "</p>"
+
+
+def _status_summary(runs: list[Any]) -> str:
+    """How many top-level runs the experiment has, by status."""
+    if not runs:
+        return "<p>The experiment has no runs yet.</p>"
+    statuses: dict[str, int] = {}
+    for r in runs:
+        statuses[r.info.status] = statuses.get(r.info.status, 0) + 1
+    by_status = ", ".join(f"{n} {escape(s)}" for s, n in sorted(statuses.items()))
+    return f"<p>{len(runs)} top-level run(s): {by_status}</p>"
+
+
+def _runs_index(runs: list[Any]) -> str:
+    """A list of links to the runs' sections, with their kind and status."""
+    toc = "".join(
+        f'<li><a href="#run-{escape(r.info.run_id)}">{escape(r.info.run_name or r.info.run_id)}</a>'
+        f" ({escape(r.data.tags.get('oefray.command', 'run'))}, {escape(r.info.status)})</li>"
+        for r in runs
+    )
+    return f"<h2>Runs</h2><ul>{toc}</ul>"
+
+
+def _page_head(tracker: Any, exp: Any, runs: list[Any], notes: list[str]) -> list[str]:
+    """What comes before the runs' sections: title, summary, the RMSE table, index and notes."""
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    rows = rmse_rows(finished)
+    floor = floor_row(tracker, finished)
+    head = [
+        f"<h1>oefray report: {escape(exp.name)}</h1>",
+        _experiment_meta(tracker, exp),
+        _status_summary(runs),
+        "<h2>Test RMSE of the finished runs</h2>",
+        _RMSE_NOTE,
+        _rmse_table(rows, floor)
+        if rows
+        else '<p class="note">no finished run with test metrics</p>',
+    ]
+    if runs:
+        head.append(_runs_index(runs))
+    if notes:
+        head.append("<ul>" + "".join(f'<li class="note">{escape(n)}</li>' for n in notes) + "</ul>")
+    return head
+
+
+def _html_document(title: str, body: str) -> str:
+    """A complete HTML document around ``body``, with the page's stylesheet inline."""
+    return (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        "<body>\n" + body + "</body>\n</html>\n"
+    )
+
 
 def build_report(experiment: str, *, tracking_uri: str | None = None) -> tuple[str, ReportResult]:
     """The report page of ``experiment`` as HTML text (nothing is written).
+
+    Parameters
+    ----------
+    experiment : str
+        Name of the MLflow experiment.
+    tracking_uri : str, optional
+        The store (default: the configured one, see :meth:`oefray.tracking.Tracker.for_reading`).
 
     Returns
     -------
@@ -305,70 +479,16 @@ def build_report(experiment: str, *, tracking_uri: str | None = None) -> tuple[s
     OefrayError
         If the store does not exist or holds no experiment ``experiment``.
     """
-    import tempfile
-
-    from oefray import __version__
     from oefray.tracking import Tracker
 
     t0 = time.perf_counter()
     tracker = Tracker.for_reading(tracking_uri)
     exp = tracker.get_experiment(experiment)
     runs = tracker.experiment_runs(experiment)
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    counts = {"figures": 0, "tables": 0}
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="oefray-report-") as tmp:
-        sections = [_run_section(tracker, r, Path(tmp), counts, notes) for r in runs]
-
-    rows = rmse_rows(finished)
-    floor = floor_row(tracker, finished)
-    statuses: dict[str, int] = {}
-    for r in runs:
-        statuses[r.info.status] = statuses.get(r.info.status, 0) + 1
-    generated = dt.datetime.now(tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    head = [
-        f"<h1>oefray report: {escape(exp.name)}</h1>",
-        '<p class="meta">'
-        + " · ".join(
-            [
-                f"experiment id <code>{escape(exp.experiment_id)}</code>",
-                f"store <code>{escape(tracker.tracking_uri)}</code>",
-                f"artifacts <code>{escape(exp.artifact_location)}</code>",
-                f"generated {generated} by oefray {escape(__version__)}",
-            ]
-        )
-        + "</p>",
-        "<p>"
-        + (
-            f"{len(runs)} top-level run(s): "
-            + ", ".join(f"{n} {escape(s)}" for s, n in sorted(statuses.items()))
-            if runs
-            else "The experiment has no runs yet."
-        )
-        + "</p>",
-        "<h2>Test RMSE of the finished runs</h2>",
-        "<p class='meta'>Pooled over all test voxels; S0 echo-1-normalised, R2 in s⁻¹, Y and v "
-        "fractions, chi_nb in ppm, OEF in %. Repeats show mean ± std over seeds. The floor gives "
-        "every test voxel the training mean: a method is only as good as its margin over it. "
-        "Paper (patient data): OEF 5.23 ± 0.035 % (LSTM) vs 5.35 % (CCM).</p>",
-        _rmse_table(rows + ([floor] if floor else []))
-        if rows
-        else '<p class="note">no finished run with test metrics</p>',
-    ]
-    if runs:
-        toc = "".join(
-            f'<li><a href="#run-{escape(r.info.run_id)}">{escape(r.info.run_name or r.info.run_id)}</a>'
-            f" ({escape(r.data.tags.get('oefray.command', 'run'))}, {escape(r.info.status)})</li>"
-            for r in runs
-        )
-        head.append(f"<h2>Runs</h2><ul>{toc}</ul>")
-    if notes:
-        head.append("<ul>" + "".join(f'<li class="note">{escape(n)}</li>' for n in notes) + "</ul>")
-    html = (
-        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-        f"<title>oefray report: {escape(exp.name)}</title>\n<style>{_CSS}</style>\n</head>\n"
-        "<body>\n" + "\n".join(head) + "\n" + "\n".join(sections) + "</body>\n</html>\n"
-    )
+    sections, counts, notes = _run_sections(tracker, runs)
+    head = _page_head(tracker, exp, runs, notes)
+    body = "\n".join(head) + "\n" + "\n".join(sections)
+    html = _html_document(f"oefray report: {exp.name}", body)
     result = ReportResult(
         path="",
         experiment=exp.name,
