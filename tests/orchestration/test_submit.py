@@ -8,6 +8,7 @@ runtime on the machine, the tests' own included.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -300,6 +301,8 @@ def test_submit_preprocess_job_end_to_end(ray_head, tiny_cohort, tmp_path, monke
             f"OEFRAY_BIDS={tiny_cohort}",
             "--set",
             f"OEFRAY_FEATURES={out}",
+            "--results",
+            str(tmp_path / "submit.json"),  # not ./results.json in the checkout
         ]
     )
     captured = capsys.readouterr()
@@ -319,6 +322,9 @@ def test_submit_preprocess_job_end_to_end(ray_head, tiny_cohort, tmp_path, monke
     assert {s: e["rows"] for s, e in manifest["subjects"].items()} == brain
     assert np.isfinite(table.column("B").to_numpy()).mean() > 0.99
     assert (out / "results.json").is_file()
+    record = json.loads((tmp_path / "submit.json").read_text())
+    assert record["command"] == "submit" and record["status"] == "SUCCEEDED"
+    assert record["address"] == url and record["submission_id"].startswith("oefray-preprocess-")
 
     # a job that fails on the cluster: exit 1, one line with Ray's status
     code = main(
@@ -331,6 +337,8 @@ def test_submit_preprocess_job_end_to_end(ray_head, tiny_cohort, tmp_path, monke
             f"OEFRAY_BIDS={tmp_path / 'no-such-dataset'}",
             "--set",
             f"OEFRAY_FEATURES={tmp_path / 'f2'}",
+            "--results",
+            str(tmp_path / "submit-failed.json"),
         ]
     )
     captured = capsys.readouterr()
@@ -340,3 +348,4 @@ def test_submit_preprocess_job_end_to_end(ray_head, tiny_cohort, tmp_path, monke
     assert len(lines) == 1
     assert lines[0].startswith(f"oefray: error: {JOBS / 'preprocess.yaml'}: job oefray-preprocess-")
     assert "FAILED after" in lines[0] and "exit code 1" in lines[0]
+    assert json.loads((tmp_path / "submit-failed.json").read_text())["status"] == "FAILED"
