@@ -14,6 +14,13 @@ import pytest
 
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh empty folder of its own: what commands write to the working
+    directory by default (results.json, ./mlruns, ./ray_results) never lands in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 #: Subjects of the test cohorts: two of the paper's training and two of its test subjects.
 TINY_SUBJECTS = ("P3", "P4", "P6", "P11")
 
