@@ -85,11 +85,13 @@ def labels(text: str | None) -> tuple[str, ...] | None:
 
 def load(cls: type, section: str, path: Path | None, overrides: dict[str, Any]):
     """A command's config: ``[section]`` of the ``--config`` file, then the flags that were
-    given; exits with code 2 and one line on a bad file or value."""
+    given (paths as strings, as a file gives them); exits with code 2 and one line on a bad file
+    or value."""
     from oefray.config import load_config
 
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
     try:
-        return load_config(cls, section, path, overrides)
+        return load_config(cls, section, path, given)
     except OefrayError as exc:
         fail(str(exc), USAGE)
 

@@ -57,12 +57,7 @@ def report(
     from oefray.config import ReportConfig
     from oefray.orchestration.report import write_report
 
-    options = load(
-        ReportConfig,
-        "report",
-        config,
-        {"out": None if out is None else str(out), "tracking_uri": tracking_uri},
-    )
+    options = load(ReportConfig, "report", config, {"out": out, "tracking_uri": tracking_uri})
     result = run(lambda: write_report(experiment, options.out, tracking_uri=options.tracking_uri))
     write_results(results, result.to_dict())
     say(

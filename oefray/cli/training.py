@@ -85,10 +85,7 @@ def evaluate(
     from oefray.reports import table_to_dict
 
     options = load(
-        EvaluateConfig,
-        "evaluate",
-        config,
-        {"features": None if features is None else str(features), "tracking_uri": tracking_uri},
+        EvaluateConfig, "evaluate", config, {"features": features, "tracking_uri": tracking_uri}
     )
     table, metrics = run(
         lambda: run_evaluate(run_id, features=options.features, tracking_uri=options.tracking_uri)
@@ -175,9 +172,9 @@ def tune(
         {
             "repeats": repeats,
             "samples": samples,
-            "space": None if space is None else str(space),
+            "space": space,
             "max_concurrent": max_concurrent,
-            "best_config": None if best_config is None else str(best_config),
+            "best_config": best_config,
         },
     )
     logging.getLogger("ray").setLevel(logging.WARNING)
@@ -195,17 +192,21 @@ def _write_space(path: Path) -> None:
     say(f"wrote {path}; use it with: oefray tune FEATURES --search --space {path}")
 
 
-def _tune_repeats(features: Path, train_config, options, resume, storage, results: Path) -> None:
-    from oefray.orchestration.repeats import run_repeats
-
+def _run_tune(runner, features: Path, train_config, options, resume, storage, results: Path):
+    """Run repeats or a search (Ctrl-C: exit 130, resumable) and write its results.json."""
     with contextlib.redirect_stdout(sys.stderr):  # Tune's trial tables: stderr, with the logs
         result = run(
-            lambda: run_repeats(
-                features, train_config, options, storage_path=storage, resume=resume
-            ),
+            lambda: runner(features, train_config, options, storage_path=storage, resume=resume),
             interrupted_code=130,
         )
     write_results(results, result.to_dict())
+    return result
+
+
+def _tune_repeats(features: Path, train_config, options, resume, storage, results: Path) -> None:
+    from oefray.orchestration.repeats import run_repeats
+
+    result = _run_tune(run_repeats, features, train_config, options, resume, storage, results)
     out_console.print(
         f"parent run: {result.parent_run_id}  ({len(result.child_run_ids)} repeats, seeds {result.seeds})"
     )
@@ -229,14 +230,7 @@ def _tune_repeats(features: Path, train_config, options, resume, storage, result
 def _tune_search(features: Path, train_config, options, resume, storage, results: Path) -> None:
     from oefray.orchestration.search import run_search
 
-    with contextlib.redirect_stdout(sys.stderr):  # Tune's trial tables: stderr, with the logs
-        result = run(
-            lambda: run_search(
-                features, train_config, options, storage_path=storage, resume=resume
-            ),
-            interrupted_code=130,
-        )
-    write_results(results, result.to_dict())
+    result = _run_tune(run_search, features, train_config, options, resume, storage, results)
     table = Table(show_edge=False)
     for column in ("trial", "MLflow run", result.metric, "test OEF (%)", "status"):
         table.add_column(column)
