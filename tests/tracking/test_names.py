@@ -99,6 +99,7 @@ def test_tag_names():
         "oefray.epochs_run",
         "oefray.error",
         "oefray.stopped_early",
+        "oefray.tune_state",
         "mlflow.parentRunId",
         "mlflow.experimentKind",
         "mlflow.data.context",
