@@ -289,6 +289,14 @@ class TrainConfig:
             raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.learning_rate is not None and not (
+            math.isfinite(self.learning_rate) and self.learning_rate > 0
+        ):
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.max_train_windows is not None and self.max_train_windows < 1:
             raise ValueError(f"max_train_windows must be >= 1, got {self.max_train_windows}")
         from oefray.ml.windows import WindowConfig

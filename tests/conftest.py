@@ -14,6 +14,7 @@ import pytest
 
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 
+
 @pytest.fixture(autouse=True)
 def _own_working_directory(tmp_path_factory, monkeypatch):
     """Every test runs in a fresh empty folder of its own: what commands write to the working

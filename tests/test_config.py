@@ -191,3 +191,25 @@ def test_a_value_of_the_wrong_type_names_its_file():
         config_from_mapping(TrainConfig, {"workers": "two"}, "train.toml")
     assert info.value.path == "train.toml" and "\n" not in str(info.value)
     assert config_from_mapping(PreprocessConfig, {}) == PreprocessConfig()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--batch-size", "0", "batch_size must be >= 1, got 0"),
+        ("--learning-rate", "-1", "learning_rate must be positive, got -1.0"),
+        ("--learning-rate", "nan", "learning_rate must be positive, got nan"),
+        ("--patience", "-1", "patience must be >= 0, got -1"),
+        ("--epochs", "0", "epochs must be >= 1, got 0"),
+    ],
+)
+def test_bad_numeric_training_options_exit_2_with_one_line(flag, value, message, tmp_path, capsys):
+    from oefray.cli import main
+
+    from .conftest import error_lines
+
+    for command in ("train", "tune"):
+        assert main([command, str(tmp_path), flag, value]) == 2
+        captured = capsys.readouterr()
+        assert error_lines(captured.err) == [f"oefray: error: {message}"], command
+        assert "Traceback" not in captured.err

@@ -103,14 +103,7 @@ def format_rows(rows: list[dict[str, Any]], fmt: str = "md") -> str:
         raise OefrayError(None, f"unknown format {fmt!r}; choose from {', '.join(COMPARE_FORMATS)}")
     headers = ["run", "kind", *[("OEF (%)" if q == "OEF" else q) for q in RMSE_QUANTITIES]]
     if fmt == "csv":
-        lines = [",".join(["run", "kind", *[c for q in RMSE_QUANTITIES for c in (q, f"{q}_std")]])]
-        for r in rows:
-            cells = [f'"{r["run"]}"', r["kind"]]
-            for q in RMSE_QUANTITIES:
-                value, std = r[q]
-                cells += [repr(float(value)), "" if std is None else repr(float(std))]
-            lines.append(",".join(cells))
-        return "\n".join(lines) + "\n"
+        return _csv(rows)
 
     def cell(v: tuple[float, float | None]) -> str:
         value, std = v
@@ -119,10 +112,36 @@ def format_rows(rows: list[dict[str, Any]], fmt: str = "md") -> str:
     body = [[r["run"], r["kind"], *[cell(r[q]) for q in RMSE_QUANTITIES]] for r in rows]
     if fmt == "md":
         out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        out += ["| " + " | ".join(b) + " |" for b in body]
+        out += ["| " + " | ".join(_md_cell(c) for c in b) + " |" for b in body]
         return "\n".join(out) + "\n"
     from html import escape
 
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     trs = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in b) + "</tr>" for b in body)
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{trs}</tbody>\n</table>\n"
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    """RFC 4180 CSV (the csv module quotes a field with a comma, quote or newline)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["run", "kind", *[c for q in RMSE_QUANTITIES for c in (q, f"{q}_std")]])
+    for r in rows:
+        cells = [r["run"], r["kind"]]
+        for q in RMSE_QUANTITIES:
+            value, std = r[q]
+            cells += [repr(float(value)), "" if std is None else repr(float(std))]
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+_MD_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\|*_`[]<>#"})
+
+
+def _md_cell(text: str) -> str:
+    """A markdown table cell showing ``text`` as it is: markup characters and pipes escaped,
+    line breaks as spaces."""
+    return " ".join(str(text).split()).translate(_MD_SPECIAL)

@@ -37,3 +37,21 @@ def test_compare_unknown_reference(ccm_run, capsys):
     assert main(["compare", "no-such-thing", "--tracking-uri", ccm_run["uri"]]) == 1
     err = capsys.readouterr().err
     assert "'no-such-thing' is neither an MLflow run id nor an experiment name" in err
+
+
+def _row(name: str) -> dict:
+    return {"run": name, "kind": "train", **{q: (1.25, None) for q in QUANTITIES}}
+
+
+def test_csv_quotes_what_needs_quoting_and_md_escapes_markup():
+    """A quote, a comma or a pipe in a run name never shifts columns (issue: a `"` in a run name
+    shifted the CSV's columns); markdown shows the name as it is, not as markup."""
+    from oefray.orchestration.compare import format_rows
+
+    name = 'my "best", run | *bold* [x](y) <b>'
+    rows = list(csv.reader(io.StringIO(format_rows([_row(name), _row("plain")], "csv"))))
+    assert [len(r) for r in rows] == [14, 14, 14]
+    assert rows[1][0] == name and rows[1][1] == "train" and float(rows[1][2]) == 1.25
+    md = format_rows([_row(name)], "md").splitlines()[2]
+    assert md.count(" | ") == 7  # the cell's own pipe is escaped: 8 cells
+    assert r"\|" in md and r"\*bold\*" in md and r"\[x\](y)" in md and r"\<b\>" in md
