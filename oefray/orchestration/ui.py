@@ -24,7 +24,7 @@ from oefray.errors import OefrayError
 
 
 class _Terminated(Exception):
-    """SIGTERM, turned into an exception so that the server is stopped on the way out."""
+    """SIGTERM or SIGHUP, turned into an exception so that the server is stopped on the way out."""
 
 
 def client_url(host: str, port: int) -> str:
@@ -78,7 +78,7 @@ def serve_ui(
     on_ready: Callable[[str], None] | None = None,
     poll_s: float = 0.5,
 ) -> str:
-    """Run the MLflow server over a store until Ctrl-C or SIGTERM.
+    """Run the MLflow server over a store until Ctrl-C, SIGTERM or SIGHUP (terminal closed).
 
     Parameters
     ----------
@@ -94,7 +94,7 @@ def serve_ui(
     Returns
     -------
     str
-        The URL the server was on, after it was stopped by Ctrl-C or SIGTERM.
+        The URL the server was on, after it was stopped by Ctrl-C, SIGTERM or SIGHUP.
 
     Raises
     ------
@@ -121,6 +121,8 @@ def serve_ui(
         raise _Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)
+    # the terminal closed (SIGHUP): the server goes with it, as on Ctrl-C
+    previous_hup = signal.signal(signal.SIGHUP, terminate)
     # Ctrl-C stops the server even where SIGINT came in ignored (a job started with `&`)
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -141,6 +143,7 @@ def serve_ui(
         return url
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
         signal.signal(signal.SIGINT, previous_int)
         if process.poll() is None or _group_alive(process.pid):
             _stop(process)

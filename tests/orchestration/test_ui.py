@@ -85,6 +85,40 @@ def test_ui_refuses_a_taken_port_and_a_server_uri(tmp_path, capsys):
     assert "is a tracking server already" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_ui_stops_its_server_on_sigterm_and_sighup(sig, tmp_path):
+    """Killed or its terminal closed, `oefray ui` takes its MLflow server down with it: exit 0,
+    the port closed, no process of its session left."""
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    Tracker(uri).get_or_create_experiment("x")  # a store to serve
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "ui.log").open("w")
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "oefray.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    try:
+        wait_for_server(url, START_TIMEOUT_S, process=ui)
+        ui.send_signal(sig)
+        assert ui.wait(timeout=60) == 0
+        assert not answers_health(url, timeout_s=5)
+        deadline = time.monotonic() + 20
+        while _session_pids(ui.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _session_pids(ui.pid) == []
+        assert f"stopped the MLflow server at {url}" in (tmp_path / "ui.log").read_text()
+    finally:
+        for pid in _session_pids(ui.pid):  # only what this test started
+            os.kill(pid, signal.SIGKILL)
+        if ui.poll() is None:
+            ui.kill()
+        log.close()
+
+
 def test_ui_serves_the_store_and_a_training_logs_to_it_over_http(
     tiny_features, ray_local, tmp_path, capsys
 ):
