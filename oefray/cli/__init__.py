@@ -8,6 +8,7 @@ baseline ccm, study te-shift), :mod:`~oefray.cli.tracking` (compare, report, ui)
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Annotated
@@ -32,9 +33,25 @@ def _root(
         raise typer.Exit(0)
 
 
+class _OneLine(logging.Handler):
+    """oefray's own warnings (a soft mask, a participant without a folder, ...) as one
+    ``oefray: warning: ...`` line each on the stderr of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " ".join(record.getMessage().split())
+        print(f"oefray: {record.levelname.lower()}: {text}", file=sys.stderr, flush=True)
+
+
+def _warnings_to_stderr() -> None:
+    logger = logging.getLogger("oefray")
+    if not any(isinstance(h, _OneLine) for h in logger.handlers):
+        logger.addHandler(_OneLine(logging.WARNING))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``oefray`` console script; returns the exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    _warnings_to_stderr()
     try:
         app(args=argv, prog_name="oefray", standalone_mode=True)
     except SystemExit as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,8 @@ _ECHO_RE = re.compile(
     r"^sub-(?P<label>[A-Za-z0-9]+)_echo-(?P<echo>\d+)_part-mag_MEGRE\.nii(\.gz)?$"
 )
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,8 +267,14 @@ def _echo_time(sidecar: Path) -> float:
     return float(te)
 
 
+#: A mask voxel is brain where its value is at least this: every nonzero voxel of a 0/1 (or
+#: 0/255) mask; a soft (probabilistic) mask is cut at one half, with a warning naming the file.
+MASK_THRESHOLD = 0.5
+
+
 def read_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Read a brain mask as a bool array (nonzero = brain)."""
+    """Read a brain mask as a bool array (see :data:`MASK_THRESHOLD`); warns, naming the file,
+    when it holds values other than 0 and 1."""
     path = Path(path)
     img = _load(path)
     try:
@@ -277,7 +286,16 @@ def read_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndar
     data = data.reshape(data.shape[:3])
     if not np.all(np.isfinite(data)):
         raise DatasetError(path, "mask contains NaN or inf")
-    return data != 0
+    values = np.unique(data)
+    if not np.isin(values, (0, 1)).all():
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        log.warning(
+            "%s: mask holds values other than 0 and 1 (%s): brain = value >= %g",
+            path,
+            shown,
+            MASK_THRESHOLD,
+        )
+    return data >= MASK_THRESHOLD
 
 
 def scan_subject(root: Path, label: str) -> SubjectFiles:
@@ -431,7 +449,7 @@ def scan_dataset(root: str | Path, subjects: Sequence[str] | None = None) -> Dat
         If the folder itself is not a BIDS dataset, or a requested subject does not exist.
     """
     root = Path(root).resolve()
-    labels = list_subjects(root)
+    labels = labels_on_disk = list_subjects(root)
     if subjects is not None:
         unknown = [s for s in subjects if s not in labels]
         if unknown:
@@ -444,6 +462,12 @@ def scan_dataset(root: str | Path, subjects: Sequence[str] | None = None) -> Dat
     except (json.JSONDecodeError, AttributeError) as exc:
         raise DatasetError(root / "dataset_description.json", f"malformed JSON ({exc})") from None
     participants = read_participants(root)
+    for label in sorted(set(participants) - set(labels_on_disk), key=natural_key):
+        log.warning(
+            "%s: sub-%s is listed but has no folder; it is left out",
+            root / "participants.tsv",
+            label,
+        )
     found: dict[str, SubjectFiles] = {}
     errors: dict[str, DatasetError] = {}
     for label in labels:
@@ -482,7 +506,7 @@ def read_slab(subject: SubjectFiles, z0: int, z1: int) -> Slab:
         z1=z1,
         magnitude=magnitude,
         chi=_read_planes(subject.chi, z0, z1),
-        mask=_read_planes(subject.mask, z0, z1) != 0,
+        mask=_read_planes(subject.mask, z0, z1) >= MASK_THRESHOLD,
         truth={name: _read_planes(p, z0, z1) for name, p in subject.truth.items()},
     )
 
@@ -514,7 +538,7 @@ def read_brain_voxels(subject: SubjectFiles, z0: int, z1: int) -> BrainVoxels:
     (no (X, Y, Z, n_echoes) array is built; memory is one slab plane set plus the brain voxels)."""
     if not 0 <= z0 < z1 <= subject.depth:
         raise ValueError(f"slab {z0}:{z1} outside 0:{subject.depth}")
-    mask = _read_planes(subject.mask, z0, z1) != 0
+    mask = _read_planes(subject.mask, z0, z1) >= MASK_THRESHOLD
     signal = np.empty((int(mask.sum()), len(subject.echoes)), dtype=np.float32)
     for k, path in enumerate(subject.echoes):
         signal[:, k] = _read_planes(path, z0, z1)[mask]

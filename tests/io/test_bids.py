@@ -236,3 +236,51 @@ def test_scan_dataset_collects_errors_per_subject(tmp_path):
 def test_natural_subject_order(tmp_path):
     _write_dataset(tmp_path, ("P11", "P3", "P6"))
     assert bids.list_subjects(tmp_path) == ["P3", "P6", "P11"]
+
+
+def test_a_soft_mask_is_cut_at_one_half_with_a_warning(dataset, caplog):
+    mask = dataset / "derivatives" / "qsm" / "sub-A1" / "anat" / "sub-A1_desc-brain_mask.nii.gz"
+    soft = np.zeros(SHAPE, np.float32)
+    soft[1:-1, 1:-1, 1:-1] = 0.9
+    soft[1, 1, 1] = 0.4  # below the threshold: not brain
+    nib.save(nib.Nifti1Image(soft, np.diag([2.0, 2.0, 3.0, 1.0])), mask)
+    with caplog.at_level("WARNING", logger="oefray.io.bids"):
+        sub = bids.scan_subject(dataset, "A1")
+    assert sub.n_brain == int((soft >= bids.MASK_THRESHOLD).sum()) == 4 * 5 * 3 - 1
+    (record,) = [
+        r for r in caplog.records if "mask holds values other than 0 and 1" in r.getMessage()
+    ]
+    assert str(mask) in record.getMessage() and "0, 0.4, 0.9" in record.getMessage()
+    slab = bids.read_slab(sub, 0, SHAPE[2])
+    assert int(slab.mask.sum()) == sub.n_brain and not slab.mask[1, 1, 1]
+
+
+def test_a_binary_mask_warns_nothing(dataset, caplog):
+    with caplog.at_level("WARNING", logger="oefray.io.bids"):
+        sub = bids.scan_subject(dataset, "A1")
+    assert sub.n_brain == 4 * 5 * 3 and not caplog.records
+
+
+def test_a_participant_without_a_folder_is_a_warning(dataset, caplog):
+    with (dataset / "participants.tsv").open("a") as fh:
+        fh.write("sub-Z9\ttest\n")
+    with caplog.at_level("WARNING", logger="oefray.io.bids"):
+        index = bids.scan_dataset(dataset)
+    assert list(index.subjects) == ["A1"] and not index.errors
+    (record,) = caplog.records
+    assert "participants.tsv: sub-Z9 is listed but has no folder" in record.getMessage()
+
+
+def test_the_warning_is_one_line_on_stderr_of_the_command(dataset, tmp_path, capsys):
+    from oefray.cli import main
+
+    with (dataset / "participants.tsv").open("a") as fh:
+        fh.write("sub-Z9\ttest\n")
+    # any command sets up oefray's warning lines; this one fails at once (no features there)
+    assert main(["baseline", "ccm", str(tmp_path / "no-features")]) == 1
+    capsys.readouterr()
+    bids.scan_dataset(dataset)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"oefray: warning: {dataset / 'participants.tsv'}: sub-Z9 is listed but has no folder; it is left out"
+    ]
