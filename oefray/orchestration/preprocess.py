@@ -42,7 +42,7 @@ from oefray.io.bids import (
 from oefray.io.manifest import MANIFEST, FeaturesManifest, SubjectRecord
 from oefray.orchestration import metrics as ray_metrics
 from oefray.orchestration.runtime import ray_runtime
-from oefray.physics.decay import fit_decay
+from oefray.physics.decay import FitStatus, fit_decay
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def slab_features(
 
     Notes
     -----
-    With ``normalize="first-echo"`` every echo is divided by echo 1 of the same voxel, and so is
+    ``status`` is the decay fit's :class:`~oefray.physics.decay.FitStatus`, and ``NONFINITE`` for
+    a voxel whose QSM value is NaN or inf. With ``normalize="first-echo"`` every echo is divided by echo 1 of the same voxel, and so is
     the ground-truth S0, so S0 stays the amplitude of the normalised signal at TE = 0.
     """
     voxels = read_brain_voxels(subject, z0, z1)
@@ -83,17 +84,23 @@ def slab_features(
     elif normalize != "none":
         raise ValueError(f"unknown normalisation {normalize!r}")
     fit = fit_decay(signal, np.asarray(subject.te_s))
+    a, b, e, status = (np.array(v) for v in (fit.A, fit.B, fit.E, fit.status))
+    # a voxel with no finite QSM value has no feature S: NONFINITE (A = B = E = NaN, as for every
+    # non-OK code), whatever its decay
+    no_chi = ~np.isfinite(voxels.chi) & (status == FitStatus.OK)
+    status[no_chi] = FitStatus.NONFINITE
+    a[no_chi] = b[no_chi] = e[no_chi] = np.nan
     z = zl + z0
     cols: dict[str, np.ndarray] = {
         "x": xs.astype(np.int32),
         "y": ys.astype(np.int32),
         "z": z.astype(np.int32),
         "idx": np.ravel_multi_index((xs, ys, z), subject.shape).astype(np.int64),
-        "A": fit.A,
-        "B": fit.B,
-        "E": fit.E,
+        "A": a,
+        "B": b,
+        "E": e,
         "S": voxels.chi,
-        "status": fit.status,
+        "status": status,
     }
     if with_truth:
         for name in fio.TRUTH_COLUMNS:

@@ -291,3 +291,27 @@ def test_uneven_echo_scheme_and_three_echoes(ray_local, tmp_path):
     for col in ("idx", "A", "B", "E", "status"):
         np.testing.assert_array_equal(got[col].to_numpy(), want[col])
     assert (want["status"] == 0).mean() > 0.99
+
+
+def test_nonfinite_qsm_gets_a_nonfinite_status(tmp_path):
+    """A NaN or inf QSM value makes the voxel NONFINITE with A = B = E = NaN (it was status 0,
+    a good voxel, before), so no window is cut around it as if it were good."""
+    from oefray.orchestration.preprocess import slab_features
+    from oefray.physics.decay import FitStatus
+
+    rng = np.random.default_rng(3)
+    shape, te = (5, 6, 4), (0.0045, 0.0095, 0.0145, 0.0195)
+    mag = (np.exp(-np.asarray(te) * 20.0) * rng.uniform(0.8, 1.2, size=(*shape, 1))).astype(
+        np.float32
+    )
+    chi = rng.normal(0, 0.05, size=shape).astype(np.float32)
+    chi[2, 2, 1], chi[2, 3, 1] = np.nan, np.inf
+    mask = np.ones(shape, bool)
+    bids.write_dataset_description(tmp_path, "t")
+    bids.write_subject(tmp_path, "A1", np.eye(4), mag, te, chi, mask, None)
+    cols = slab_features(bids.scan_subject(tmp_path, "A1"), 0, shape[2])
+    bad = np.isin(cols["idx"], np.ravel_multi_index(([2, 2], [2, 3], [1, 1]), shape))
+    assert bad.sum() == 2
+    assert np.all(cols["status"][bad] == FitStatus.NONFINITE)
+    assert np.all(np.isnan(np.stack([cols[c][bad] for c in "ABE"])))
+    assert np.all(cols["status"][~bad] == FitStatus.OK) and np.isfinite(cols["A"][~bad]).all()
