@@ -62,10 +62,17 @@ def atomic_folder(path: str | os.PathLike[str], *, replace: bool = False) -> Ite
     path : path
         The folder to create.
     replace : bool
-        Replace an existing ``path`` (moved aside, then removed, after the new one is in place).
-        The caller decides whether that is allowed.
+        Replace an existing folder ``path`` (moved aside, then removed, after the new one is in
+        place). The caller decides whether that is allowed; a file is never replaced.
+
+    Raises
+    ------
+    NotADirectoryError
+        If ``path`` exists and is not a folder (before anything is written).
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} exists and is not a folder")
     partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     partial.mkdir(parents=True)
     try:

@@ -93,6 +93,8 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
     t0 = time.perf_counter()
     config = config or PredictConfig()
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise OefrayError(out, "exists and is not a folder; give a folder for the output")
     if out.exists() and not config.force:
         raise OefrayError(out, "already exists; use --force to replace it")
     bundle = load_bundle(Tracker.from_uri(config.tracking_uri), model_uri)

@@ -90,6 +90,8 @@ def simulate_cohort(
     t0 = time.perf_counter()
     config = config or SimulationConfig()
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise OefrayError(out, "exists and is not a folder; give a folder for the output")
     if out.exists() and not force:
         raise OefrayError(out, "already exists; use --force to replace it")
     result = SimulationResult(dataset=str(out), options=_options(config))

@@ -22,3 +22,15 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
         write_text_atomic(path, "half \udcff")  # a lone surrogate cannot be encoded
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_atomic_folder_never_replaces_a_file(tmp_path):
+    from oefray.io.files import atomic_folder
+
+    target = tmp_path / "precious.txt"
+    target.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="exists and is not a folder"):
+        with atomic_folder(target, replace=True) as partial:
+            (partial / "x").write_text("new")
+    assert target.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]  # no partial left

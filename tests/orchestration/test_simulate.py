@@ -88,3 +88,13 @@ def test_simulate_bad_arguments(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert len(error_lines(err)) == 1 and message in err
     assert not (tmp_path / "x").exists()
+
+
+def test_simulate_force_onto_a_file_is_refused_and_the_file_kept(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("the user's notes\n")
+    assert main(["simulate", str(target), "--preset", "tiny", "--force"]) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert str(target) in line and "exists and is not a folder" in line
+    assert target.read_text() == "the user's notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
