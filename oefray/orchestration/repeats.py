@@ -25,6 +25,7 @@ from oefray.tracking.names import (
     repeats_metrics,
     rmse_metric_name,
 )
+from oefray.tracking.store import redact_uri
 
 
 @dataclass
@@ -50,7 +51,7 @@ class RepeatsResult:
             "representative_run_id": self.representative_run_id,
             "metrics": self.metrics,
             "summary": table_to_dict(self.summary),
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": redact_uri(self.tracking_uri),
             "ui_command": self.ui_command,
             "seconds": round(self.seconds, 2),
         }

@@ -26,6 +26,7 @@ from typing import Any
 
 from oefray.errors import OefrayError
 from oefray.orchestration.compare import floor_row, format_rows, rmse_rows
+from oefray.tracking.store import redact_uri
 
 #: Figures a run may have logged, in page order: (run-relative artifact path, caption).
 FIGURES: tuple[tuple[str, str], ...] = (
@@ -398,7 +399,7 @@ def _experiment_meta(tracker: Any, exp: Any) -> str:
     generated = dt.datetime.now(tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     items = [
         f"experiment id <code>{escape(exp.experiment_id)}</code>",
-        f"store <code>{escape(tracker.tracking_uri)}</code>",
+        f"store <code>{escape(str(redact_uri(tracker.tracking_uri)))}</code>",
         f"artifacts <code>{escape(exp.artifact_location)}</code>",
         f"generated {generated} by oefray {escape(__version__)}",
     ]

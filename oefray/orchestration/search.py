@@ -24,6 +24,7 @@ from oefray.errors import OefrayError
 from oefray.io.files import write_text_atomic
 from oefray.orchestration.tuner import Trial, trial_config
 from oefray.tracking.names import BEST_RUN_TAG, rmse_metric_name
+from oefray.tracking.store import redact_uri
 
 OEF_TEST = rmse_metric_name("test", "OEF")
 
@@ -74,7 +75,7 @@ class SearchResult:
             "best_value": self.best_value,
             "trials": self.trials,
             "resumed": self.resumed,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": redact_uri(self.tracking_uri),
             "ui_command": self.ui_command,
             "seconds": round(self.seconds, 2),
         }

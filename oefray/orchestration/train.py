@@ -35,6 +35,7 @@ from oefray.tracking.names import (
     SEED_TAG,
     rmse_metric_name,
 )
+from oefray.tracking.store import redact_uri
 
 # --------------------------------------------------------------------------------------------
 # 2. The loop on every worker
@@ -279,7 +280,7 @@ class TrainResult:
             "command": "train",
             "run_id": self.run_id,
             "experiment": self.experiment,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": redact_uri(self.tracking_uri),
             "model_uri": self.model_uri,
             "test_metrics": self.test_metrics,
             "epochs_run": self.epochs_run,

@@ -32,6 +32,7 @@ from oefray.config import TrainConfig, config_from_mapping
 from oefray.errors import Interrupted, OefrayError
 from oefray.io.files import write_text_atomic
 from oefray.tracking.names import COMMAND_TAG, STOPPED_EARLY_TAG, TRIAL_ID_TAG, TUNE_STATE_TAG
+from oefray.tracking.store import redact_uri
 
 #: Resources of the trainable itself (0 is refused by Tune); the trial's Ray Train workers
 #: reserve the real CPUs and GPUs.
@@ -287,7 +288,7 @@ def run_trials(
         opened = tracker.tracked_run(
             config.experiment,
             run_name=plan.run_name,
-            params={**plan.params, "train": asdict(config), "features": features},
+            params={**plan.params, "train": _logged(config), "features": features},
             tags={COMMAND_TAG: plan.command},
         )
     with (
@@ -302,6 +303,11 @@ def run_trials(
         outcome = summarize(parent, tracker, _trials(grid), state)
         _write_state({**state, "finished": True})
     return outcome
+
+
+def _logged(config: TrainConfig) -> dict[str, Any]:
+    """The training options as MLflow params: credentials in the store URI redacted."""
+    return {**asdict(config), "tracking_uri": redact_uri(config.tracking_uri)}
 
 
 def _write_state(state: dict[str, Any]) -> Path:

@@ -129,12 +129,27 @@ def ui_command(uri: str) -> str:
     """
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
-        return f"python -m webbrowser {shlex.quote(uri)}"
+        return f"python -m webbrowser {shlex.quote(str(redact_uri(uri)))}"
     command = f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
     root = artifact_root(uri)
     if root is not None:
         command += f" --default-artifact-root {shlex.quote(root.as_uri())}"
     return command
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """``uri`` with the password of its user info replaced by ``***``
+    (``http://alice:S3cret@host:5000`` -> ``http://alice:***@host:5000``): what oefray prints,
+    writes to results.json and reports, and logs as a parameter."""
+    if not uri or "@" not in uri:
+        return uri
+    parts = urlparse(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    user = parts.username or ""
+    hidden = f"{user}:***" if parts.password is not None else "***"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{hidden}@{host}").geturl()
 
 
 def experiment_url(base_url: str, experiment_id: str) -> str:

@@ -91,3 +91,19 @@ def test_import_is_light_and_side_effect_free(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     )
     assert out.stdout.split() == ["0", "0", "0"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("http://alice:S3cretTok@host:5079", "http://alice:***@host:5079"),
+        ("https://token@mlflow.example/prefix?x=1", "https://***@mlflow.example/prefix?x=1"),
+        ("sqlite:////data/mlruns/mlflow.db", "sqlite:////data/mlruns/mlflow.db"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        (None, None),
+    ],
+)
+def test_credentials_in_store_uris_are_redacted(uri, shown):
+    assert tracking.redact_uri(uri) == shown
+    if uri and uri.startswith("http"):
+        assert "S3cretTok" not in tracking.ui_command(uri)
