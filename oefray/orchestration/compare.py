@@ -77,7 +77,7 @@ def compare_runs(refs: Sequence[str], *, tracking_uri: str | None = None) -> lis
     """
     from oefray.tracking import Tracker
 
-    tracker = Tracker.from_uri(tracking_uri)
+    tracker = Tracker.for_reading(tracking_uri)
     client = tracker.client
     runs = []
     for ref in refs:

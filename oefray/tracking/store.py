@@ -16,6 +16,7 @@ Importing this module imports no MLflow and touches neither the tracking URI nor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -90,9 +91,44 @@ def existing_tracking_uri(explicit: str | None = None) -> str:
     """
     uri = resolve_tracking_uri(explicit, create=False)
     db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise OefrayError(db, "no MLflow store here (nothing tracked yet?)")
+    if db is not None:
+        if not db.is_file():
+            raise OefrayError(db, "no MLflow store here (nothing tracked yet?)")
+        check_mlflow_sqlite(db)
     return uri
+
+
+#: Tables every MLflow SQLite store has; a database without them is someone else's.
+_MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "metrics", "params"})
+
+
+def check_mlflow_sqlite(db: Path) -> None:
+    """Refuse, in one line, a file that is not an MLflow SQLite store, reading it read-only:
+    MLflow would otherwise create its ~50 tables in any SQLite database it is pointed at.
+
+    Raises
+    ------
+    OefrayError
+        For a file that is not SQLite, or a database without MLflow's tables.
+    """
+    import sqlite3
+
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        ) as con:
+            names = {
+                row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+    except sqlite3.Error as exc:
+        raise OefrayError(db, f"not an MLflow store: not a SQLite database ({exc})") from None
+    missing = sorted(_MLFLOW_TABLES - names)
+    if missing:
+        raise OefrayError(
+            db,
+            f"not an MLflow store: a SQLite database without MLflow's tables ({', '.join(missing)} "
+            "missing); nothing was written to it",
+        )
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -39,7 +39,12 @@ def test_readers_create_nothing(tmp_path, monkeypatch):
             tracking.Tracker.for_reading(explicit)
     assert list(tmp_path.iterdir()) == []
     missing.parent.mkdir()
-    missing.touch()
+    missing.touch()  # an empty file: an empty SQLite database, not an MLflow store
+    with pytest.raises(OefrayError, match="without MLflow's tables"):
+        tracking.Tracker.for_reading(str(missing))
+    assert missing.stat().st_size == 0
+    missing.unlink()
+    tracking.Tracker(f"sqlite:///{missing}").get_or_create_experiment("x")
     assert tracking.Tracker.for_reading(str(missing)).tracking_uri == f"sqlite:///{missing}"
     assert tracking.existing_tracking_uri("http://host:5000") == "http://host:5000"
 
@@ -107,3 +112,33 @@ def test_credentials_in_store_uris_are_redacted(uri, shown):
     assert tracking.redact_uri(uri) == shown
     if uri and uri.startswith("http"):
         assert "S3cretTok" not in tracking.ui_command(uri)
+
+
+def test_readers_refuse_what_is_not_an_mlflow_store_and_write_nothing(tmp_path, capsys):
+    """`report`/`compare` on someone else's SQLite file or a text file: one line, exit 1, the
+    file byte-identical (MLflow would have created ~50 tables in the database)."""
+    import sqlite3
+
+    from oefray.cli import main
+
+    other = tmp_path / "random.db"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE notes (body TEXT)")
+        con.execute("INSERT INTO notes VALUES ('mine')")
+    con.close()
+    text = tmp_path / "notes.db"
+    text.write_text("just text\n")
+    for path, message in ((other, "without MLflow's tables"), (text, "not a SQLite database")):
+        before = path.read_bytes()
+        for argv in (["report", "exp", "--out", str(tmp_path / "r.html")], ["compare", "exp"]):
+            assert main([*argv, "--tracking-uri", f"sqlite:///{path}"]) == 1
+            lines = [
+                line for line in capsys.readouterr().err.splitlines() if line.startswith("oefray:")
+            ]
+            assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], lines
+            assert path.read_bytes() == before
+    assert not (tmp_path / "r.html").exists()
+    # a real store passes
+    store = tmp_path / "mlruns" / "mlflow.db"
+    tracking.Tracker(f"sqlite:///{store}").get_or_create_experiment("exp")
+    assert tracking.existing_tracking_uri(f"sqlite:///{store}") == f"sqlite:///{store}"
