@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ from oefray.io.files import write_text_atomic
 FORMAT = "oefray-features"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+
+#: A BIDS label: letters and digits (what ``sub-<label>`` and ``subject=<label>`` hold).
+_LABEL = re.compile(r"[A-Za-z0-9]+")
 
 _NOT_FEATURES = "no manifest.json: not a features folder (run oefray preprocess)"
 
@@ -146,6 +150,11 @@ class FeaturesManifest:
         if data is None:
             return None
         path = Path(root) / MANIFEST
+        bad = [k for k in data.get("subjects", {}) if not _LABEL.fullmatch(str(k))]
+        if bad:  # labels become folder names (subject=<label>): never a path from a file
+            raise FeaturesError(
+                path, f"subject label {bad[0]!r} is not a BIDS label (letters and digits only)"
+            )
         try:
             return cls(
                 source=dict(data.get("source", {})),

@@ -107,3 +107,16 @@ def test_split_subjects_refuses_empty_sides_and_overlap(tmp_path):
     assert m.split_subjects(tmp_path, test=["P9"]) == (["P3"], ["P9"])
     with pytest.raises(FeaturesError, match="subjects both in training and test: P3"):
         m.split_subjects(tmp_path, train=["P3"], test=["P3"])
+
+
+@pytest.mark.parametrize("label", ["x/../../victim", "..", "P3 ", "", "sub-P3", "P3/"])
+def test_a_subject_label_that_is_not_a_bids_label_is_refused(tmp_path, label):
+    """A hostile manifest cannot make oefray touch a path outside the features folder: its
+    labels become folder names, so anything but letters and digits is refused on reading."""
+    m = _manifest()
+    m.add_subject("P3", _record("train"), "1")
+    raw = m.to_dict()
+    raw["subjects"][label] = raw["subjects"].pop("P3")
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(FeaturesError, match="is not a BIDS label"):
+        FeaturesManifest.load(tmp_path)

@@ -315,3 +315,29 @@ def test_nonfinite_qsm_gets_a_nonfinite_status(tmp_path):
     assert np.all(cols["status"][bad] == FitStatus.NONFINITE)
     assert np.all(np.isnan(np.stack([cols[c][bad] for c in "ABE"])))
     assert np.all(cols["status"][~bad] == FitStatus.OK) and np.isfinite(cols["A"][~bad]).all()
+
+
+def test_a_hostile_manifest_label_deletes_nothing_outside(tiny_cohort, tmp_path):
+    """A manifest subject key `x/../../victim` with `--force` and other options used to delete a
+    folder outside the features folder; it is refused before anything is touched."""
+    import json
+
+    out = tmp_path / "features" / "here"
+    out.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    record = {
+        "rows": 1, "checksum": "xsum64:0", "split": "train", "shape": [1, 1, 1],
+        "affine": np.eye(4).tolist(), "echo_times_s": [0.01, 0.02],
+    }  # fmt: skip
+    manifest = {
+        "format": "oefray-features", "format_version": 1, "options": {"normalize": "none"},
+        "has_truth": True, "subjects": {"x/../../victim": record},
+    }  # fmt: skip
+    (out / fio.MANIFEST).write_text(json.dumps(manifest))
+    config = PreprocessConfig(normalize="first-echo", force=True)
+    with pytest.raises(FeaturesError, match="is not a BIDS label"):
+        preprocess(tiny_cohort, out, config)
+    assert (victim / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == [fio.MANIFEST]
