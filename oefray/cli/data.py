@@ -188,13 +188,18 @@ def preprocess(
         },
     )
     logging.getLogger("ray").setLevel(logging.WARNING)
+    existed = out.exists()
     with progress("preprocess") as update:
         result = run(
             lambda: run_preprocess(
                 dataset, out, options, subjects=labels(subjects), progress=update
             )
         )
-    write_results(results or Path(result.features) / "results.json", result.to_dict())
+    made = Path(result.features)
+    if results is not None or existed or made.is_dir():
+        # a run that failed before writing anything leaves OUT as it was: no folder holding
+        # only results.json (the re-run after the fix then needs no --force)
+        write_results(results or made / "results.json", result.to_dict())
     out_console.print(_preprocess_table(result))
     out_console.print(f"features: {result.features}")
     for label, message in result.failed.items():

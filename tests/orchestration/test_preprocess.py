@@ -341,3 +341,24 @@ def test_a_hostile_manifest_label_deletes_nothing_outside(tiny_cohort, tmp_path)
         preprocess(tiny_cohort, out, config)
     assert (victim / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir()) == [fio.MANIFEST]
+
+
+def test_a_failed_run_leaves_out_as_it_found_it_and_the_fixed_rerun_needs_no_force(
+    tiny_cohort, ray_local, tmp_path, capsys
+):
+    import json
+
+    from oefray.cli import main
+
+    ds = tmp_path / "bids"
+    shutil.copytree(tiny_cohort, ds)
+    sidecar = ds / "sub-P3" / "anat" / "sub-P3_echo-2_part-mag_MEGRE.json"
+    good = sidecar.read_text()
+    sidecar.write_text(json.dumps({**json.loads(good), "EchoTime": "0.0095"}))
+    out = tmp_path / "features"
+    assert main(["preprocess", str(ds), "--out", str(out)]) == 1
+    assert str(sidecar) in capsys.readouterr().err
+    assert not out.exists()  # no results.json-only folder left behind
+    sidecar.write_text(good)
+    assert main(["preprocess", str(ds), "--out", str(out), "--subjects", "P3"]) == 0
+    assert json.loads((out / "results.json").read_text())["completed"] == ["P3"]
