@@ -156,10 +156,30 @@ def read_features(root: str | Path, subjects: list[str] | None = None) -> pa.Tab
         files = sorted(subject_dir(root, label).glob("part-*.parquet"))
         if not files:
             continue
-        t = pads.dataset(files, schema=file_schema(with_truth), format="parquet").to_table()
+        t = _read_files(files, file_schema(with_truth))
         t = t.sort_by("idx")
         parts.append(t.add_column(0, "subject", pa.array([label] * t.num_rows, type=pa.string())))
     if not parts:
         schema = pa.schema([pa.field("subject", pa.string())] + list(file_schema(with_truth)))
         return schema.empty_table()
     return pa.concat_tables(parts)
+
+
+def _read_files(files: list[Path], schema: pa.Schema) -> pa.Table:
+    """The rows of a subject's slab files; a truncated or foreign file is one line naming it."""
+    try:
+        return pads.dataset(files, schema=schema, format="parquet").to_table()
+    except (pa.ArrowException, OSError) as exc:
+        bad = next((f for f in files if not _readable(f)), files[0].parent)
+        first = " ".join(str(exc).split())[:200]
+        raise FeaturesError(
+            bad, f"cannot read the features file, corrupt or truncated ({first})"
+        ) from None
+
+
+def _readable(path: Path) -> bool:
+    try:
+        pq.read_metadata(path)
+        return True
+    except (pa.ArrowException, OSError):
+        return False

@@ -81,3 +81,31 @@ def test_publish_replaces_atomically(tmp_path):
 def test_read_features_requires_a_manifest(tmp_path):
     with pytest.raises(FeaturesError, match="no manifest.json"):
         fio.read_features(tmp_path)
+
+
+def test_a_truncated_parquet_file_is_one_line_naming_it(tmp_path):
+    import numpy as np
+
+    from oefray.io.manifest import FeaturesManifest, SubjectRecord
+
+    cols = {
+        "x": np.zeros(3), "y": np.zeros(3), "z": np.zeros(3), "idx": np.arange(3),
+        "A": np.ones(3), "B": np.ones(3), "E": np.ones(3), "S": np.zeros(3),
+        "status": np.zeros(3),
+    }  # fmt: skip
+    path = fio.write_slab_table(
+        fio.subject_dir(tmp_path, "P3"), fio.table_from_columns(cols, False), 0, 4
+    )
+    manifest = FeaturesManifest(
+        source={}, options={"normalize": "none"}, has_truth=False, columns=list(fio.columns(False))
+    )
+    record = SubjectRecord(
+        3, "xsum64:0", {"0": 3}, "train", (1, 1, 3), ((1.0,) * 4,) * 4, (0.01, 0.02)
+    )
+    manifest.add_subject("P3", record, "1")
+    manifest.save(tmp_path)
+    assert fio.read_features(tmp_path).num_rows == 3
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    with pytest.raises(FeaturesError, match="corrupt or truncated") as info:
+        fio.read_features(tmp_path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
