@@ -115,3 +115,25 @@ def test_a_missing_config_file_is_named(tmp_path, capsys):
     assert main(["compare", "x", "--config", str(missing)]) == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert str(missing) in line and "config file not found" in line
+
+
+def test_an_os_error_is_one_line_unless_debug(capsys):
+    from oefray.cli import common
+
+    def denied():
+        raise PermissionError(13, "Permission denied", "/data/features")
+
+    with pytest.raises(typer.Exit) as info:
+        common.run(denied)
+    assert info.value.exit_code == 1
+    assert error_lines(capsys.readouterr().err) == [
+        "oefray: error: /data/features: Permission denied"
+    ]
+    common.DEBUG.on = True
+    try:
+        with pytest.raises(PermissionError):
+            common.run(denied)
+    finally:
+        common.DEBUG.on = False
+    assert main(["--debug", "--version"]) == 0 and common.DEBUG.on is True
+    common.DEBUG.on = False

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from oefray import __version__
-from oefray.cli.common import app, out_console
+from oefray.cli.common import DEBUG, app, out_console
 
 # registering the commands, in the order --help lists them
 from oefray.cli import data, training, methods, tracking, cluster  # noqa: E402, F401, I001  # isort: skip
@@ -27,7 +27,11 @@ __all__ = ["app", "main"]
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of failures (else one line).")
+    ] = False,
 ) -> None:
+    DEBUG.on = debug
     if version:
         out_console.print(f"oefray {__version__}")
         raise typer.Exit(0)

@@ -33,6 +33,15 @@ app = typer.Typer(
 out_console = Console()
 err_console = Console(stderr=True)
 
+
+class _Debug:
+    """``oefray --debug``: tracebacks instead of one line for the failures that have one."""
+
+    on = False
+
+
+DEBUG = _Debug()
+
 #: Exit code of bad arguments (a bad flag value, a bad config file).
 USAGE = 2
 #: Exit code of a run that failed (bad data, an unreachable cluster, a failed subject).
@@ -107,6 +116,11 @@ def run(call: Callable[[], Any], *, interrupted_code: int | None = None) -> Any:
         fail(str(exc), interrupted_code or FAILED)
     except OefrayError as exc:
         fail(str(exc), FAILED)
+    except OSError as exc:  # a folder not writable, a path that is a file, a full disk, ...
+        if DEBUG.on or exc.strerror is None:
+            raise
+        where = exc.filename if exc.filename is not None else "oefray"
+        fail(f"{where}: {exc.strerror}", FAILED)
 
 
 def table1(frame) -> Table:
