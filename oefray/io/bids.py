@@ -49,13 +49,14 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
-def write_dataset_description(root: Path, name: str, *, generated_by: str | None = None) -> None:
-    """Write ``dataset_description.json`` (raw dataset, or a derivative when ``generated_by``)."""
+def write_dataset_description(
+    root: Path, name: str, *, generated_by: str | None = None, dataset_type: str | None = None
+) -> None:
+    """Write ``dataset_description.json``: a raw dataset, or a derivative when ``generated_by``
+    is given (``dataset_type`` overrides, e.g. a raw dataset that oefray generated)."""
     desc: dict[str, object] = {"Name": name, "BIDSVersion": "1.10.0"}
-    if generated_by is None:
-        desc["DatasetType"] = "raw"
-    else:
-        desc["DatasetType"] = "derivative"
+    desc["DatasetType"] = dataset_type or ("raw" if generated_by is None else "derivative")
+    if generated_by is not None:
         desc["GeneratedBy"] = [{"Name": generated_by}]
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps(desc, indent=2) + "\n")

@@ -82,9 +82,11 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
     config : PredictConfig, optional
         Ray runtime of the preprocessing step, MLflow store holding the model, ``force``.
     """
+    from oefray import __version__
     from oefray.io import features as fio
     from oefray.io.files import atomic_folder
     from oefray.io.manifest import FeaturesManifest
+    from oefray.io.outputs import check_output, mark_output
     from oefray.ml.windows import make_windows_table
     from oefray.orchestration.evaluate import load_bundle, predict_windows
     from oefray.orchestration.preprocess import preprocess
@@ -93,10 +95,7 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
     t0 = time.perf_counter()
     config = config or PredictConfig()
     out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise OefrayError(out, "exists and is not a folder; give a folder for the output")
-    if out.exists() and not config.force:
-        raise OefrayError(out, "already exists; use --force to replace it")
+    check_output(out, force=config.force, inputs=[Path(dataset)])
     bundle = load_bundle(Tracker.from_uri(config.tracking_uri), model_uri)
     result = PredictResult(out=str(out), model=model_uri)
     with tempfile.TemporaryDirectory(prefix="oefray-predict-") as tmp:
@@ -113,6 +112,7 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
         )
         pred = predict_windows(bundle, windows.x)
         with atomic_folder(out, replace=config.force) as partial:
+            mark_output(partial, f"oefray predict ({model_uri})", __version__)
             _write_maps(partial, manifest, windows, pred, result)
             result.seconds = time.perf_counter() - t0
     return result

@@ -21,6 +21,7 @@ from oefray.config import FOV_MM, SimulationConfig, split_of
 from oefray.errors import OefrayError
 from oefray.io import bids
 from oefray.io.files import atomic_folder
+from oefray.io.outputs import check_output
 from oefray.physics.phantom import simulate_subject
 
 #: Called as ``progress(subjects_done, subjects_total, message)``.
@@ -90,10 +91,7 @@ def simulate_cohort(
     t0 = time.perf_counter()
     config = config or SimulationConfig()
     out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise OefrayError(out, "exists and is not a folder; give a folder for the output")
-    if out.exists() and not force:
-        raise OefrayError(out, "already exists; use --force to replace it")
+    check_output(out, force=force)
     result = SimulationResult(dataset=str(out), options=_options(config))
     try:
         with atomic_folder(out, replace=force) as partial:
@@ -129,7 +127,10 @@ def _write_cohort(
     affine = grid_affine(preset.shape, preset.voxel_mm)
     split = split_of(config.subjects)
     bids.write_dataset_description(
-        partial, f"oefray synthetic cohort ({preset.name}, seed {config.seed})"
+        partial,
+        f"oefray synthetic cohort ({preset.name}, seed {config.seed})",
+        generated_by=f"oefray {__version__}",
+        dataset_type="raw",
     )
     for pipeline in ("qsm", "qq"):
         bids.write_dataset_description(
