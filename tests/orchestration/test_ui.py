@@ -16,6 +16,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,42 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
+def _start_ui(uri: str, log_path: Path) -> tuple[subprocess.Popen, str, Any]:
+    """`oefray ui` on a free port, in a session of its own (the teardown finds every process it
+    started). No preexec_fn: it would make Popen fork() this process, a Ray driver (Ray does not
+    support forking one); without it Popen uses vfork + exec."""
+    port = _free_port()
+    log = log_path.open("w")
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "oefray.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    return ui, f"http://127.0.0.1:{port}", log
+
+
+def _stop_and_check(ui: subprocess.Popen, url: str, sig: int, log_path: Path) -> None:
+    """Send ``sig``: exit 0, the port closed, no process of the session left."""
+    ui.send_signal(sig)
+    assert ui.wait(timeout=60) == 0
+    assert not answers_health(url, timeout_s=5)
+    deadline = time.monotonic() + 20
+    while _session_pids(ui.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session_pids(ui.pid) == []
+    assert f"stopped the MLflow server at {url}" in log_path.read_text()
+
+
+def _kill_session(ui: subprocess.Popen, log: Any) -> None:
+    for pid in _session_pids(ui.pid):  # only what this test started
+        os.kill(pid, signal.SIGKILL)
+    if ui.poll() is None:
+        ui.kill()
+    log.close()
+
+
 def test_ui_refuses_a_taken_port_and_a_server_uri(tmp_path, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -91,32 +128,12 @@ def test_ui_stops_its_server_on_sigterm_and_sighup(sig, tmp_path):
     the port closed, no process of its session left."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     Tracker(uri).get_or_create_experiment("x")  # a store to serve
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "ui.log").open("w")
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "oefray.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
+    ui, url, log = _start_ui(uri, tmp_path / "ui.log")
     try:
         wait_for_server(url, START_TIMEOUT_S, process=ui)
-        ui.send_signal(sig)
-        assert ui.wait(timeout=60) == 0
-        assert not answers_health(url, timeout_s=5)
-        deadline = time.monotonic() + 20
-        while _session_pids(ui.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _session_pids(ui.pid) == []
-        assert f"stopped the MLflow server at {url}" in (tmp_path / "ui.log").read_text()
+        _stop_and_check(ui, url, sig, tmp_path / "ui.log")
     finally:
-        for pid in _session_pids(ui.pid):  # only what this test started
-            os.kill(pid, signal.SIGKILL)
-        if ui.poll() is None:
-            ui.kill()
-        log.close()
+        _kill_session(ui, log)
 
 
 def test_ui_serves_the_store_and_a_training_logs_to_it_over_http(
@@ -132,19 +149,7 @@ def test_ui_serves_the_store_and_a_training_logs_to_it_over_http(
         run.log_artifact_file(note)
         run.log_metrics({"answer": 42.0})
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "ui.log").open("w")
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "oefray.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        # its own session: the teardown finds every process it started. No preexec_fn: it would
-        # make Popen fork() this process, a Ray driver (Ray does not support forking one);
-        # without it Popen uses vfork + exec.
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
+    ui, url, log = _start_ui(uri, tmp_path / "ui.log")
     try:
         wait_for_server(url, START_TIMEOUT_S, process=ui)
         for _ in range(20):  # the ready line follows /health within a poll interval
@@ -238,17 +243,6 @@ def test_ui_serves_the_store_and_a_training_logs_to_it_over_http(
         assert f'data-run-id="{run_id}"' in html and html.count("<img ") == 2
 
         # Ctrl-C stops the server: exit 0, the port is closed, no process is left
-        ui.send_signal(signal.SIGINT)
-        assert ui.wait(timeout=60) == 0
-        assert not answers_health(url, timeout_s=5)
-        deadline = time.monotonic() + 20
-        while _session_pids(ui.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _session_pids(ui.pid) == []
-        assert f"stopped the MLflow server at {url}" in (tmp_path / "ui.log").read_text()
+        _stop_and_check(ui, url, signal.SIGINT, tmp_path / "ui.log")
     finally:
-        for pid in _session_pids(ui.pid):  # only what this test started
-            os.kill(pid, signal.SIGKILL)
-        if ui.poll() is None:
-            ui.wait(timeout=10)
-        log.close()
+        _kill_session(ui, log)
