@@ -29,12 +29,9 @@ import pyarrow.parquet as pq
 
 from oefray.errors import FeaturesError
 from oefray.io.files import atomic_path
-from oefray.io.manifest import MANIFEST, FeaturesManifest, read_manifest
 
-__all__ = [  # read_manifest and MANIFEST live in oefray.io.manifest; here for readers of a folder
-    "MANIFEST",
-    "read_manifest",
-]
+# MANIFEST and read_manifest are defined in oefray.io.manifest; readers of a folder get them here
+from oefray.io.manifest import MANIFEST, FeaturesManifest, read_manifest  # noqa: F401
 
 STAGING_PREFIX = ".staging-"
 

@@ -154,9 +154,21 @@ def _read_state(tracker, resume: str, command: str) -> dict[str, Any]:
     if not tag:
         raise OefrayError(None, f"MLflow run {resume} is not the parent run of an oefray tune")
     path = Path(tag)
+    # the tag is text from the store: only a state file this runner named is read and rewritten
+    if not path.is_absolute() or path != state_path(path.parent, resume):
+        raise OefrayError(path, f"run {resume}'s tune state tag is not an oefray state file")
     if not path.is_file():
         raise OefrayError(path, "the state of this tune experiment is gone: cannot resume it")
-    state = json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OefrayError(path, f"malformed tune state ({exc})") from None
+    if (
+        not isinstance(state, dict)
+        or state.get("parent_run_id") != resume
+        or Path(str(state.get("storage"))) != path.parent
+    ):
+        raise OefrayError(path, f"this state file is not run {resume}'s: cannot resume from it")
     if state.get("command") != command:
         raise OefrayError(path, f"run {resume} is a `{state.get('command')}`, not a `{command}`")
     if state.get("finished"):

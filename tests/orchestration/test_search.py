@@ -29,6 +29,8 @@ from oefray.orchestration.tuner import trial_config
 from oefray.tracking import Tracker
 from oefray.tracking.names import TUNE_STATE_TAG
 
+from ..conftest import error_lines
+
 # --------------------------------------------------------------------------------------------
 # The space file (no Ray)
 # --------------------------------------------------------------------------------------------
@@ -295,3 +297,30 @@ def test_search_interrupted_mid_trial_resumes_and_its_best_config_trains(tiny_fe
     trained = tracker.get_run(json.loads((tmp_path / "train.json").read_text())["run_id"])
     for key in ("model.lstm_units", "model.learning_rate", "model.dense_units", "model.batch_size"):
         assert trained.data.params[key] == best_run.data.params[key]
+
+
+def test_resume_reads_only_a_state_file_the_runner_named(tmp_path, capsys):
+    """The state tag is text from the store: a tag pointing elsewhere (another file, a relative
+    path, another run's state) is refused before anything is read or rewritten."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tracker = Tracker(uri)
+    with tracker.tracked_run("t") as run:
+        pass
+    victim = tmp_path / "notes.json"
+    victim.write_text('{"command": "tune --search", "finished": false}')
+    other = tmp_path / "oefray-tune-0123.json"
+    other.write_text(json.dumps({"command": "tune --search", "parent_run_id": "0123"}))
+    forged = tmp_path / f"oefray-tune-{run.run_id}.json"
+    forged.write_text(json.dumps({"command": "tune --search", "parent_run_id": "0123"}))
+    for tag, message in (
+        (str(victim), "is not an oefray state file"),
+        (f"oefray-tune-{run.run_id}.json", "is not an oefray state file"),
+        (str(other), "is not an oefray state file"),
+        (str(forged), f"this state file is not run {run.run_id}'s"),
+    ):
+        tracker.run(run.run_id).set_tags({TUNE_STATE_TAG: tag})
+        args = ["tune", str(tmp_path), "--search", "--resume", run.run_id, "--tracking-uri", uri]
+        assert main(args) == 1
+        (line,) = error_lines(capsys.readouterr().err)
+        assert message in line, line
+    assert victim.read_text() == '{"command": "tune --search", "finished": false}'
