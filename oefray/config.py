@@ -410,6 +410,13 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """What ``oefray verify`` checks: a features folder."""
+
+    features: str | None = None
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     """What ``oefray compare`` prints: ``format`` (md, csv or html) from the store."""
 

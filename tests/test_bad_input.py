@@ -456,7 +456,7 @@ def test_unknown_config_key_on_the_command_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format_version": 0}, "features format version 0 is not the supported 1"),
+        ({"format_version": 0}, "features format version 0 is not the supported 2"),
         ({"format": "something-else"}, "not an oefray features manifest"),
     ],
 )

@@ -56,7 +56,9 @@ def test_every_command_takes_config_and_results():
         assert opts.get("config") == ["--config"], name
         assert opts.get("results") == ["--results"], name
         names.append(name)
-    assert len(names) == 12 and {"baseline ccm", "study te-shift", "submit", "ui"} <= set(names)
+    assert len(names) == 13 and {"baseline ccm", "study te-shift", "submit", "ui", "verify"} <= set(
+        names
+    )
 
 
 def test_simulate_reads_its_table_and_flags_override_it(tmp_path):

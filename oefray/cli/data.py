@@ -25,6 +25,8 @@ from oefray.cli.common import (
     write_results,
 )
 
+log = logging.getLogger(__name__)
+
 
 def _parse_ms_list(text: str) -> tuple[float, ...]:
     try:
@@ -196,10 +198,15 @@ def preprocess(
             )
         )
     made = Path(result.features)
-    if results is not None or existed or made.is_dir():
+    if results is not None:
+        write_results(results, result.to_dict())
+    elif existed or made.is_dir():
         # a run that failed before writing anything leaves OUT as it was: no folder holding
         # only results.json (the re-run after the fix then needs no --force)
-        write_results(results or made / "results.json", result.to_dict())
+        try:
+            write_results(made / "results.json", result.to_dict())
+        except PermissionError:  # a read-only features folder whose subjects were all done
+            log.warning("%s is read-only: no results.json written there (see --results)", made)
     out_console.print(_preprocess_table(result))
     out_console.print(f"features: {result.features}")
     for label, message in result.failed.items():
@@ -207,4 +214,43 @@ def preprocess(
             f"oefray: error: sub-{label}: {message}", markup=False, highlight=False, soft_wrap=True
         )
     if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    features: Annotated[
+        Path | None, typer.Argument(help="Features folder from oefray preprocess.")
+    ] = None,
+    config: ConfigOption = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="Where to write results.json (default: nowhere; FEATURES is only read)."),
+    ] = None,
+) -> None:
+    """Check every file of a features folder against the manifest: SHA-256, size, rows and
+    content checksum. Exit 1 with one line per damaged file."""
+    from oefray.config import VerifyConfig
+    from oefray.io.features import verify_features
+
+    options = load(VerifyConfig, "verify", config, {"features": features})
+    if options.features is None:
+        fail("give FEATURES (or features in the [verify] table of --config)", USAGE)
+    with progress("verify") as update:
+        report = run(lambda: verify_features(options.features, progress=update))
+    if results is not None:
+        write_results(results, report.to_dict())
+    for path in report.unrecorded:
+        log.warning("%s: subject folder not recorded in the manifest (ignored by readers)", path)
+    for problem in report.problems:
+        err_console.print(
+            f"oefray: error: {problem}", markup=False, highlight=False, soft_wrap=True
+        )
+    state = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    out_console.print(
+        f"{report.root}: {state}; {report.subjects} subject(s), {report.files} file(s), "
+        f"{report.bytes:,} bytes, {report.rows:,} rows checked",
+        soft_wrap=True,
+    )
+    if not report.ok:
         raise typer.Exit(1)

@@ -79,7 +79,7 @@ def evaluate(
     config: ConfigOption = None,
     results: ResultsOption = Path("results.json"),
 ) -> None:
-    """Recompute a run's test tables, figures and maps (logged to the same run)."""
+    """Recompute a run's test tables, figures and maps, logged to a new run under it."""
     from oefray.config import EvaluateConfig
     from oefray.orchestration.evaluate import evaluate as run_evaluate
     from oefray.reports import table_to_dict
@@ -87,21 +87,23 @@ def evaluate(
     options = load(
         EvaluateConfig, "evaluate", config, {"features": features, "tracking_uri": tracking_uri}
     )
-    table, metrics = run(
+    result = run(
         lambda: run_evaluate(run_id, features=options.features, tracking_uri=options.tracking_uri)
     )
     write_results(
         results,
         {
             "command": "evaluate",
-            "run_id": run_id,
-            "test_metrics": metrics,
-            "table": table_to_dict(table),
+            "run_id": result.run_id,
+            "evaluates": result.evaluates,
+            "features": result.features,
+            "test_metrics": result.test_metrics,
+            "table": table_to_dict(result.table),
         },
     )
-    out_console.print(f"run id: {run_id}")
-    out_console.print(table1(table))
-    out_console.print(f"test OEF RMSE {metrics['test_rmse_OEF']:.3f} % (pooled)")
+    out_console.print(f"evaluation run id: {result.run_id} (of the training run {run_id})")
+    out_console.print(table1(result.table))
+    out_console.print(f"test OEF RMSE {result.test_metrics['test_rmse_OEF']:.3f} % (pooled)")
 
 
 @app.command()

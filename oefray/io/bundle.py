@@ -9,7 +9,8 @@ the MLflow model (``model_meta/<key>.json``, written and read by :mod:`oefray.tr
 ``window``         ``{"length": 5, "anchor": "centre"}``
 ``model_config``   the :class:`oefray.ml.model.ModelConfig` dict
 ``targets``        ``{"names": ["Y", "v", "R2", "S0", "chi_nb"]}``
-``features``       ``{"options": {"normalize": ...}, "echo_times_s": [...] or null}``
+``features``       ``{"options": {"normalize": ...}, "echo_times_s": [...] or null,
+                   "format_version": 2}`` (the features format it was trained on; 1 if absent)
 =================  ===========================================================================
 
 Models logged before the ``bundle`` file existed read as version 1. Only plain data is held here;
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from oefray.errors import OefrayError
+from oefray.errors import FeaturesError, OefrayError
+from oefray.io.manifest import COMPATIBLE_VERSIONS, FORMAT_VERSION, MANIFEST, FeaturesManifest
 from oefray.ml.scaling import Standardizer
 from oefray.ml.windows import WindowConfig
 from oefray.physics.constants import PARAMETERS
@@ -52,6 +55,8 @@ class ModelBundle:
         Preprocessing options of the training features (``normalize``): new data must match.
     echo_times_s : tuple of float, optional
         Echo scheme of the training features (None when subjects differed).
+    features_format_version : int
+        Format version of the training features (:mod:`oefray.io.manifest`).
     """
 
     model: Any
@@ -62,6 +67,7 @@ class ModelBundle:
     targets: tuple[str, ...] = PARAMETERS
     features_options: dict[str, Any] = field(default_factory=dict)
     echo_times_s: tuple[float, ...] | None = None
+    features_format_version: int = 1
 
     @property
     def normalize(self) -> str:
@@ -78,8 +84,33 @@ class ModelBundle:
             "features": {
                 "options": dict(self.features_options),
                 "echo_times_s": None if self.echo_times_s is None else list(self.echo_times_s),
+                "format_version": self.features_format_version,
             },
         }
+
+    def check_features(self, manifest: FeaturesManifest, root: str | Path) -> None:
+        """Refuse features this model cannot be applied to: other preprocessing options (echo-1
+        normalisation) or a features format whose values mean something else.
+
+        Raises
+        ------
+        FeaturesError
+            One line naming the features' manifest and what differs.
+        """
+        where = Path(root) / MANIFEST
+        if manifest.options != self.features_options:
+            raise FeaturesError(
+                where,
+                f"features made with options {manifest.options}, the model was trained on "
+                f"{self.features_options}; preprocess the data with those (oefray predict does)",
+            )
+        versions = {self.features_format_version, FORMAT_VERSION}
+        if not versions <= COMPATIBLE_VERSIONS:
+            raise FeaturesError(
+                where,
+                f"features format version {FORMAT_VERSION}, the model was trained on version "
+                f"{self.features_format_version}, whose values differ",
+            )
 
     @classmethod
     def from_files(
@@ -114,6 +145,7 @@ class ModelBundle:
                 targets=tuple(files.get("targets", {}).get("names", PARAMETERS)),
                 features_options=dict(features.get("options", {})),
                 echo_times_s=None if te is None else tuple(float(t) for t in te),
+                features_format_version=int(features.get("format_version", 1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise OefrayError(None, f"model {source} has malformed side files ({exc})") from None

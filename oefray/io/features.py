@@ -11,7 +11,10 @@ dataset carries ground truth, ``Y, v, R2, S0, chi_nb``. ``idx`` is the C-order f
 ``(x, y, z)`` in the subject's grid. Rows of a file are sorted by ``idx``.
 
 A subject appears by one ``rename`` of its finished folder, so a reader never sees half a subject;
-files and the manifest are written to a temporary name first and renamed into place.
+files and the manifest are written to a temporary name first and renamed into place. Readers hold
+the folder's shared lock (:mod:`oefray.io.locks`) and check every file against its recorded
+SHA-256 before reading it (:mod:`oefray.io.integrity`); :func:`verify_features` checks a whole
+folder, content checksums included (``oefray verify``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,8 @@ import pyarrow.parquet as pq
 
 from oefray.errors import FeaturesError
 from oefray.io.files import atomic_path
+from oefray.io.integrity import verify_files
+from oefray.io.locks import reading
 
 # MANIFEST and read_manifest are defined in oefray.io.manifest; readers of a folder get them here
 from oefray.io.manifest import MANIFEST, FeaturesManifest, read_manifest  # noqa: F401
@@ -135,31 +141,140 @@ def publish_subject(staged: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+PART_GLOB = "part-*.parquet"
+
+
+def subject_files(root: Path, label: str, manifest: FeaturesManifest, *, cached: bool = True):
+    """The files of a committed subject, checked against the manifest's record of them.
+
+    Raises
+    ------
+    FeaturesError
+        One line naming a file that is missing, unrecorded, truncated or changed.
+    """
+    record = manifest.subjects[label]
+    folder = subject_dir(root, label)
+    if record.rows and not folder.is_dir():
+        raise FeaturesError(folder, "is missing (the manifest records the subject)")
+    return verify_files(folder, record.files, pattern=PART_GLOB, cached=cached)
+
+
 def read_features(root: str | Path, subjects: list[str] | None = None) -> pa.Table:
     """Read a features folder (every complete subject, or ``subjects``) as one Arrow table.
 
     Columns come in the order of :func:`columns`; rows are sorted by subject, then ``idx``.
+    Holds the folder's shared lock while reading, and checks each file's SHA-256 against the
+    manifest (once per file per process).
+
+    Raises
+    ------
+    FeaturesError
+        For a missing subject, a file that does not match the manifest, or a corrupt file; or
+        (as :class:`~oefray.errors.OefrayError`) while another oefray command writes the folder.
     """
     root = Path(root)
-    manifest = FeaturesManifest.load(root)
-    done = list(manifest.subjects)
-    wanted = done if subjects is None else list(subjects)
-    missing = [s for s in wanted if s not in done]
-    if missing:
-        raise FeaturesError(root, f"subject(s) not in the features: {', '.join(missing)}")
-    with_truth = manifest.has_truth
-    parts = []
-    for label in wanted:
-        files = sorted(subject_dir(root, label).glob("part-*.parquet"))
-        if not files:
-            continue
-        t = _read_files(files, file_schema(with_truth))
-        t = t.sort_by("idx")
-        parts.append(t.add_column(0, "subject", pa.array([label] * t.num_rows, type=pa.string())))
+    with reading(root):
+        manifest = FeaturesManifest.load(root)
+        done = list(manifest.subjects)
+        wanted = done if subjects is None else list(subjects)
+        missing = [s for s in wanted if s not in done]
+        if missing:
+            raise FeaturesError(root, f"subject(s) not in the features: {', '.join(missing)}")
+        with_truth = manifest.has_truth
+        parts = []
+        for label in wanted:
+            files = subject_files(root, label, manifest)
+            if not files:
+                continue
+            t = _read_files(files, file_schema(with_truth))
+            t = t.sort_by("idx")
+            label_column = pa.array([label] * t.num_rows, type=pa.string())
+            parts.append(t.add_column(0, "subject", label_column))
     if not parts:
         schema = pa.schema([pa.field("subject", pa.string())] + list(file_schema(with_truth)))
         return schema.empty_table()
     return pa.concat_tables(parts)
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_features` checked and found."""
+
+    root: str
+    subjects: int = 0
+    files: int = 0
+    bytes: int = 0
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+    #: Subject folders the manifest does not record (a run killed between publishing a subject
+    #: and recording it; readers ignore them and the next preprocess redoes them).
+    unrecorded: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "command": "verify",
+            "features": self.root,
+            "ok": self.ok,
+            "subjects": self.subjects,
+            "files": self.files,
+            "bytes": self.bytes,
+            "rows": self.rows,
+            "problems": list(self.problems),
+            "unrecorded": list(self.unrecorded),
+        }
+
+
+def verify_features(root: str | Path, progress=None) -> VerifyReport:
+    """Check every file of a features folder: present, recorded, SHA-256 as recorded, readable,
+    and each subject's row count and content checksum as the manifest records them.
+
+    Every file is hashed again (nothing is taken from this process's memory of earlier checks).
+    ``progress(done, total, label)`` is called after each subject.
+
+    Raises
+    ------
+    FeaturesError
+        When the folder has no readable manifest (the problems of its files are reported).
+    """
+    root = Path(root).resolve()
+    report = VerifyReport(root=str(root))
+    with reading(root):
+        manifest = FeaturesManifest.load(root)
+        schema = file_schema(manifest.has_truth)
+        for n, (label, record) in enumerate(manifest.subjects.items(), start=1):
+            report.subjects += 1
+            try:
+                files = subject_files(root, label, manifest, cached=False)
+                table = _read_files(files, schema) if files else schema.empty_table()
+                if table.num_rows != record.rows:
+                    raise FeaturesError(
+                        subject_dir(root, label),
+                        f"holds {table.num_rows} rows, the manifest records {record.rows}",
+                    )
+                got = format_checksum(checksum(table))
+                if got != record.checksum:
+                    raise FeaturesError(
+                        subject_dir(root, label),
+                        f"content checksum {got} is not the recorded {record.checksum}",
+                    )
+            except FeaturesError as exc:
+                report.problems.append(str(exc))
+            else:
+                report.files += len(files)
+                report.bytes += sum(f.stat().st_size for f in files)
+                report.rows += table.num_rows
+            if progress:
+                progress(n, len(manifest.subjects), f"sub-{label}")
+        report.unrecorded = sorted(
+            str(p)
+            for p in root.glob("subject=*")
+            if p.name.removeprefix("subject=") not in manifest.subjects
+        )
+    return report
 
 
 def _read_files(files: list[Path], schema: pa.Schema) -> pa.Table:

@@ -4,13 +4,20 @@
 :meth:`FeaturesManifest.load`, which is the one place that says "this is not a features folder".
 The JSON layout::
 
-    {"format": "oefray-features", "format_version": 1, "oefray_version": "...",
+    {"format": "oefray-features", "format_version": 2, "oefray_version": "...",
      "source": {"dataset": "/abs/path", "name": "..."}, "options": {"normalize": "none"},
      "has_truth": true, "columns": [...], "echo_times_s": [...] or null,
      "subjects": {"<label>": {"rows", "checksum", "status_counts", "split", "shape", "affine",
-                              "echo_times_s", "source_files", "created"}}}
+                              "echo_times_s", "source_files", "created",
+                              "files": {"part-z0000-0008.parquet": {"sha256", "bytes"}}}}}
 
 ``echo_times_s`` at the top is the scheme every subject shares, or null when they differ.
+``checksum`` is the subject's content checksum (a sum of row hashes, independent of how rows are
+split into files); ``files`` holds each file's SHA-256 and size, verified when a stage reads the
+file (:mod:`oefray.io.integrity`).
+
+Format versions: 1 had no ``files``; 2 adds them (the feature values are the same, so a model
+trained on version-1 features applies to version-2 ones: :data:`COMPATIBLE_VERSIONS`).
 """
 
 from __future__ import annotations
@@ -29,11 +36,28 @@ from oefray.io.bids import natural_key
 from oefray.io.files import write_text_atomic
 
 FORMAT = "oefray-features"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Feature format versions whose values mean the same as this one's (a model trained on any of
+#: them applies to features of this version).
+COMPATIBLE_VERSIONS: frozenset[int] = frozenset({1, 2})
 MANIFEST = "manifest.json"
 
 #: A BIDS label: letters and digits (what ``sub-<label>`` and ``subject=<label>`` hold).
-_LABEL = re.compile(r"[A-Za-z0-9]+")
+LABEL = re.compile(r"[A-Za-z0-9]+")
+
+#: A slab file's name (names read from a manifest become paths: nothing else is accepted).
+_FILE = re.compile(r"part-z[0-9]{4,}-[0-9]{4,}\.parquet")
+
+
+def _file_name(name: object) -> str:
+    if not isinstance(name, str) or not _FILE.fullmatch(name):
+        raise ValueError(f"file name {name!r} is not a slab file name (part-z<z0>-<z1>.parquet)")
+    return name
+
+
+class FeaturesVersionError(FeaturesError):
+    """An oefray features folder of another format version (``preprocess --force`` redoes it)."""
+
 
 _NOT_FEATURES = "no manifest.json: not a features folder (run oefray preprocess)"
 
@@ -51,6 +75,7 @@ class SubjectRecord:
     echo_times_s: tuple[float, ...]
     source_files: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +88,7 @@ class SubjectRecord:
             "echo_times_s": list(self.echo_times_s),
             "source_files": self.source_files,
             "created": self.created,
+            "files": {name: dict(rec) for name, rec in self.files.items()},
         }
 
     @classmethod
@@ -77,6 +103,7 @@ class SubjectRecord:
             echo_times_s=tuple(float(t) for t in data["echo_times_s"]),
             source_files=dict(data.get("source_files", {})),
             created=str(data.get("created", "")),
+            files={_file_name(k): dict(v) for k, v in data["files"].items()},
         )
 
     @staticmethod
@@ -106,7 +133,7 @@ def read_manifest(root: str | Path) -> dict[str, Any] | None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FeaturesError(path, f"not an oefray features manifest (format != {FORMAT!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise FeaturesError(
+        raise FeaturesVersionError(
             path,
             f"features format version {manifest.get('format_version')} is not the supported "
             f"{FORMAT_VERSION}; re-run oefray preprocess with --force",
@@ -150,7 +177,7 @@ class FeaturesManifest:
         if data is None:
             return None
         path = Path(root) / MANIFEST
-        bad = [k for k in data.get("subjects", {}) if not _LABEL.fullmatch(str(k))]
+        bad = [k for k in data.get("subjects", {}) if not LABEL.fullmatch(str(k))]
         if bad:  # labels become folder names (subject=<label>): never a path from a file
             raise FeaturesError(
                 path, f"subject label {bad[0]!r} is not a BIDS label (letters and digits only)"

@@ -8,6 +8,7 @@ Every method is evaluated the same way (:func:`log_evaluation`): the LSTM after 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,13 @@ import numpy as np
 
 from oefray.io.bundle import ModelBundle
 from oefray.io.manifest import FeaturesManifest
-from oefray.tracking.names import floor_metrics, rmse_metric_name
+from oefray.tracking.names import (
+    COMMAND_TAG,
+    EVALUATES_TAG,
+    PARENT_RUN_ID_TAG,
+    floor_metrics,
+    rmse_metric_name,
+)
 
 #: The per-epoch metrics of Fig. 3 (training curves).
 CURVE_METRICS: tuple[str, ...] = ("loss", "val_loss", rmse_metric_name("val", "OEF"))
@@ -169,32 +176,66 @@ def evaluate_model(
     )
 
 
+@dataclass
+class EvaluateResult:
+    """What ``oefray evaluate`` logged: a new run, child of the training run it re-evaluated."""
+
+    run_id: str
+    evaluates: str
+    features: str
+    table: Any
+    test_metrics: dict[str, float]
+
+
 def evaluate(
     run_id: str, *, features: str | Path | None = None, tracking_uri: str | None = None
-) -> tuple[Any, dict[str, float]]:
-    """Recompute the test tables, figures and maps of a training run and log them to it again.
+) -> EvaluateResult:
+    """Recompute the test tables, figures and maps of a training run, into a new MLflow run.
 
     Uses the run's own model, scalers, window and test subjects; ``features`` overrides the
-    features folder recorded in the run (e.g. the same cohort preprocessed elsewhere).
+    features folder recorded in the run (e.g. the same cohort preprocessed elsewhere), and must
+    have been made with the model's preprocessing options. The new run is a child of the
+    training run (tags ``mlflow.parentRunId`` and ``oefray.evaluates``, name
+    ``<run name>-evaluate-<n>``): the training run's own metrics are never overwritten.
 
-    Returns
-    -------
-    (pandas.DataFrame, dict)
-        The Table 1 frame and the test metrics.
+    Raises
+    ------
+    FeaturesError
+        Features made with other options than the model's, or of an incompatible format.
     """
     from oefray.io import features as fio
     from oefray.ml.windows import make_windows_table
     from oefray.tracking import Tracker
 
     tracker = Tracker.from_uri(tracking_uri)
-    params = tracker.get_run(run_id).data.params
+    trained = tracker.get_run(run_id)
+    params = trained.data.params
     bundle = load_bundle(tracker, run_id)
     root = Path(features or params.get("features", "")).resolve()
     manifest = FeaturesManifest.load(root)
+    bundle.check_features(manifest, root)
     test_subjects = [s for s in params.get("test_subjects", "").split(",") if s]
     test = make_windows_table(fio.read_features(root, test_subjects), bundle.window, test_subjects)
     history = {key: [v for _, v in tracker.metric_history(run_id, key)] for key in CURVE_METRICS}
     n_epochs = min(len(v) for v in history.values())
     epochs = [{k: history[k][i] for k in history} for i in range(n_epochs)]
-    with tracker.resumed_run(run_id) as run, tempfile.TemporaryDirectory() as tmp:
-        return evaluate_model(run, bundle, test, test_subjects, manifest, epochs, Path(tmp))
+    experiment = tracker.client.get_experiment(trained.info.experiment_id).name
+    earlier = tracker.child_runs(run_id, {COMMAND_TAG: "evaluate"})
+    name = f"{trained.info.run_name or run_id[:8]}-evaluate-{len(earlier) + 1}"
+    tags = {COMMAND_TAG: "evaluate", PARENT_RUN_ID_TAG: run_id, EVALUATES_TAG: run_id}
+    run_params = {"evaluates": run_id, "features": str(root), "test_subjects": test_subjects}
+    with (
+        tracker.tracked_run(experiment, run_name=name, tags=tags, params=run_params) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        run.log_dataset_input(
+            name="features-test",
+            source=str(root),
+            digest=manifest.digest(test_subjects),
+            context="evaluation",
+            profile={"subjects": test_subjects},
+        )
+        table, metrics = evaluate_model(
+            run, bundle, test, test_subjects, manifest, epochs, Path(tmp)
+        )
+    return EvaluateResult(run.run_id, run_id, str(root), table, metrics)

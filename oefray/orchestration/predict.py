@@ -85,6 +85,7 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
     from oefray import __version__
     from oefray.io import features as fio
     from oefray.io.files import atomic_folder
+    from oefray.io.locks import replacing
     from oefray.io.manifest import FeaturesManifest
     from oefray.io.outputs import check_output, mark_output
     from oefray.ml.windows import make_windows_table
@@ -107,11 +108,12 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
         if not pre.ok:
             raise OefrayError(None, next(iter(pre.failed.values())))
         manifest = FeaturesManifest.load(features)
+        bundle.check_features(manifest, features)
         windows = make_windows_table(
             fio.read_features(features), bundle.window, with_targets=manifest.has_truth
         )
         pred = predict_windows(bundle, windows.x)
-        with atomic_folder(out, replace=config.force) as partial:
+        with replacing(out, "predict"), atomic_folder(out, replace=config.force) as partial:
             mark_output(partial, f"oefray predict ({model_uri})", __version__)
             _write_maps(partial, manifest, windows, pred, result)
             result.seconds = time.perf_counter() - t0

@@ -16,7 +16,6 @@ failed, task time and throughput; :mod:`oefray.orchestration.metrics`) once per 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import shutil
@@ -39,7 +38,15 @@ from oefray.io.bids import (
     read_brain_voxels,
     scan_dataset,
 )
-from oefray.io.manifest import MANIFEST, FeaturesManifest, SubjectRecord
+from oefray.io.integrity import file_record
+from oefray.io.locks import reading, writing
+from oefray.io.manifest import (
+    LABEL,
+    MANIFEST,
+    FeaturesManifest,
+    FeaturesVersionError,
+    SubjectRecord,
+)
 from oefray.orchestration import metrics as ray_metrics
 from oefray.orchestration.runtime import ray_runtime
 from oefray.physics.decay import FitStatus, fit_decay
@@ -120,12 +127,11 @@ def _fit_slabs(
     with_truth: bool,
 ) -> dict[str, np.ndarray]:
     """``map_batches`` body: fit and write each slab of the batch; return one summary row each."""
-    out: dict[str, list[Any]] = {
-        k: [] for k in ("subject", "z0", "z1", "rows", "checksum", "status", "error")
-    }
+    keys = ("subject", "z0", "z1", "rows", "checksum", "status", "file", "error")
+    out: dict[str, list[Any]] = {k: [] for k in keys}
     for label, z0, z1 in zip(batch["subject"], batch["z0"], batch["z1"], strict=True):
         label, z0, z1 = str(label), int(z0), int(z1)
-        rows, xsum, status, error = 0, 0, "{}", ""
+        rows, xsum, status, file, error = 0, 0, "{}", "{}", ""
         t0 = time.perf_counter()
         try:
             cols = slab_features(
@@ -134,7 +140,8 @@ def _fit_slabs(
             rows = len(cols["idx"])
             if rows:
                 table = fio.table_from_columns(cols, with_truth)
-                fio.write_slab_table(fio.subject_dir(Path(staging), label), table, z0, z1)
+                path = fio.write_slab_table(fio.subject_dir(Path(staging), label), table, z0, z1)
+                file = json.dumps({path.name: file_record(path)})
                 xsum = fio.checksum(table)
                 codes, counts = np.unique(cols["status"], return_counts=True)
                 status = json.dumps(
@@ -144,7 +151,8 @@ def _fit_slabs(
             error = str(exc)
         # once per slab, inside the task (oefray/orchestration/metrics.py)
         ray_metrics.record_slab(label, voxels=rows, seconds=time.perf_counter() - t0, ok=not error)
-        for key, value in zip(out, (label, z0, z1, rows, xsum, status, error), strict=True):
+        values = (label, z0, z1, rows, xsum, status, file, error)
+        for key, value in zip(out, values, strict=True):
             out[key].append(value)
     arrays = {k: np.asarray(v) for k, v in out.items()}
     arrays["checksum"] = np.asarray(out["checksum"], dtype=np.uint64)
@@ -230,22 +238,6 @@ class PreprocessResult:
         }
 
 
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the features folder for the duration of a run."""
-    lock = open(out / ".lock", "w")  # noqa: SIM115 - held for the whole block
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FeaturesError(
-                out, "another oefray preprocess is writing to this folder"
-            ) from None
-        yield
-    finally:
-        lock.close()
-
-
 def _options(config: PreprocessConfig) -> dict[str, Any]:
     return {"normalize": config.normalize}
 
@@ -262,31 +254,92 @@ def _new_manifest(
     )
 
 
-def _compatible(manifest: FeaturesManifest, config: PreprocessConfig, with_truth: bool) -> bool:
-    return manifest.options == _options(config) and manifest.has_truth == with_truth
+def _difference(
+    manifest: FeaturesManifest, index: DatasetIndex, config: PreprocessConfig, with_truth: bool
+) -> str | None:
+    """How the folder's features differ from what this run makes, in words (None: they don't)."""
+    made_from = manifest.source.get("dataset")
+    if made_from != str(index.root):
+        return f"holds features of the dataset {made_from}, not of {index.root}"
+    if manifest.options != _options(config):
+        return f"was made with options {manifest.options}, not {_options(config)}"
+    if manifest.has_truth != with_truth:
+        return (
+            f"was made {'with' if manifest.has_truth else 'without'} ground truth, and this "
+            f"dataset has {'some' if with_truth else 'none'}"
+        )
+    return None
 
 
-def _check_existing(
-    out: Path, manifest: FeaturesManifest | None, config: PreprocessConfig, with_truth: bool
-) -> None:
-    if manifest is None:
-        if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+@dataclass
+class _Existing:
+    """What the output folder already holds: a manifest of this format, or the subject labels
+    of an older format's (redone with ``--force``)."""
+
+    manifest: FeaturesManifest | None = None
+    old_format: list[str] | None = None
+
+
+def _read_existing(out: Path, force: bool) -> _Existing:
+    """The manifest of ``out`` (None if there is none yet); an older features format is one
+    line, or with ``force`` a folder to redo.
+
+    Raises
+    ------
+    FeaturesError
+        A folder that is not an oefray features folder, or another format without ``force``.
+    """
+    if not out.is_dir():
+        return _Existing()
+    try:
+        manifest = FeaturesManifest.read(out)
+    except FeaturesVersionError:
+        if not force:
+            raise
+        old = json.loads((out / MANIFEST).read_text())  # read_manifest parsed it just now
+        labels = [str(k) for k in old.get("subjects", {})]
+    else:
+        if manifest is None and any(_foreign(p) for p in out.iterdir()):
             raise FeaturesError(
                 out, "exists and is not an oefray features folder (no manifest.json)"
             )
-        return
-    if config.force:
-        return
-    if manifest.options != _options(config):
+        return _Existing(manifest=manifest)
+    bad = [k for k in labels if not LABEL.fullmatch(k)]
+    if bad:  # labels become paths: never unchecked
         raise FeaturesError(
             out / MANIFEST,
-            f"was made with options {manifest.options}, not {_options(config)}; "
-            "use --force to redo every subject",
+            f"subject label {bad[0]!r} is not a BIDS label (letters and digits only)",
         )
-    if manifest.has_truth != with_truth:
+    return _Existing(old_format=labels)
+
+
+def _foreign(path: Path) -> bool:
+    """Whether ``path``, in a folder without a manifest, is something preprocess did not write
+    (a hidden file or its own results.json from a run that committed nothing is not)."""
+    if path.name.startswith("."):
+        return False
+    if path.name == "results.json" and path.is_file():
+        try:
+            return json.loads(path.read_text()).get("command") != "preprocess"
+        except (OSError, ValueError, AttributeError):
+            return True
+    return True
+
+
+def _check_existing(
+    out: Path,
+    existing: _Existing,
+    index: DatasetIndex,
+    config: PreprocessConfig,
+    with_truth: bool,
+) -> None:
+    """Refuse, without ``--force``, features made from another dataset or with other options."""
+    if existing.manifest is None or config.force:
+        return
+    differs = _difference(existing.manifest, index, config, with_truth)
+    if differs:
         raise FeaturesError(
-            out / MANIFEST,
-            "ground-truth presence differs from the dataset's; use --force to redo every subject",
+            out / MANIFEST, f"{differs}; use another --out, or --force to redo every subject"
         )
 
 
@@ -341,49 +394,78 @@ def preprocess(
     if not with_truth and any(s.truth for s in valid):
         log.warning("ground truth present for some subjects only; it is left out for all")
 
-    manifest = FeaturesManifest.read(out) if out.is_dir() else None
-    _check_existing(out, manifest, config, with_truth)
+    existing = _read_existing(out, config.force)
+    _check_existing(out, existing, index, config, with_truth)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        _process(index, valid, out, manifest, config, with_truth, result, progress)
+        _process(index, valid, out, existing, config, with_truth, result, progress)
     finally:
-        if (
-            created and FeaturesManifest.read(out) is None
-        ):  # nothing completed: leave nothing behind
+        if created and FeaturesManifest.read(out) is None:  # nothing completed: leave nothing
             shutil.rmtree(out, ignore_errors=True)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path) -> Iterator[bool]:
+    """The features folder's writer lock (yields True), or, where the folder is read-only, its
+    reader lock (yields False: a run with nothing to do may still skip every subject)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(writing(out, "preprocess"))
+            writable = True
+        except PermissionError:
+            stack.enter_context(reading(out))
+            writable = False
+        yield writable
 
 
 def _process(
     index: DatasetIndex,
     valid: list[SubjectFiles],
     out: Path,
-    manifest: FeaturesManifest | None,
+    existing: _Existing,
     config: PreprocessConfig,
     with_truth: bool,
     result: PreprocessResult,
     progress: ProgressFn | None,
 ) -> None:
     """Under the folder lock: clean up after killed runs, pick the subjects to do, run them."""
-    with _locked(out):
-        for stale in out.glob(f"{fio.STAGING_PREFIX}*"):  # left by a run that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        if manifest is not None and not _compatible(manifest, config, with_truth):
-            # --force with other options: subjects made the old way would not match; drop them
-            for label in manifest.subjects:
-                shutil.rmtree(fio.subject_dir(out, label), ignore_errors=True)
-            manifest = None
-        if manifest is None:
+    with _folder_lock(out) as writable:
+        manifest = existing.manifest
+        stale = list(out.glob(f"{fio.STAGING_PREFIX}*"))  # left by a run that was killed
+        old = existing.old_format
+        if manifest is not None and _difference(manifest, index, config, with_truth):
+            old = list(manifest.subjects)  # --force: subjects made otherwise do not belong
+        todo = [
+            s
+            for s in valid
+            if config.force
+            or manifest is None
+            or old is not None
+            or s.label not in manifest.subjects
+            or not fio.subject_dir(out, s.label).is_dir()
+        ]
+        doing = {s.label for s in todo}
+        result.skipped += [s.label for s in valid if s.label not in doing]
+        if not writable:
+            if todo:
+                raise FeaturesError(
+                    out,
+                    f"is read-only: cannot write the features of {len(todo)} subject(s) "
+                    f"({', '.join('sub-' + s.label for s in todo[:3])}"
+                    f"{', ...' if len(todo) > 3 else ''})",
+                )
+            return
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        if manifest is None or old is not None:
             manifest = _new_manifest(index, config, with_truth)
-        todo = []
-        for s in valid:
-            done = s.label in manifest.subjects and fio.subject_dir(out, s.label).is_dir()
-            if done and not config.force:
-                result.skipped.append(s.label)
-            else:
-                todo.append(s)
+        if old is not None:
+            for label in old:  # labels checked when the manifest was read
+                shutil.rmtree(fio.subject_dir(out, label), ignore_errors=True)
+            manifest.save(out)  # the folder's record matches what it holds, whatever follows
         if todo:
             _run(index, todo, out, manifest, config, with_truth, result, progress)
 
@@ -431,7 +513,10 @@ def _run(
                     done += 1
                     remaining[label] -= 1
                     tally[label].add(
-                        int(batch["rows"][i]), int(batch["checksum"][i]), str(batch["status"][i])
+                        int(batch["rows"][i]),
+                        int(batch["checksum"][i]),
+                        str(batch["status"][i]),
+                        str(batch["file"][i]),
                     )
                     if error and label not in errors:
                         errors[label] = str(error)
@@ -454,17 +539,20 @@ def _run(
 
 @dataclass
 class _Tally:
-    """What the slabs of one subject reported: rows, content checksum (a sum), status counts."""
+    """What the slabs of one subject reported: rows, content checksum (a sum), status counts and
+    each written file's SHA-256 and size."""
 
     rows: int = 0
     checksum: int = 0
     status: dict[str, int] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, rows: int, checksum: int, status_json: str) -> None:
+    def add(self, rows: int, checksum: int, status_json: str, file_json: str = "{}") -> None:
         self.rows += rows
         self.checksum = (self.checksum + checksum) % 2**64
         for code, n in json.loads(status_json).items():
             self.status[code] = self.status.get(code, 0) + n
+        self.files.update(json.loads(file_json))
 
 
 def _commit(
@@ -492,6 +580,7 @@ def _commit(
         echo_times_s=tuple(subject.te_s),
         source_files={"echoes": list(subject.echoes), "chi": subject.chi, "mask": subject.mask},
         created=SubjectRecord.now(),
+        files=dict(sorted(tally.files.items())),
     )
     manifest.add_subject(subject.label, record, __version__)
     manifest.save(out)

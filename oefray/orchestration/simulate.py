@@ -21,6 +21,7 @@ from oefray.config import FOV_MM, SimulationConfig, split_of
 from oefray.errors import OefrayError
 from oefray.io import bids
 from oefray.io.files import atomic_folder
+from oefray.io.locks import replacing
 from oefray.io.outputs import check_output
 from oefray.physics.phantom import simulate_subject
 
@@ -94,7 +95,7 @@ def simulate_cohort(
     check_output(out, force=force)
     result = SimulationResult(dataset=str(out), options=_options(config))
     try:
-        with atomic_folder(out, replace=force) as partial:
+        with replacing(out, "simulate"), atomic_folder(out, replace=force) as partial:
             _write_cohort(partial, config, suffix, result, progress)
             result.seconds = time.perf_counter() - t0
     except OSError as exc:

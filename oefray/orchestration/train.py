@@ -374,6 +374,7 @@ def make_loop_config(
 
 def _fit(run, tracker, config, mc, data, storage: str, callbacks) -> tuple[Any, dict[str, Any]]:
     """Fit on Ray Train; returns the best-epoch Keras model and the final training state."""
+    from oefray.io.locks import writing
     from oefray.ml.model import build_lstm
     from oefray.orchestration.data import to_ray_dataset
 
@@ -397,7 +398,10 @@ def _fit(run, tracker, config, mc, data, storage: str, callbacks) -> tuple[Any, 
         max_failures=config.max_failures,
         callbacks=tuple(callbacks),
     )
-    result = build_trainer(loop_config, datasets, spec).fit()
+    folder = Path(storage) / spec.name  # Ray Train's experiment folder of this run
+    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder, "train"):  # one writer: two `train --resume RUN` do not interleave
+        result = build_trainer(loop_config, datasets, spec).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint ({result.error})")
     model = build_lstm(mc)
@@ -411,6 +415,7 @@ def _evaluate_and_log(run, model, mc, data, state: dict[str, Any]) -> tuple[Any,
     """Evaluate the trained model on the test subjects and log it as a :class:`ModelBundle`;
     returns the Table 1 frame, the logged test metrics and the model URI."""
     from oefray.io.bundle import ModelBundle
+    from oefray.io.manifest import FORMAT_VERSION
     from oefray.orchestration.evaluate import evaluate_model
 
     bundle = ModelBundle(
@@ -420,6 +425,7 @@ def _evaluate_and_log(run, model, mc, data, state: dict[str, Any]) -> tuple[Any,
         window=data.window,
         model_config=mc.to_dict(),
         features_options=data.manifest.options,
+        features_format_version=FORMAT_VERSION,
         echo_times_s=data.manifest.echo_times_s,
     )
     history = state["history"]

@@ -197,6 +197,8 @@ ERROR_TAG = "oefray.error"
 STOPPED_EARLY_TAG = "oefray.stopped_early"
 #: Parent-run tag of a ``tune``: the state file of its Ray Tune experiment (for ``--resume``).
 TUNE_STATE_TAG = "oefray.tune_state"
+#: Run id of the training run an ``oefray evaluate`` run re-evaluated (also its parent).
+EVALUATES_TAG = "oefray.evaluates"
 #: Run tag holding the URI of the model logged under a name: ``oefray.model.<name>``.
 MODEL_TAG_PREFIX = "oefray.model."
 #: MLflow's tag of a child run naming its parent.

@@ -8,6 +8,7 @@ import pytest
 
 from oefray.errors import FeaturesError
 from oefray.io import features as fio
+from oefray.io.integrity import file_record
 
 from .features_reference import checksum_subject
 
@@ -100,12 +101,13 @@ def test_a_truncated_parquet_file_is_one_line_naming_it(tmp_path):
         source={}, options={"normalize": "none"}, has_truth=False, columns=list(fio.columns(False))
     )
     record = SubjectRecord(
-        3, "xsum64:0", {"0": 3}, "train", (1, 1, 3), ((1.0,) * 4,) * 4, (0.01, 0.02)
-    )
+        3, "xsum64:0", {"0": 3}, "train", (1, 1, 3), ((1.0,) * 4,) * 4, (0.01, 0.02),
+        files={path.name: file_record(path)},
+    )  # fmt: skip
     manifest.add_subject("P3", record, "1")
     manifest.save(tmp_path)
     assert fio.read_features(tmp_path).num_rows == 3
     path.write_bytes(path.read_bytes()[:40])  # truncated
-    with pytest.raises(FeaturesError, match="corrupt or truncated") as info:
+    with pytest.raises(FeaturesError, match="is 40 bytes.*truncated") as info:
         fio.read_features(tmp_path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -58,7 +58,12 @@ def test_manifest_checks(tmp_path):
         FeaturesManifest.load(tmp_path)
     with pytest.raises(FeaturesError, match="format version 0"):
         fio.read_features(tmp_path)
-    (tmp_path / MANIFEST).write_text(json.dumps({"format": FORMAT, "format_version": 1}))
+    (tmp_path / MANIFEST).write_text(
+        json.dumps({"format": FORMAT, "format_version": 1, "subjects": {}})
+    )
+    with pytest.raises(FeaturesError, match="features format version 1 is not the supported 2"):
+        FeaturesManifest.load(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": FORMAT, "format_version": 2}))
     with pytest.raises(FeaturesError, match="malformed manifest .KeyError"):
         FeaturesManifest.load(tmp_path)
 
@@ -119,4 +124,18 @@ def test_a_subject_label_that_is_not_a_bids_label_is_refused(tmp_path, label):
     raw["subjects"][label] = raw["subjects"].pop("P3")
     (tmp_path / MANIFEST).write_text(json.dumps(raw))
     with pytest.raises(FeaturesError, match="is not a BIDS label"):
+        FeaturesManifest.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name", ["../../victim.parquet", "/etc/passwd", "part-z0000-0004.parquet/..", "x.parquet"]
+)
+def test_a_file_name_that_is_not_a_slab_file_is_refused(tmp_path, name):
+    """File names of the manifest become paths too: only ``part-z<z0>-<z1>.parquet``."""
+    m = _manifest()
+    m.add_subject("P3", _record("train"), "1")
+    raw = m.to_dict()
+    raw["subjects"]["P3"]["files"] = {name: {"sha256": "0" * 64, "bytes": 1}}
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(FeaturesError, match="is not a slab file name"):
         FeaturesManifest.load(tmp_path)

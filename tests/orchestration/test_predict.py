@@ -16,15 +16,60 @@ from oefray.orchestration.predict import predict
 from oefray.orchestration.simulate import simulate_cohort
 from oefray.tracking import Tracker
 
+from ..conftest import error_lines
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_evaluate_recomputes_the_same_table(trained, store, capsys):
-    before = Tracker(store["uri"]).get_run(trained["run_id"]).data.metrics["test_rmse_OEF"]
-    assert main(["evaluate", trained["run_id"], "--tracking-uri", store["uri"]]) == 0
-    out = capsys.readouterr().out
-    assert f"test OEF RMSE {before:.3f} %" in out
-    assert Tracker(store["uri"]).get_run(trained["run_id"]).info.status == "FINISHED"
+def test_evaluate_recomputes_the_same_table_in_a_new_run(trained, store, tmp_path, capsys):
+    """`oefray evaluate RUN` logs to a new run under the training run (its name counts up),
+    with the same test metrics; the training run's own metrics are left as they were."""
+    tracker = Tracker(store["uri"])
+    before = tracker.get_run(trained["run_id"]).data.metrics
+    results = tmp_path / "evaluate.json"
+    for n in (1, 2):
+        args = ["evaluate", trained["run_id"], "--tracking-uri", store["uri"]]
+        assert main([*args, "--results", str(results)]) == 0
+        out = capsys.readouterr().out
+        assert f"test OEF RMSE {before['test_rmse_OEF']:.3f} %" in out
+        payload = json.loads(results.read_text())
+        assert payload["evaluates"] == trained["run_id"] != payload["run_id"]
+        run = tracker.get_run(payload["run_id"])
+        assert run.info.status == "FINISHED"
+        assert (
+            run.info.run_name == f"{tracker.get_run(trained['run_id']).info.run_name}-evaluate-{n}"
+        )
+        assert run.data.tags["mlflow.parentRunId"] == trained["run_id"]
+        assert run.data.tags["oefray.evaluates"] == trained["run_id"]
+        assert run.data.metrics["test_rmse_OEF"] == pytest.approx(before["test_rmse_OEF"], abs=1e-6)
+    after = tracker.get_run(trained["run_id"])
+    assert after.data.metrics == before and after.info.status == "FINISHED"
+    assert len(tracker.metric_history(trained["run_id"], "test_rmse_OEF")) == 1
+
+
+def test_evaluate_refuses_features_made_with_other_options(
+    trained, store, tiny_cohort, ray_local, tmp_path, capsys
+):
+    """Row: `oefray evaluate RUN --features F`, F preprocessed with other options than the run's,
+    gave exit 0 and overwrote the run's test metrics. Now: one line, nothing logged."""
+    from oefray.config import PreprocessConfig
+    from oefray.orchestration.preprocess import preprocess
+
+    other = tmp_path / "first-echo"
+    assert preprocess(tiny_cohort, other, PreprocessConfig(normalize="first-echo")).ok
+    tracker = Tracker(store["uri"])
+    before = tracker.get_run(trained["run_id"]).data.metrics
+    evaluations = len(tracker.child_runs(trained["run_id"]))
+    args = ["evaluate", trained["run_id"], "--features", str(other), "--tracking-uri", store["uri"]]
+    assert main(args) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line == (
+        f"oefray: error: {other / 'manifest.json'}: features made with options "
+        "{'normalize': 'first-echo'}, the model was trained on {'normalize': 'none'}; "
+        "preprocess the data with those (oefray predict does)"
+    )
+    assert tracker.get_run(trained["run_id"]).data.metrics == before
+    assert len(tracker.child_runs(trained["run_id"])) == evaluations
 
 
 def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):

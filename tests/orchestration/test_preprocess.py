@@ -317,9 +317,11 @@ def test_nonfinite_qsm_gets_a_nonfinite_status(tmp_path):
     assert np.all(cols["status"][~bad] == FitStatus.OK) and np.isfinite(cols["A"][~bad]).all()
 
 
-def test_a_hostile_manifest_label_deletes_nothing_outside(tiny_cohort, tmp_path):
+@pytest.mark.parametrize("version", [1, 2], ids=["older-format", "this-format"])
+def test_a_hostile_manifest_label_deletes_nothing_outside(tiny_cohort, tmp_path, version):
     """A manifest subject key `x/../../victim` with `--force` and other options used to delete a
-    folder outside the features folder; it is refused before anything is touched."""
+    folder outside the features folder; it is refused before anything is touched, in a manifest
+    of this format and in one of an older format (which `--force` otherwise redoes)."""
     import json
 
     out = tmp_path / "features" / "here"
@@ -329,10 +331,10 @@ def test_a_hostile_manifest_label_deletes_nothing_outside(tiny_cohort, tmp_path)
     (victim / "keep.txt").write_text("mine")
     record = {
         "rows": 1, "checksum": "xsum64:0", "split": "train", "shape": [1, 1, 1],
-        "affine": np.eye(4).tolist(), "echo_times_s": [0.01, 0.02],
+        "affine": np.eye(4).tolist(), "echo_times_s": [0.01, 0.02], "files": {},
     }  # fmt: skip
     manifest = {
-        "format": "oefray-features", "format_version": 1, "options": {"normalize": "none"},
+        "format": "oefray-features", "format_version": version, "options": {"normalize": "none"},
         "has_truth": True, "subjects": {"x/../../victim": record},
     }  # fmt: skip
     (out / fio.MANIFEST).write_text(json.dumps(manifest))

@@ -100,6 +100,7 @@ def test_tag_names():
         "oefray.error",
         "oefray.stopped_early",
         "oefray.tune_state",
+        "oefray.evaluates",
         "mlflow.parentRunId",
         "mlflow.experimentKind",
         "mlflow.data.context",
