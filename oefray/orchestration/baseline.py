@@ -70,10 +70,11 @@ def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[st
     from oefray.ml.ccm import CCMConfig, estimate_snr
     from oefray.orchestration.evaluate import log_evaluation, log_features_inputs
     from oefray.physics.constants import PARAMETERS
-    from oefray.tracking import Tracker
+    from oefray.tracking import Tracker, writable_tracking_uri
 
     t0 = time.perf_counter()
     config = config or CCMRunConfig()
+    writable_tracking_uri(config.tracking_uri, create=False)  # before the features are read
     root = Path(features).resolve()
     manifest = _check_features(root)
     train, test = manifest.split_subjects(root, config.train_subjects, config.test_subjects)

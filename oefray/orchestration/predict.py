@@ -91,13 +91,18 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
     from oefray.ml.windows import make_windows_table
     from oefray.orchestration.evaluate import load_bundle, predict_windows
     from oefray.orchestration.preprocess import preprocess
-    from oefray.tracking import Tracker
+    from oefray.tracking import Tracker, resolve_tracking_uri
+    from oefray.tracking.models import model_reads_store
 
     t0 = time.perf_counter()
     config = config or PredictConfig()
     out = Path(out).resolve()
     check_output(out, force=config.force, inputs=[Path(dataset)])
-    bundle = load_bundle(Tracker.from_uri(config.tracking_uri), model_uri)
+    if model_reads_store(model_uri):  # an MLflow store that is there; it is only read
+        tracker = Tracker.for_reading(config.tracking_uri)
+    else:  # a model folder: no store needed, none created
+        tracker = Tracker(resolve_tracking_uri(config.tracking_uri, create=False))
+    bundle = load_bundle(tracker, model_uri)
     result = PredictResult(out=str(out), model=model_uri)
     with tempfile.TemporaryDirectory(prefix="oefray-predict-") as tmp:
         features = Path(tmp) / "features"

@@ -482,10 +482,11 @@ def train(
     from oefray.orchestration import runtime
     from oefray.orchestration.data import prepare_data
     from oefray.orchestration.evaluate import log_features_inputs
-    from oefray.tracking import Tracker
+    from oefray.tracking import Tracker, writable_tracking_uri
 
     t0 = time.perf_counter()
     config = config or TrainConfig()
+    writable_tracking_uri(config.tracking_uri, create=False)  # before the features and Ray
     data = prepare_data(features, config)
     mc = model_config(config.preset, **config.model_overrides())
     tracker = Tracker.from_uri(config.tracking_uri)

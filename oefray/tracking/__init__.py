@@ -6,7 +6,8 @@ One concept per module:
     Every metric, tag and artifact name oefray logs (:data:`METRIC_NAMES`,
     :func:`rmse_metric_name`, ``*_TAG``).
 ``store``
-    Which store (:func:`resolve_tracking_uri`, default SQLite ``<cwd>/mlruns/mlflow.db``), where
+    Which store (:func:`resolve_tracking_uri`, default SQLite ``<cwd>/mlruns/mlflow.db``; one
+    a writer can use, :func:`writable_tracking_uri`), where
     its artifacts go (:func:`artifact_root`), and how to browse it (:func:`ui_command`,
     :func:`server_command`).
 ``params``
@@ -55,6 +56,7 @@ from oefray.tracking.params import flatten_params
 from oefray.tracking.runs import END_STATUSES, TrackedRun, Tracker
 from oefray.tracking.store import (
     artifact_root,
+    check_writable_store,
     default_tracking_uri,
     existing_tracking_uri,
     experiment_url,
@@ -63,6 +65,7 @@ from oefray.tracking.store import (
     resolve_tracking_uri,
     server_command,
     ui_command,
+    writable_tracking_uri,
 )
 
 __all__ = [
@@ -94,6 +97,7 @@ __all__ = [
     "TrackedRun",
     "Tracker",
     "artifact_root",
+    "check_writable_store",
     "default_tracking_uri",
     "existing_tracking_uri",
     "experiment_url",
@@ -108,4 +112,5 @@ __all__ = [
     "rmse_metric_name",
     "server_command",
     "ui_command",
+    "writable_tracking_uri",
 ]

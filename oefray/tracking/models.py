@@ -177,6 +177,15 @@ def model_uri(tracker: Tracker, run_id: str, name: str = "model") -> str:
     return str(uri)
 
 
+def model_reads_store(model_uri_or_run_id: str) -> bool:
+    """Whether loading ``model_uri_or_run_id`` (see :func:`load_model_bundle`) reads the MLflow
+    store: a run id or a ``runs:/``/``models:/`` URI does; a local folder or another artifact
+    URI does not."""
+    if ":/" not in model_uri_or_run_id:
+        return not Path(model_uri_or_run_id).exists()
+    return model_uri_or_run_id.startswith(("runs:/", "models:/"))
+
+
 def load_model_bundle(
     tracker: Tracker, model_uri_or_run_id: str, *, name: str = "model"
 ) -> tuple[Any, dict[str, Any]]:

@@ -88,8 +88,16 @@ class Tracker:
 
     @classmethod
     def from_uri(cls, explicit: str | None = None) -> Tracker:
-        """A tracker on ``resolve_tracking_uri(explicit)``, for writers."""
-        return cls(store.resolve_tracking_uri(explicit))
+        """A tracker on ``resolve_tracking_uri(explicit)``, for writers: the store is checked and
+        its folder created (see :func:`~oefray.tracking.store.writable_tracking_uri`).
+
+        Raises
+        ------
+        OefrayError
+            For a SQLite store a writer cannot use: not SQLite, someone else's database,
+            read-only, or in (or to be created in) a read-only folder.
+        """
+        return cls(store.writable_tracking_uri(explicit))
 
     @classmethod
     def for_reading(cls, explicit: str | None = None) -> Tracker:

@@ -2,8 +2,10 @@
 
 :func:`resolve_tracking_uri` picks the store: an explicit URI, else ``MLFLOW_TRACKING_URI``, else
 :func:`default_tracking_uri`, a SQLite database ``<cwd>/mlruns/mlflow.db`` (MLflow 3 refuses the
-plain file store). Writers resolve it that way (creating the database's folder); readers use
-:func:`existing_tracking_uri`, which creates nothing and refuses a store that is not there. For a
+plain file store). Writers use :func:`writable_tracking_uri`, which refuses in one line a SQLite
+store they cannot write (:func:`check_writable_store`: not SQLite, someone else's database,
+read-only) and creates the database's folder; readers use :func:`existing_tracking_uri`, which
+creates nothing and refuses a store that is not there or not MLflow's. For a
 SQLite store the artifacts of experiment ``<name>`` go to ``<db folder>/artifacts/<name>/``
 (:func:`experiment_artifact_location`): runs under ``<run_id>/artifacts/``, logged models under
 ``models/<model_id>/artifacts/``. :func:`ui_command` prints how to browse it all, and
@@ -98,8 +100,150 @@ def existing_tracking_uri(explicit: str | None = None) -> str:
     return uri
 
 
+def writable_tracking_uri(
+    explicit: str | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    create: bool = True,
+) -> str:
+    """The store for writers (train, tune, baseline, study, evaluate): resolved like
+    :func:`resolve_tracking_uri`, checked by :func:`check_writable_store`, and, with ``create``,
+    the SQLite database's folder made (MLflow creates the database itself).
+
+    With ``create`` false it only checks, creating nothing: what a command calls first, before it
+    reads its input or starts Ray.
+
+    Raises
+    ------
+    OefrayError
+        For a file store, or a SQLite store a writer cannot use (see
+        :func:`check_writable_store`).
+    """
+    uri = resolve_tracking_uri(explicit, cwd=cwd, create=False)
+    check_writable_store(uri)
+    db = sqlite_path(uri)
+    if create and db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def check_writable_store(uri: str) -> None:
+    """Refuse, in one line, a SQLite store that MLflow could not write runs to, or should not.
+
+    Only the disk is read (the database read-only, with :mod:`sqlite3`; no MLflow): MLflow would
+    otherwise fail on the first write with a SQLAlchemy traceback, or create its ~50 tables in
+    someone else's database. A database that exists must be SQLite, either empty (no tables but
+    SQLite's own) or an MLflow store, and writable, in a writable folder (SQLite writes its
+    journal next to it, MLflow the artifacts). One that does not exist yet must have, as nearest
+    existing folder above it, a writable folder to be created in.
+
+    "Writable" is what this process may write (:func:`os.access`), and, for root (who may write
+    anything), a file or folder with a write bit: ``chmod a-w`` means read-only for everyone.
+
+    Parameters
+    ----------
+    uri : str
+        A resolved store URI. Only ``sqlite:///`` files are checked; a tracking server
+        (``http(s)://``), another database or an in-memory SQLite store pass.
+
+    Raises
+    ------
+    OefrayError
+        Naming the database: a folder, not SQLite (with what it holds instead), a SQLite
+        database of other tables, read-only, in a read-only folder, or not creatable.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    if db.exists():
+        if db.is_dir():
+            raise OefrayError(db, "is a folder, not a SQLite database file")
+        tables = {t for t in _sqlite_tables(db) if not t.startswith("sqlite_")}  # SQLite's own
+        if tables and not _MLFLOW_TABLES <= tables:
+            raise OefrayError(
+                db,
+                f"not an MLflow store: a SQLite database of other tables ({_listed(tables)}); "
+                "nothing was written to it: give a new file or an MLflow store",
+            )
+        if _read_only(db):
+            raise OefrayError(db, "is read-only: cannot write MLflow runs to it")
+        folder = db.resolve().parent
+        if _read_only(folder):
+            raise OefrayError(
+                db, f"is in a read-only folder ({folder}): cannot write MLflow runs to it"
+            )
+        return
+    above = db.absolute().parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise OefrayError(db, f"cannot create the MLflow store: {above} is not a folder")
+    if _read_only(above):
+        raise OefrayError(db, f"cannot create the MLflow store: the folder {above} is read-only")
+
+
 #: Tables every MLflow SQLite store has; a database without them is someone else's.
 _MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "metrics", "params"})
+
+#: The first 16 bytes of every SQLite database file (an empty file is an empty database too).
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _read_only(path: Path) -> bool:
+    """Whether this process may not write ``path`` (a folder: create files in it), or it has no
+    write bit at all (which root's :func:`os.access` ignores)."""
+    mode = os.W_OK | os.X_OK if path.is_dir() else os.W_OK
+    return not os.access(path, mode) or path.stat().st_mode & 0o222 == 0
+
+
+def _listed(names: set[str], most: int = 6) -> str:
+    """``a, b, c`` (sorted), cut to ``most`` names with ``... (n tables)``."""
+    shown = sorted(names)
+    if len(shown) <= most:
+        return ", ".join(shown)
+    return f"{', '.join(shown[:most])}, ... ({len(shown)} tables)"
+
+
+def _found(head: bytes) -> str:
+    """What the first bytes of a file that is not SQLite look like: ``found text '...'`` or
+    ``found binary data (1f 8b 08 ...)``."""
+    for cut in range(4):  # the last character may be cut in the middle
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+            return f"found text {text[:40]!r}"
+        break
+    return f"found binary data ({head[:8].hex(' ')} ...)"
+
+
+def _sqlite_tables(db: Path) -> set[str]:
+    """The tables of the SQLite database file ``db``, read read-only.
+
+    Raises
+    ------
+    OefrayError
+        For a file that cannot be read, is not SQLite (saying what it holds), or that SQLite
+        cannot read.
+    """
+    import sqlite3
+
+    try:
+        with db.open("rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise OefrayError(db, f"cannot be read ({exc.strerror})") from None
+    if head and not head.startswith(_SQLITE_HEADER):
+        raise OefrayError(db, f"not an MLflow store: not a SQLite database ({_found(head)})")
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        ) as con:
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    except sqlite3.Error as exc:
+        raise OefrayError(db, f"cannot read it as a SQLite database ({exc})") from None
+    return {row[0] for row in rows}
 
 
 def check_mlflow_sqlite(db: Path) -> None:
@@ -111,17 +255,7 @@ def check_mlflow_sqlite(db: Path) -> None:
     OefrayError
         For a file that is not SQLite, or a database without MLflow's tables.
     """
-    import sqlite3
-
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-        ) as con:
-            names = {
-                row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-    except sqlite3.Error as exc:
-        raise OefrayError(db, f"not an MLflow store: not a SQLite database ({exc})") from None
+    names = _sqlite_tables(db)
     missing = sorted(_MLFLOW_TABLES - names)
     if missing:
         raise OefrayError(
