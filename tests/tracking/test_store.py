@@ -300,14 +300,23 @@ def test_writers_use_an_mlflow_store_an_empty_database_or_a_new_file(
         tracking.check_writable_store(other)
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv, to run the check as another user",
-)
 def test_a_store_another_user_cannot_write_is_read_only(tmp_path, mlflow_db):
     """What a user other than the owner sees (os.access): root's 0644 store and 0755 folder,
-    checked by `nobody`: read-only, although the files have write bits."""
+    checked by `nobody`: read-only, although the files have write bits. Run by another user than
+    root, the store is the test's own, so a root-owned folder with write bits for its owner only
+    (``/usr``) is the other user's: a store cannot be created in it."""
     import tempfile
+
+    if os.geteuid() != 0:
+        target = Path("/usr") / f"oefray-{os.getpid()}" / "mlflow.db"
+        assert os.stat("/usr").st_uid == 0 and os.stat("/usr").st_mode & 0o200
+        with pytest.raises(OefrayError) as info:
+            tracking.Tracker.from_uri(f"sqlite:///{target}")
+        assert str(info.value) == (
+            f"{target}: cannot create the MLflow store: the folder /usr is read-only"
+        )
+        return
+    assert shutil.which("setpriv"), "running as root: util-linux setpriv runs the check as nobody"
 
     shared = Path(tempfile.mkdtemp(prefix="oefray-shared-"))
     try:
