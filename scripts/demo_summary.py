@@ -15,7 +15,7 @@ from oefray.physics.decay import FitStatus
 
 def main(out: Path) -> None:
     sim = json.loads((out / "bids" / "results.json").read_text())
-    pre = json.loads((out / "features" / "results.json").read_text())
+    pre = json.loads((out / "features" / "_results.json").read_text())
     manifest = read_manifest(out / "features")
     table = read_features(out / "features")
     subjects = manifest["subjects"]

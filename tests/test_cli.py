@@ -48,12 +48,12 @@ def test_preprocess_command(tiny_cohort, ray_local, tmp_path, capsys):
     )
     printed = " ".join(capsys.readouterr().out.split())
     assert f"features: {out}" in printed
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "_results.json").read_text())
     manifest = fio.read_manifest(out)
     assert results["completed"] == ["P3", "P6"] or sorted(results["completed"]) == ["P3", "P6"]
     assert results["voxels"] == sum(e["rows"] for e in manifest["subjects"].values()) > 1000
     assert main(["preprocess", str(tiny_cohort), "--out", str(out), "--subjects", "P3"]) == 0
-    assert json.loads((out / "results.json").read_text())["skipped"] == ["P3"]
+    assert json.loads((out / "_results.json").read_text())["skipped"] == ["P3"]
 
 
 @pytest.mark.ray
@@ -71,7 +71,7 @@ def test_preprocess_keep_going_exit_code(tiny_cohort, ray_local, tmp_path, capsy
     lines = error_lines(err)
     assert len(lines) == 1 and "sub-P11_desc-brain_mask.nii.gz: brain mask is empty" in lines[0]
     assert sorted(fio.read_manifest(out)["subjects"]) == ["P3", "P4", "P6"]
-    assert json.loads((out / "results.json").read_text())["failed"].keys() == {"P11"}
+    assert json.loads((out / "_results.json").read_text())["failed"].keys() == {"P11"}
 
 
 @pytest.mark.parametrize(

@@ -148,7 +148,7 @@ def _preprocess_table(result: Any) -> Table:
 def preprocess(
     dataset: Annotated[Path, typer.Argument(help="BIDS dataset (see DESIGN.md section 4).")],
     out: Annotated[
-        Path, typer.Option("--out", help="Features folder to write (Parquet + manifest.json).")
+        Path, typer.Option("--out", help="Features folder to write (Parquet + _manifest.json).")
     ],
     workers: Annotated[
         int | None, typer.Option(help="CPUs of the local Ray runtime / concurrent fit tasks.")
@@ -170,10 +170,14 @@ def preprocess(
         bool, typer.Option("--keep-going", help="Finish the other subjects when one fails.")
     ] = False,
     config: ConfigOption = None,
-    results: OutResultsOption = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="Where to write results.json (default OUT/_results.json)."),
+    ] = None,
 ) -> None:
     """Fit A·exp(-B·TE) per brain voxel with Ray Data and write the features Parquet."""
     from oefray.config import PreprocessConfig
+    from oefray.io import features as fio
     from oefray.orchestration.preprocess import preprocess as run_preprocess
 
     options = load(
@@ -202,11 +206,11 @@ def preprocess(
         write_results(results, result.to_dict())
     elif existed or made.is_dir():
         # a run that failed before writing anything leaves OUT as it was: no folder holding
-        # only results.json (the re-run after the fix then needs no --force)
+        # only _results.json (the re-run after the fix then needs no --force)
         try:
-            write_results(made / "results.json", result.to_dict())
+            write_results(made / fio.RESULTS, result.to_dict())
         except PermissionError:  # a read-only features folder whose subjects were all done
-            log.warning("%s is read-only: no results.json written there (see --results)", made)
+            log.warning("%s is read-only: no %s written there (see --results)", made, fio.RESULTS)
     out_console.print(_preprocess_table(result))
     out_console.print(f"features: {result.features}")
     for label, message in result.failed.items():

@@ -1,14 +1,19 @@
-"""The features dataset: Parquet partitioned by subject, plus ``manifest.json`` (DESIGN.md §5).
+"""The features dataset: Parquet partitioned by subject, plus ``_manifest.json`` (DESIGN.md §5).
 
-Layout::
+Layout (format version 3, :mod:`oefray.io.manifest`)::
 
     FEATURES/
-      manifest.json
+      _manifest.json                          what the folder holds, with each file's SHA-256
+      _results.json                           what the last preprocess did
       subject=<L>/part-z<z0>-<z1>.parquet     one file per slab that holds brain voxels
 
-Columns: ``subject`` (from the hive partition), ``x, y, z, idx, A, B, E, S, status`` and, when the
-dataset carries ground truth, ``Y, v, R2, S0, chi_nb``. ``idx`` is the C-order flat index of
-``(x, y, z)`` in the subject's grid. Rows of a file are sorted by ``idx``.
+Columns: ``subject`` (from the hive partition), ``i, j, k, idx, A, B, E, S, status`` and, when the
+dataset carries ground truth, ``Y, v, R2, S0, chi_nb``. ``i, j, k`` are the voxel indices (NIfTI
+order) and ``idx`` the C-order flat index of ``(i, j, k)`` in the subject's grid. Rows of a file
+are sorted by ``idx``. Side files start with ``_`` (and temporaries with ``.``), which Parquet
+readers skip: ``pyarrow.dataset.dataset(FEATURES, format="parquet", partitioning="hive")`` and
+DuckDB's ``read_parquet('FEATURES/*/*.parquet')`` read the folder as it is. Folders of format
+version 2 (``manifest.json``, columns ``x, y, z``) are still read, their indices renamed.
 
 A subject appears by one ``rename`` of its finished folder, so a reader never sees half a subject;
 files and the manifest are written to a temporary name first and renamed into place. Readers hold
@@ -37,16 +42,26 @@ from oefray.io.integrity import verify_files
 from oefray.io.locks import reading
 
 # MANIFEST and read_manifest are defined in oefray.io.manifest; readers of a folder get them here
-from oefray.io.manifest import MANIFEST, FeaturesManifest, read_manifest  # noqa: F401
+from oefray.io.manifest import (  # noqa: F401
+    FORMAT_VERSION,
+    INDEX_COLUMNS,
+    LEGACY_INDEX_COLUMNS,
+    MANIFEST,
+    FeaturesManifest,
+    read_manifest,
+)
+
+#: Where ``oefray preprocess`` writes what it did, by default.
+RESULTS = "_results.json"
 
 STAGING_PREFIX = ".staging-"
 
 FEATURE_COLUMNS: tuple[str, ...] = ("A", "B", "E", "S")
 TRUTH_COLUMNS: tuple[str, ...] = ("Y", "v", "R2", "S0", "chi_nb")
 _BASE_FIELDS = [
-    pa.field("x", pa.int32()),
-    pa.field("y", pa.int32()),
-    pa.field("z", pa.int32()),
+    pa.field("i", pa.int32()),
+    pa.field("j", pa.int32()),
+    pa.field("k", pa.int32()),
     pa.field("idx", pa.int64()),
     pa.field("A", pa.float32()),
     pa.field("B", pa.float32()),
@@ -56,9 +71,13 @@ _BASE_FIELDS = [
 ]
 
 
-def file_schema(with_truth: bool) -> pa.Schema:
-    """Schema of one Parquet file (``subject`` lives in the partition path, not in the file)."""
+def file_schema(with_truth: bool, format_version: int = FORMAT_VERSION) -> pa.Schema:
+    """Schema of one Parquet file (``subject`` lives in the partition path, not in the file);
+    ``format_version`` 2 names the voxel indices ``x, y, z``."""
     fields = list(_BASE_FIELDS)
+    if format_version < 3:
+        legacy = dict(zip(INDEX_COLUMNS, LEGACY_INDEX_COLUMNS, strict=True))
+        fields = [f.with_name(legacy.get(f.name, f.name)) for f in fields]
     if with_truth:
         fields += [pa.field(c, pa.float32()) for c in TRUTH_COLUMNS]
     return pa.schema(fields)
@@ -181,12 +200,13 @@ def read_features(root: str | Path, subjects: list[str] | None = None) -> pa.Tab
         if missing:
             raise FeaturesError(root, f"subject(s) not in the features: {', '.join(missing)}")
         with_truth = manifest.has_truth
+        stored = file_schema(with_truth, manifest.format_version)
         parts = []
         for label in wanted:
             files = subject_files(root, label, manifest)
             if not files:
                 continue
-            t = _read_files(files, file_schema(with_truth))
+            t = _read_files(files, stored).rename_columns(file_schema(with_truth).names)
             t = t.sort_by("idx")
             label_column = pa.array([label] * t.num_rows, type=pa.string())
             parts.append(t.add_column(0, "subject", label_column))
@@ -244,7 +264,7 @@ def verify_features(root: str | Path, progress=None) -> VerifyReport:
     report = VerifyReport(root=str(root))
     with reading(root):
         manifest = FeaturesManifest.load(root)
-        schema = file_schema(manifest.has_truth)
+        schema = file_schema(manifest.has_truth, manifest.format_version)
         for n, (label, record) in enumerate(manifest.subjects.items(), start=1):
             report.subjects += 1
             try:

@@ -1,10 +1,10 @@
-"""The features folder's ``manifest.json`` as a typed, versioned record (DESIGN.md §5).
+"""The features folder's ``_manifest.json`` as a typed, versioned record (DESIGN.md §5).
 
 ``oefray preprocess`` writes it; every stage that reads features loads it through
 :meth:`FeaturesManifest.load`, which is the one place that says "this is not a features folder".
 The JSON layout::
 
-    {"format": "oefray-features", "format_version": 2, "oefray_version": "...",
+    {"format": "oefray-features", "format_version": 3, "oefray_version": "...",
      "source": {"dataset": "/abs/path", "name": "..."}, "options": {"normalize": "none"},
      "has_truth": true, "columns": [...], "echo_times_s": [...] or null,
      "subjects": {"<label>": {"rows", "checksum", "status_counts", "split", "shape", "affine",
@@ -16,8 +16,15 @@ The JSON layout::
 split into files); ``files`` holds each file's SHA-256 and size, verified when a stage reads the
 file (:mod:`oefray.io.integrity`).
 
-Format versions: 1 had no ``files``; 2 adds them (the feature values are the same, so a model
-trained on version-1 features applies to version-2 ones: :data:`COMPATIBLE_VERSIONS`).
+Format versions (the feature values are the same in all of them, so a model trained on any applies
+to features of any other: :data:`COMPATIBLE_VERSIONS`):
+
+1. no ``files``; refused (re-run ``preprocess --force``).
+2. adds ``files``; the manifest is ``manifest.json`` and the voxel indices are columns
+   ``x, y, z``. Still read (the indices come back as ``i, j, k``), never extended.
+3. the manifest is ``_manifest.json`` (Parquet readers skip ``_`` files, so pyarrow, DuckDB and
+   Spark read the folder as it is) and the voxel indices are ``i, j, k`` (the NIfTI convention:
+   ``y`` and ``Y`` are one name to case-insensitive engines such as DuckDB and Spark SQL).
 """
 
 from __future__ import annotations
@@ -36,11 +43,18 @@ from oefray.io.bids import natural_key
 from oefray.io.files import write_text_atomic
 
 FORMAT = "oefray-features"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Format versions this oefray reads (it writes only :data:`FORMAT_VERSION`).
+READABLE_VERSIONS: frozenset[int] = frozenset({2, 3})
 #: Feature format versions whose values mean the same as this one's (a model trained on any of
 #: them applies to features of this version).
-COMPATIBLE_VERSIONS: frozenset[int] = frozenset({1, 2})
-MANIFEST = "manifest.json"
+COMPATIBLE_VERSIONS: frozenset[int] = frozenset({1, 2, 3})
+MANIFEST = "_manifest.json"
+#: The manifest's name up to format version 2.
+LEGACY_MANIFEST = "manifest.json"
+#: Names of the voxel-index columns up to format version 2, and since.
+LEGACY_INDEX_COLUMNS: tuple[str, ...] = ("x", "y", "z")
+INDEX_COLUMNS: tuple[str, ...] = ("i", "j", "k")
 
 #: A BIDS label: letters and digits (what ``sub-<label>`` and ``subject=<label>`` hold).
 LABEL = re.compile(r"[A-Za-z0-9]+")
@@ -59,7 +73,7 @@ class FeaturesVersionError(FeaturesError):
     """An oefray features folder of another format version (``preprocess --force`` redoes it)."""
 
 
-_NOT_FEATURES = "no manifest.json: not a features folder (run oefray preprocess)"
+_NOT_FEATURES = f"no {MANIFEST}: not a features folder (run oefray preprocess)"
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,16 @@ class SubjectRecord:
         return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def manifest_path(root: str | Path) -> Path | None:
+    """The manifest file of a features folder (``_manifest.json``, or ``manifest.json`` of format
+    version 2 and before), or None where there is none."""
+    for name in (MANIFEST, LEGACY_MANIFEST):
+        path = Path(root) / name
+        if path.is_file():
+            return path
+    return None
+
+
 def read_manifest(root: str | Path) -> dict[str, Any] | None:
     """The manifest of a features folder as the JSON it is, or None if there is none yet.
 
@@ -121,10 +145,11 @@ def read_manifest(root: str | Path) -> dict[str, Any] | None:
     Raises
     ------
     FeaturesError
-        If the manifest is unreadable or was written by another tool or format version.
+        If the manifest is unreadable or was written by another tool; FeaturesVersionError for a
+        format version this oefray does not read.
     """
-    path = Path(root) / MANIFEST
-    if not path.is_file():
+    path = manifest_path(root)
+    if path is None:
         return None
     try:
         manifest = json.loads(path.read_text())
@@ -132,11 +157,12 @@ def read_manifest(root: str | Path) -> dict[str, Any] | None:
         raise FeaturesError(path, f"malformed manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FeaturesError(path, f"not an oefray features manifest (format != {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if version not in READABLE_VERSIONS or (path.name == MANIFEST) != (version == FORMAT_VERSION):
         raise FeaturesVersionError(
             path,
-            f"features format version {manifest.get('format_version')} is not the supported "
-            f"{FORMAT_VERSION}; re-run oefray preprocess with --force",
+            f"features format version {version} is not the supported {FORMAT_VERSION}; "
+            "re-run oefray preprocess with --force",
         )
     return manifest
 
@@ -159,6 +185,9 @@ class FeaturesManifest:
         Committed subjects in natural label order.
     oefray_version : str
         The oefray that last wrote the manifest.
+    format_version : int
+        The format of the folder as read (:data:`READABLE_VERSIONS`); ``columns`` always holds
+        the names :func:`oefray.io.features.read_features` returns.
     """
 
     source: dict[str, str]
@@ -167,6 +196,7 @@ class FeaturesManifest:
     columns: list[str]
     subjects: dict[str, SubjectRecord] = field(default_factory=dict)
     oefray_version: str = ""
+    format_version: int = FORMAT_VERSION
 
     # -- reading and writing -----------------------------------------------------------------
 
@@ -176,20 +206,23 @@ class FeaturesManifest:
         data = read_manifest(root)
         if data is None:
             return None
-        path = Path(root) / MANIFEST
+        path = manifest_path(root)
         bad = [k for k in data.get("subjects", {}) if not LABEL.fullmatch(str(k))]
         if bad:  # labels become folder names (subject=<label>): never a path from a file
             raise FeaturesError(
                 path, f"subject label {bad[0]!r} is not a BIDS label (letters and digits only)"
             )
+        renamed = dict(zip(LEGACY_INDEX_COLUMNS, INDEX_COLUMNS, strict=True))
+        version = int(data["format_version"])
         try:
             return cls(
                 source=dict(data.get("source", {})),
                 options=dict(data.get("options", {})),
                 has_truth=bool(data.get("has_truth")),
-                columns=list(data.get("columns", [])),
+                columns=[renamed.get(c, c) if version < 3 else c for c in data.get("columns", [])],
                 subjects={str(k): SubjectRecord.from_dict(v) for k, v in data["subjects"].items()},
                 oefray_version=str(data.get("oefray_version", "")),
+                format_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FeaturesError(path, f"malformed manifest ({type(exc).__name__}: {exc})") from None
@@ -222,7 +255,15 @@ class FeaturesManifest:
         }
 
     def save(self, root: str | Path) -> Path:
-        """Write ``manifest.json`` atomically (temporary file + rename)."""
+        """Write ``_manifest.json`` atomically (temporary file + rename).
+
+        Raises
+        ------
+        ValueError
+            For a manifest read from an older format (such a folder is redone, not extended).
+        """
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"a format-{self.format_version} manifest is not rewritten")
         return write_text_atomic(Path(root) / MANIFEST, json.dumps(self.to_dict(), indent=2) + "\n")
 
     # -- views -----------------------------------------------------------------------------
@@ -248,7 +289,7 @@ class FeaturesManifest:
         identifies the data a run learned from or was tested on (an MLflow dataset digest)."""
         labels = sorted(self.subjects if subjects is None else subjects)
         payload = json.dumps(
-            [FORMAT_VERSION, self.options, [(s, self.subjects[s].checksum) for s in labels]]
+            [self.format_version, self.options, [(s, self.subjects[s].checksum) for s in labels]]
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -41,11 +41,14 @@ from oefray.io.bids import (
 from oefray.io.integrity import file_record
 from oefray.io.locks import reading, writing
 from oefray.io.manifest import (
+    FORMAT_VERSION,
     LABEL,
+    LEGACY_MANIFEST,
     MANIFEST,
     FeaturesManifest,
     FeaturesVersionError,
     SubjectRecord,
+    manifest_path,
 )
 from oefray.orchestration import metrics as ray_metrics
 from oefray.orchestration.runtime import ray_runtime
@@ -70,7 +73,7 @@ def slab_features(
     Returns
     -------
     dict of str to (n,) arrays
-        Columns ``x, y, z, idx, A, B, E, S, status`` (+ ``Y, v, R2, S0, chi_nb`` when
+        Columns ``i, j, k, idx, A, B, E, S, status`` (+ ``Y, v, R2, S0, chi_nb`` when
         ``with_truth``), one row per brain voxel, in increasing ``idx`` (C order).
 
     Notes
@@ -99,9 +102,9 @@ def slab_features(
     a[no_chi] = b[no_chi] = e[no_chi] = np.nan
     z = zl + z0
     cols: dict[str, np.ndarray] = {
-        "x": xs.astype(np.int32),
-        "y": ys.astype(np.int32),
-        "z": z.astype(np.int32),
+        "i": xs.astype(np.int32),
+        "j": ys.astype(np.int32),
+        "k": z.astype(np.int32),
         "idx": np.ravel_multi_index((xs, ys, z), subject.shape).astype(np.int64),
         "A": a,
         "B": b,
@@ -281,8 +284,8 @@ class _Existing:
 
 
 def _read_existing(out: Path, force: bool) -> _Existing:
-    """The manifest of ``out`` (None if there is none yet); an older features format is one
-    line, or with ``force`` a folder to redo.
+    """The manifest of ``out`` (None if there is none yet); a folder of an older features format
+    is one line, or with ``force`` a folder to redo (an older format is read, never extended).
 
     Raises
     ------
@@ -296,18 +299,30 @@ def _read_existing(out: Path, force: bool) -> _Existing:
     except FeaturesVersionError:
         if not force:
             raise
-        old = json.loads((out / MANIFEST).read_text())  # read_manifest parsed it just now
-        labels = [str(k) for k in old.get("subjects", {})]
+        path = manifest_path(out)
+        assert path is not None  # read_manifest found it just now
+        labels = [str(k) for k in json.loads(path.read_text()).get("subjects", {})]
     else:
-        if manifest is None and any(_foreign(p) for p in out.iterdir()):
-            raise FeaturesError(
-                out, "exists and is not an oefray features folder (no manifest.json)"
+        if manifest is None:
+            if any(_foreign(p) for p in out.iterdir()):
+                raise FeaturesError(
+                    out, f"exists and is not an oefray features folder (no {MANIFEST})"
+                )
+            return _Existing()
+        if manifest.format_version == FORMAT_VERSION:
+            return _Existing(manifest=manifest)
+        if not force:
+            raise FeaturesVersionError(
+                manifest_path(out),
+                f"features format version {manifest.format_version} is read but not extended "
+                f"by this oefray (it writes version {FORMAT_VERSION}); use another --out, or "
+                "--force to redo every subject",
             )
-        return _Existing(manifest=manifest)
+        labels = list(manifest.subjects)
     bad = [k for k in labels if not LABEL.fullmatch(k)]
     if bad:  # labels become paths: never unchecked
         raise FeaturesError(
-            out / MANIFEST,
+            manifest_path(out),
             f"subject label {bad[0]!r} is not a BIDS label (letters and digits only)",
         )
     return _Existing(old_format=labels)
@@ -315,15 +330,20 @@ def _read_existing(out: Path, force: bool) -> _Existing:
 
 def _foreign(path: Path) -> bool:
     """Whether ``path``, in a folder without a manifest, is something preprocess did not write
-    (a hidden file or its own results.json from a run that committed nothing is not)."""
+    (a hidden file, or its own results file from a run that committed nothing, is not)."""
     if path.name.startswith("."):
         return False
-    if path.name == "results.json" and path.is_file():
-        try:
-            return json.loads(path.read_text()).get("command") != "preprocess"
-        except (OSError, ValueError, AttributeError):
-            return True
-    return True
+    return not _own_results(path)
+
+
+def _own_results(path: Path) -> bool:
+    """Whether ``path`` is a results file oefray preprocess wrote into its features folder."""
+    if path.name not in (fio.RESULTS, "results.json") or not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("command") == "preprocess"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _check_existing(
@@ -466,8 +486,19 @@ def _process(
             for label in old:  # labels checked when the manifest was read
                 shutil.rmtree(fio.subject_dir(out, label), ignore_errors=True)
             manifest.save(out)  # the folder's record matches what it holds, whatever follows
+            _drop_legacy_side_files(out)
         if todo:
             _run(index, todo, out, manifest, config, with_truth, result, progress)
+
+
+def _drop_legacy_side_files(out: Path) -> None:
+    """Remove an older format's side files (oefray's own: the manifest checked as one when it
+    was read, a results file only if it says oefray preprocess wrote it): Parquet readers would
+    trip over their names, which do not start with ``_``."""
+    (out / LEGACY_MANIFEST).unlink(missing_ok=True)
+    legacy_results = out / "results.json"
+    if _own_results(legacy_results):
+        legacy_results.unlink()
 
 
 def _run(

@@ -17,9 +17,9 @@ def _cols(idx: np.ndarray, with_truth: bool) -> dict[str, np.ndarray]:
     n = len(idx)
     x, y, z = np.unravel_index(idx, (10, 10, 10))
     cols = {
-        "x": x,
-        "y": y,
-        "z": z,
+        "i": x,
+        "j": y,
+        "k": z,
         "idx": idx,
         "A": np.linspace(0.9, 1.1, n),
         "B": np.linspace(10, 30, n),
@@ -33,7 +33,7 @@ def _cols(idx: np.ndarray, with_truth: bool) -> dict[str, np.ndarray]:
 
 
 def test_schema_and_columns():
-    assert fio.columns(False) == ("subject", "x", "y", "z", "idx", "A", "B", "E", "S", "status")
+    assert fio.columns(False) == ("subject", "i", "j", "k", "idx", "A", "B", "E", "S", "status")
     assert fio.columns(True)[-5:] == ("Y", "v", "R2", "S0", "chi_nb")
     t = fio.table_from_columns(_cols(np.arange(5), True), True)
     assert t.schema == fio.file_schema(True)
@@ -80,7 +80,7 @@ def test_publish_replaces_atomically(tmp_path):
 
 
 def test_read_features_requires_a_manifest(tmp_path):
-    with pytest.raises(FeaturesError, match="no manifest.json"):
+    with pytest.raises(FeaturesError, match="no _manifest.json"):
         fio.read_features(tmp_path)
 
 
@@ -90,7 +90,7 @@ def test_a_truncated_parquet_file_is_one_line_naming_it(tmp_path):
     from oefray.io.manifest import FeaturesManifest, SubjectRecord
 
     cols = {
-        "x": np.zeros(3), "y": np.zeros(3), "z": np.zeros(3), "idx": np.arange(3),
+        "i": np.zeros(3), "j": np.zeros(3), "k": np.zeros(3), "idx": np.arange(3),
         "A": np.ones(3), "B": np.ones(3), "E": np.ones(3), "S": np.zeros(3),
         "status": np.zeros(3),
     }  # fmt: skip
@@ -111,3 +111,39 @@ def test_a_truncated_parquet_file_is_one_line_naming_it(tmp_path):
     with pytest.raises(FeaturesError, match="is 40 bytes.*truncated") as info:
         fio.read_features(tmp_path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_format_2_folder_is_read_with_the_indices_renamed(tmp_path):
+    """Folders written before format 3 (``manifest.json``, voxel indices ``x, y, z``) are still
+    read: the same values, the indices under their new names ``i, j, k``."""
+    import json
+
+    from oefray.io.manifest import LEGACY_MANIFEST, FeaturesManifest, SubjectRecord
+
+    cols = _cols(np.array([3, 17, 999]), True)
+    table = fio.table_from_columns(cols, True)
+    old = table.rename_columns(["x", "y", "z", *table.column_names[3:]])
+    path = fio.subject_dir(tmp_path, "P3") / "part-z0000-0010.parquet"
+    path.parent.mkdir()
+    pq.write_table(old, path)
+    manifest = FeaturesManifest(
+        source={}, options={"normalize": "none"}, has_truth=True, columns=list(fio.columns(True))
+    )
+    record = SubjectRecord(
+        3, fio.format_checksum(fio.checksum(old)), {"0": 3}, "train", (10, 10, 10),
+        ((1.0,) * 4,) * 4, (0.01, 0.02), files={path.name: file_record(path)},
+    )  # fmt: skip
+    manifest.add_subject("P3", record, "1")
+    raw = manifest.to_dict()
+    raw["format_version"] = 2
+    raw["columns"] = ["subject", "x", "y", "z", *raw["columns"][4:]]
+    (tmp_path / LEGACY_MANIFEST).write_text(json.dumps(raw))
+    back = FeaturesManifest.load(tmp_path)
+    assert back.format_version == 2 and back.columns == list(fio.columns(True))
+    got = fio.read_features(tmp_path)
+    assert got.column_names == list(fio.columns(True))
+    for name in fio.file_schema(True).names:
+        np.testing.assert_array_equal(got[name].to_numpy(), table[name].to_numpy(), err_msg=name)
+    assert fio.verify_features(tmp_path).ok
+    with pytest.raises(ValueError, match="format-2 manifest is not rewritten"):
+        back.save(tmp_path)

@@ -43,7 +43,7 @@ def _manifest() -> FeaturesManifest:
 def test_manifest_checks(tmp_path):
     assert read_manifest(tmp_path) is None
     assert FeaturesManifest.read(tmp_path) is None
-    with pytest.raises(FeaturesError, match="no manifest.json: not a features folder"):
+    with pytest.raises(FeaturesError, match="no _manifest.json: not a features folder"):
         FeaturesManifest.load(tmp_path)
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(FeaturesError, match="malformed manifest"):
@@ -61,9 +61,15 @@ def test_manifest_checks(tmp_path):
     (tmp_path / MANIFEST).write_text(
         json.dumps({"format": FORMAT, "format_version": 1, "subjects": {}})
     )
-    with pytest.raises(FeaturesError, match="features format version 1 is not the supported 2"):
+    with pytest.raises(FeaturesError, match="features format version 1 is not the supported 3"):
         FeaturesManifest.load(tmp_path)
-    (tmp_path / MANIFEST).write_text(json.dumps({"format": FORMAT, "format_version": 2}))
+    # version 2 is read under its own name only (manifest.json), version 3 under _manifest.json
+    (tmp_path / MANIFEST).write_text(
+        json.dumps({"format": FORMAT, "format_version": 2, "subjects": {}})
+    )
+    with pytest.raises(FeaturesError, match="features format version 2 is not the supported 3"):
+        FeaturesManifest.load(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": FORMAT, "format_version": 3}))
     with pytest.raises(FeaturesError, match="malformed manifest .KeyError"):
         FeaturesManifest.load(tmp_path)
 

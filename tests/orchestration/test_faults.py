@@ -125,7 +125,7 @@ def test_killed_preprocess_worker_task_is_retried_and_output_is_identical(
     assert killed, "no fit task was caught running"
     assert outcome["result"].ok  # type: ignore[attr-defined]
     ref, got = read_features(reference), read_features(disturbed)
-    key = ["subject", "x", "y", "z"]
+    key = ["subject", "i", "j", "k"]
     assert got.num_rows == ref.num_rows > 0
     assert got.sort_by([(k, "ascending") for k in key]).equals(
         ref.sort_by([(k, "ascending") for k in key])

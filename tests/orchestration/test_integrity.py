@@ -127,7 +127,7 @@ def test_preprocess_of_another_dataset_or_options_into_features_is_refused(
     assert main(["preprocess", str(other), "--out", str(features)]) == 1
     (line,) = error_lines(capsys.readouterr().err)
     assert line == (
-        f"oefray: error: {features / 'manifest.json'}: holds features of the dataset "
+        f"oefray: error: {features / '_manifest.json'}: holds features of the dataset "
         f"{tiny_cohort}, not of {other}; use another --out, or --force to redo every subject"
     )
     assert main(["preprocess", str(tiny_cohort), "--out", str(features), "--normalize",
@@ -144,17 +144,35 @@ def test_preprocess_of_another_dataset_or_options_into_features_is_refused(
     assert main(["verify", str(features)]) == 0
 
 
-def test_features_of_an_older_format_are_redone_with_force(features, tiny_cohort, capsys):
-    manifest = json.loads((features / "manifest.json").read_text())
-    manifest["format_version"] = 1
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (1, "features format version 1 is not the supported 3"),
+        (2, "features format version 2 is read but not extended by this oefray"),
+    ],
+)
+def test_features_of_an_older_format_are_redone_with_force(
+    features, tiny_cohort, capsys, version, message
+):
+    """An older folder (manifest.json; version 1 also without file checksums) is refused, then
+    redone with --force: its own side files go (a Parquet reader would trip over them), every
+    subject is made again, and what the user put beside them stays."""
+    manifest = json.loads((features / "_manifest.json").read_text())
+    manifest["format_version"] = version
     for record in manifest["subjects"].values():
-        record.pop("files")
+        if version == 1:
+            record.pop("files")
+    (features / "_manifest.json").unlink()
     (features / "manifest.json").write_text(json.dumps(manifest))
+    (features / "results.json").write_text(json.dumps({"command": "preprocess"}))
+    (features / "notes.txt").write_text("mine")
     assert main(["preprocess", str(tiny_cohort), "--out", str(features)]) == 1
     (line,) = error_lines(capsys.readouterr().err)
-    assert "features format version 1 is not the supported 2" in line
+    assert str(features / "manifest.json") in line and message in line
     assert main(["preprocess", str(tiny_cohort), "--out", str(features), "--force"]) == 0
-    assert fio.read_manifest(features)["format_version"] == 2
+    assert fio.read_manifest(features)["format_version"] == 3
+    assert not (features / "manifest.json").exists() and not (features / "results.json").exists()
+    assert (features / "notes.txt").read_text() == "mine"
     assert main(["verify", str(features)]) == 0
 
 
@@ -200,7 +218,7 @@ def test_a_read_only_features_folder_is_skipped_and_a_read_only_out_is_one_line(
     try:
         done = _oefray("preprocess", str(tiny_cohort), "--out", str(features))
         assert done.returncode == 0, done.stderr
-        assert "read-only: no results.json written there" in done.stderr
+        assert "read-only: no _results.json written there" in done.stderr
         assert "Traceback" not in done.stderr
         row = [cell for cell in done.stdout.split("\n")[2].split() if cell != "│"]
         assert row[:3] == ["0", "4", "0"]  # done, skipped, failed

@@ -226,7 +226,7 @@ def test_pipeline_exports_every_oefray_metric(ray_head, tiny_cohort, tmp_path):
             "--address",
             ray_head.address,
         )
-        done = json.loads((features / "results.json").read_text())
+        done = json.loads((features / "_results.json").read_text())
         assert pre.returncode == 1, pre.stderr[-3000:]  # one subject failed, as arranged
         assert sorted(done["completed"]) == ["P11", "P3", "P6"] and list(done["failed"]) == ["P4"]
         train = _oefray(

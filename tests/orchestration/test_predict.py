@@ -64,7 +64,7 @@ def test_evaluate_refuses_features_made_with_other_options(
     assert main(args) == 1
     (line,) = error_lines(capsys.readouterr().err)
     assert line == (
-        f"oefray: error: {other / 'manifest.json'}: features made with options "
+        f"oefray: error: {other / '_manifest.json'}: features made with options "
         "{'normalize': 'first-echo'}, the model was trained on {'normalize': 'none'}; "
         "preprocess the data with those (oefray predict does)"
     )

@@ -25,9 +25,9 @@ pytestmark = pytest.mark.ray
 
 EXPECTED_COLUMNS = [
     "subject",
-    "x",
-    "y",
-    "z",
+    "i",
+    "j",
+    "k",
     "idx",
     "A",
     "B",
@@ -54,9 +54,9 @@ def _direct(cohort, label, normalize="none"):
     x, y, z = np.nonzero(mask)
     chi = np.asarray(nib.load(sub.chi).dataobj, dtype=np.float32)[mask]
     return {
-        "x": x,
-        "y": y,
-        "z": z,
+        "i": x,
+        "j": y,
+        "k": z,
         "idx": np.ravel_multi_index((x, y, z), sub.shape),
         "A": fit.A,
         "B": fit.B,
@@ -102,28 +102,49 @@ def test_output_contract(features, tiny_cohort):
     assert not [p for p in features.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
 
 
-def test_readable_by_pyarrow_duckdb_polars(features):
+def test_readable_by_pyarrow_duckdb_polars_as_it_is(features, tiny_cohort):
+    """The calls a user tries first, with no options: pyarrow on the folder (the side files start
+    with `_`, which Parquet readers skip), DuckDB and Polars on its files' glob. DuckDB is
+    case-insensitive: the voxel index `j` and the oxygenation `Y` must stay two columns, and
+    `avg(Y)` must be pyarrow's mean Y (it was the mean voxel coordinate with `y`)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from oefray.cli import main
+
+    # the command line writes its _results.json in the folder (every subject is skipped here)
+    assert main(["preprocess", str(tiny_cohort), "--out", str(features), "--slab", "4"]) == 0
     manifest = fio.read_manifest(features)
     total = sum(e["rows"] for e in manifest["subjects"].values())
-    t = pq.read_table(
-        features, partitioning="hive", ignore_prefixes=[".", "_", "manifest.json", "results.json"]
-    )
+    assert sorted(p.name for p in features.iterdir() if p.is_file()) == [
+        ".lock", "_manifest.json", "_results.json"
+    ]  # fmt: skip
+    t = pads.dataset(features, format="parquet", partitioning="hive").to_table()
     assert sorted(t.column_names) == sorted(EXPECTED_COLUMNS) and t.num_rows == total
+    assert pq.read_table(features, partitioning="hive").num_rows == total
     ours = fio.read_features(features)
     assert ours.column_names == EXPECTED_COLUMNS and ours.num_rows == total
+    mean_y = pc.mean(t["Y"]).as_py()
+    assert 0.4 < mean_y < 0.8  # an oxygenation, not a voxel index
 
     import duckdb
     import polars as pl
 
     glob = str(features / "*" / "*.parquet")
     con = duckdb.connect()
-    n, subjects, mean_b = con.execute(
-        f"SELECT count(*), count(DISTINCT subject), avg(B) FROM read_parquet('{glob}', hive_partitioning=true)"
+    n, subjects, mean_b, duck_y = con.execute(
+        f"SELECT count(*), count(DISTINCT subject), avg(B), avg(Y) FROM read_parquet('{glob}')"
     ).fetchone()
     assert (n, subjects) == (total, len(TINY_SUBJECTS))
     assert mean_b == pytest.approx(float(np.nanmean(ours["B"].to_numpy())), rel=1e-5)
+    assert duck_y == pytest.approx(mean_y, rel=1e-6)
+    names = [
+        row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{glob}')").fetchall()
+    ]
+    assert sorted(names) == sorted(EXPECTED_COLUMNS)  # no `Y_1`: every name is distinct
     df = pl.read_parquet(glob, hive_partitioning=True)
     assert df.height == total and set(df.columns) == set(EXPECTED_COLUMNS)
+    assert df["Y"].mean() == pytest.approx(mean_y, rel=1e-6)
     per_subject = dict(df.group_by("subject").len().iter_rows())
     assert per_subject == {s: e["rows"] for s, e in manifest["subjects"].items()}
 
@@ -146,7 +167,7 @@ def test_ray_output_equals_direct_kernel(tiny_cohort, ray_local, tmp_path, slab)
         truth = nib.load(bids.scan_subject(tiny_cohort, label).truth["Y"]).get_fdata(
             dtype=np.float32
         )
-        np.testing.assert_array_equal(got["Y"].to_numpy(), truth[want["x"], want["y"], want["z"]])
+        np.testing.assert_array_equal(got["Y"].to_numpy(), truth[want["i"], want["j"], want["k"]])
 
 
 def test_normalize_first_echo(tiny_cohort, ray_local, tmp_path):
@@ -360,7 +381,7 @@ def test_a_failed_run_leaves_out_as_it_found_it_and_the_fixed_rerun_needs_no_for
     out = tmp_path / "features"
     assert main(["preprocess", str(ds), "--out", str(out)]) == 1
     assert str(sidecar) in capsys.readouterr().err
-    assert not out.exists()  # no results.json-only folder left behind
+    assert not out.exists()  # no _results.json-only folder left behind
     sidecar.write_text(good)
     assert main(["preprocess", str(ds), "--out", str(out), "--subjects", "P3"]) == 0
-    assert json.loads((out / "results.json").read_text())["completed"] == ["P3"]
+    assert json.loads((out / "_results.json").read_text())["completed"] == ["P3"]
