@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+# before any test module imports Ray: `ray_local`, like a command's own runtime, and the heads
+# tests start with `ray start --head` (they inherit it) listen on 127.0.0.1 only
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # runtime.LOOPBACK_SWITCH
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +81,8 @@ def pytest_runtest_teardown(item: pytest.Item):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray runtime with 2 CPUs, started once for the session and stopped after it."""
+    """A real local Ray runtime with 2 CPUs, started once for the session and stopped after it;
+    on 127.0.0.1 only, as :func:`~oefray.orchestration.runtime.ray_runtime` starts one."""
     import ray
 
     started = not ray.is_initialized()
