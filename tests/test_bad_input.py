@@ -411,7 +411,7 @@ def test_bad_voxel_values_are_flagged_not_fatal(cohort, tmp_path, ray_local):
             data[i, j, z] = value
         nib.save(nib.Nifti1Image(data, img.affine), path)
     assert main(["preprocess", str(root), "--out", str(tmp_path / "features")]) == 0
-    table = read_features(tmp_path / "features").to_pandas().set_index(["x", "y", "z"])
+    table = read_features(tmp_path / "features").to_pandas().set_index(["i", "j", "k"])
     status = [int(table.loc[tuple(int(c) for c in v), "status"]) for v in inside]
     assert all(s != FitStatus.OK for s in status), status
 
@@ -456,7 +456,7 @@ def test_unknown_config_key_on_the_command_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format_version": 0}, "features format version 0 is not the supported 2"),
+        ({"format_version": 0}, "features format version 0 is not the supported 3"),
         ({"format": "something-else"}, "not an oefray features manifest"),
     ],
 )
@@ -465,12 +465,12 @@ def test_features_from_another_version_are_refused(
 ):
     old = tmp_path / "old-features"
     shutil.copytree(tiny_features, old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    (old / "manifest.json").write_text(json.dumps({**manifest, **change}))
+    manifest = json.loads((old / "_manifest.json").read_text())
+    (old / "_manifest.json").write_text(json.dumps({**manifest, **change}))
     code = main(["train", str(old), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert code != 0
     line = _one_error_line(capsys)
-    assert str(old / "manifest.json") in line and message in line
+    assert str(old / "_manifest.json") in line and message in line
     from oefray.tracking import Tracker
 
     client = Tracker(f"sqlite:///{tmp_path}/m.db").client

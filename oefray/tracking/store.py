@@ -159,7 +159,7 @@ def check_writable_store(uri: str) -> None:
         if db.is_dir():
             raise OefrayError(db, "is a folder, not a SQLite database file")
         tables = {t for t in _sqlite_tables(db) if not t.startswith("sqlite_")}  # SQLite's own
-        if tables and not _MLFLOW_TABLES <= tables:
+        if tables and not _mlflow_like(tables):
             raise OefrayError(
                 db,
                 f"not an MLflow store: a SQLite database of other tables ({_listed(tables)}); "
@@ -184,6 +184,13 @@ def check_writable_store(uri: str) -> None:
 
 #: Tables every MLflow SQLite store has; a database without them is someone else's.
 _MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "metrics", "params"})
+
+
+def _mlflow_like(tables: set[str]) -> bool:
+    """Whether a database's tables are an MLflow store's, or the first of them: another process
+    may be creating the store right now (MLflow makes ``experiments`` and ``runs`` first and
+    ``alembic_version`` last), and a writer must not refuse a store mid-creation."""
+    return "alembic_version" in tables or {"experiments", "runs"} <= tables
 
 #: The first 16 bytes of every SQLite database file (an empty file is an empty database too).
 _SQLITE_HEADER = b"SQLite format 3\x00"

@@ -321,7 +321,7 @@ def test_submit_preprocess_job_end_to_end(ray_head, tiny_cohort, tmp_path, monke
     assert table.num_rows == sum(brain.values()) > 2000
     assert {s: e["rows"] for s, e in manifest["subjects"].items()} == brain
     assert np.isfinite(table.column("B").to_numpy()).mean() > 0.99
-    assert (out / "results.json").is_file()
+    assert (out / "_results.json").is_file()
     record = json.loads((tmp_path / "submit.json").read_text())
     assert record["command"] == "submit" and record["status"] == "SUCCEEDED"
     assert record["address"] == url and record["submission_id"].startswith("oefray-preprocess-")

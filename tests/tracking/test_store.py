@@ -222,6 +222,21 @@ def test_writers_refuse_what_is_not_sqlite_or_someone_elses_database(tmp_path):
     )  # no journal, no artifacts folder
 
 
+def test_writers_accept_a_store_another_process_is_creating(tmp_path):
+    """MLflow creates `experiments` and `runs` first and `alembic_version` last: a writer that
+    looks while another process creates the store (Ray Train workers beside their driver) sees
+    those first tables, and must not call the store someone else's."""
+    mid = _sqlite(
+        tmp_path / "mid.db",
+        "CREATE TABLE experiments (experiment_id INTEGER)",
+        "CREATE TABLE runs (run_uuid TEXT)",
+    )
+    tracking.check_writable_store(f"sqlite:///{mid}")
+    one = _sqlite(tmp_path / "one.db", "CREATE TABLE runs (run_uuid TEXT)")
+    with pytest.raises(OefrayError, match=r"a SQLite database of other tables \(runs\)"):
+        tracking.check_writable_store(f"sqlite:///{one}")
+
+
 def test_writers_refuse_a_read_only_store_or_folder(tmp_path, mlflow_db):
     """``chmod a-w`` on the database, or on its folder, is refused before MLflow's first write.
 
