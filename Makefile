@@ -1,6 +1,8 @@
 # Quick start: `make demo` and `make test`. Both create .venv if missing and install oefray with its
 # dev extra; the install step is skipped while pyproject.toml is unchanged since the last install.
 # The install step also puts Debian's `chromium` on the machine (the report's browser test needs it).
+# The dev extra brings the BIDS validator (bids-validator-deno, with the deno runtime as a wheel):
+# validator, schema and runtime are all in the wheels, nothing is fetched when it first runs.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin

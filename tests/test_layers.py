@@ -26,6 +26,7 @@ PURE = [
     "oefray.io.bids",
     "oefray.io.features",
     "oefray.io.maps",
+    "oefray.io.names",
     "oefray.config",
     "oefray.errors",
     "oefray.reports",

@@ -3,13 +3,23 @@
 Layout::
 
     <dataset>/
-      dataset_description.json
+      dataset_description.json, README, participants.tsv, participants.json, .bidsignore
       participants.tsv                       participant_id [, split, group]
       sub-<L>/anat/sub-<L>_echo-<k>_part-mag_MEGRE.nii.gz   k = 1..n, 3-D each, same grid
       sub-<L>/anat/sub-<L>_echo-<k>_part-mag_MEGRE.json     {"EchoTime": <seconds>, ...}
-      derivatives/qsm/sub-<L>/anat/sub-<L>_Chimap.nii.gz            QSM, ppm
-      derivatives/qsm/sub-<L>/anat/sub-<L>_desc-brain_mask.nii.gz   0/1
-      derivatives/qq/sub-<L>/anat/sub-<L>_desc-<P>_qq.nii.gz        optional, P in Y, v, R2, S0, chinb
+      derivatives/qsm/                       dataset_description.json (derivative), README
+      derivatives/qsm/sub-<L>/anat/sub-<L>_Chimap.nii.gz            QSM, ppm (+ .json sidecar)
+      derivatives/qsm/sub-<L>/anat/sub-<L>_desc-brain_mask.nii.gz   0/1 (+ .json sidecar)
+      derivatives/qq/                        dataset_description.json, README, .bidsignore
+      derivatives/qq/sub-<L>/anat/sub-<L>_R2map.nii.gz              optional ground truth:
+      derivatives/qq/sub-<L>/anat/sub-<L>_S0map.nii.gz              R2, S0, chi_nb with BIDS
+      derivatives/qq/sub-<L>/anat/sub-<L>_desc-nb_Chimap.nii.gz     suffixes, Y and v without
+      derivatives/qq/sub-<L>/anat/sub-<L>_desc-<P>_qq.nii.gz        (P in Y, v; .bidsignore)
+
+The ground truth is named by :mod:`oefray.io.names` (where a BIDS suffix fits and why Y and v
+keep ``_qq``); the reader also takes the names oefray wrote before (``sub-<L>_desc-<P>_qq``,
+``P`` in Y, v, R2, S0, chinb). What the writers write passes the BIDS validator: the raw
+dataset, and each derivative validated on its own.
 
 Writing uses nibabel; reading is lazy (``img.dataobj`` slabs along z) and accepts gzipped or plain
 ``.nii``, any affine, float or integer storage with ``scl_slope``/``scl_inter``. Every contract
@@ -22,6 +32,7 @@ import csv
 import json
 import logging
 import re
+import textwrap
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,9 +43,32 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from oefray.errors import DatasetError
+from oefray.io import names
 
-#: Ground-truth parameter names as used in arrays/columns, and their BIDS ``desc-`` labels.
+#: Ground-truth parameter names as used in arrays/columns, and the ``desc-`` labels of their
+#: names before R2, S0 and chi_nb took BIDS suffixes (file names: :func:`truth_stem`).
 TRUTH_DESC: dict[str, str] = {"Y": "Y", "v": "v", "R2": "R2", "S0": "S0", "chi_nb": "chinb"}
+
+#: The BIDS version the descriptions declare.
+BIDS_VERSION = "1.10.0"
+
+#: ``participants.json`` entries of the columns oefray writes (others: ``write_participants``).
+PARTICIPANT_COLUMNS: dict[str, dict[str, object]] = {
+    "participant_id": {"Description": "Unique participant identifier (sub-<label>)."},
+    "split": {
+        "Description": "The subject's role in oefray's experiments.",
+        "Levels": {
+            "train": "Training and validation subject.",
+            "test": "Held-out test subject.",
+        },
+    },
+}
+
+#: The derivatives of a dataset (``derivatives/<pipeline>``) and what each holds.
+DERIVATIVES: dict[str, str] = {
+    "qsm": "QSM susceptibility maps (Chimap, ppm) and brain masks",
+    "qq": "ground-truth QQ parameter maps",
+}
 
 _ECHO_RE = re.compile(
     r"^sub-(?P<label>[A-Za-z0-9]+)_echo-(?P<echo>\d+)_part-mag_MEGRE\.nii(\.gz)?$"
@@ -50,20 +84,71 @@ log = logging.getLogger(__name__)
 
 
 def write_dataset_description(
-    root: Path, name: str, *, generated_by: str | None = None, dataset_type: str | None = None
+    root: Path,
+    name: str,
+    *,
+    generated_by: str | None = None,
+    dataset_type: str | None = None,
+    links: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``dataset_description.json``: a raw dataset, or a derivative when ``generated_by``
-    is given (``dataset_type`` overrides, e.g. a raw dataset that oefray generated)."""
-    desc: dict[str, object] = {"Name": name, "BIDSVersion": "1.10.0"}
+    is given (``dataset_type`` overrides, e.g. a raw dataset that oefray generated).
+
+    Parameters
+    ----------
+    root : Path
+        Dataset root (created if missing).
+    name : str
+        ``Name``.
+    generated_by : str, optional
+        ``GeneratedBy[0].Name`` (``"oefray 0.1.0"``: name and version).
+    dataset_type : {"raw", "derivative"}, optional
+        ``DatasetType`` (default: derivative if ``generated_by`` is given, else raw).
+    links : mapping of str to str, optional
+        ``DatasetLinks``: the datasets the sidecars' BIDS URIs (``bids:<name>:<path>``) name,
+        each also listed in ``SourceDatasets`` (e.g. ``{"raw": "../.."}`` for a derivative
+        inside its raw dataset).
+    """
+    desc: dict[str, object] = {"Name": name, "BIDSVersion": BIDS_VERSION}
     desc["DatasetType"] = dataset_type or ("raw" if generated_by is None else "derivative")
     if generated_by is not None:
         desc["GeneratedBy"] = [{"Name": generated_by}]
+    if links:
+        desc["DatasetLinks"] = dict(links)
+        desc["SourceDatasets"] = [{"URL": f"bids:{key}:"} for key in links]
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps(desc, indent=2) + "\n")
 
 
-def write_participants(root: Path, rows: Sequence[Mapping[str, str]]) -> None:
-    """Write ``participants.tsv``; ``rows`` carry ``participant_id`` (``sub-<L>``) first."""
+def write_readme(root: Path, text: str) -> None:
+    """Write the dataset's ``README`` (plain text)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "README").write_text(text.rstrip("\n") + "\n")
+
+
+def write_bidsignore(root: Path, patterns: Sequence[str]) -> None:
+    """Write ``.bidsignore``: the files the BIDS validator is to skip, one pattern a line."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".bidsignore").write_text("".join(f"{p}\n" for p in patterns))
+
+
+def write_participants(
+    root: Path,
+    rows: Sequence[Mapping[str, str]],
+    descriptions: Mapping[str, Mapping[str, object]] | None = None,
+) -> None:
+    """Write ``participants.tsv`` and ``participants.json``.
+
+    Parameters
+    ----------
+    root : Path
+        Dataset root.
+    rows : sequence of mapping
+        One per subject, ``participant_id`` (``sub-<L>``) first; every row has the same columns.
+    descriptions : mapping, optional
+        ``participants.json`` entries of columns other than :data:`PARTICIPANT_COLUMNS` (or
+        replacing one of those); a column described nowhere is left out of the JSON.
+    """
     if not rows:
         raise ValueError("participants.tsv needs at least one row")
     columns = list(rows[0])
@@ -71,6 +156,55 @@ def write_participants(root: Path, rows: Sequence[Mapping[str, str]]) -> None:
         writer = csv.DictWriter(fh, columns, delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+    known = {**PARTICIPANT_COLUMNS, **(descriptions or {})}
+    meta = {c: dict(known[c]) for c in columns if c in known}
+    (root / "participants.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def write_derivative_datasets(root: Path, generated_by: str) -> None:
+    """Describe the derivatives of :func:`write_subject` as BIDS datasets of their own.
+
+    ``derivatives/qsm`` and ``derivatives/qq`` each get a ``dataset_description.json``
+    (``DatasetType`` derivative, ``GeneratedBy``, ``DatasetLinks`` ``raw`` = ``../..``: the
+    dataset the sidecars' ``bids:raw:`` URIs point into) and a ``README``; ``derivatives/qq``
+    gets the ``.bidsignore`` of the ground-truth maps BIDS has no suffix for.
+    """
+    for pipeline, holds in DERIVATIVES.items():
+        folder = root / "derivatives" / pipeline
+        write_dataset_description(
+            folder, f"{pipeline} maps", generated_by=generated_by, links={"raw": "../.."}
+        )
+        write_readme(folder, _derivative_readme(pipeline, holds, generated_by))
+    write_bidsignore(root / "derivatives" / "qq", names.bidsignore_patterns(names.TRUTH_KIND))
+
+
+def _derivative_readme(pipeline: str, holds: str, generated_by: str) -> str:
+    paragraphs = [
+        f"{holds[0].upper()}{holds[1:]} of the raw dataset two folders up (bids:raw:), written "
+        f"by {generated_by}: one folder per subject (sub-<label>/anat), every image on the grid "
+        "of the subject's magnitude echoes, with a JSON sidecar (Description, Units, "
+        "SkullStripped; the masks: Type, Sources, SpatialReference).",
+    ]
+    if pipeline == "qsm":
+        paragraphs.append(
+            "sub-<label>_Chimap: magnetic susceptibility, ppm. sub-<label>_desc-brain_mask: "
+            "1 in the brain, 0 elsewhere."
+        )
+    else:
+        paragraphs.append(
+            "R2, S0 and chi_nb use the BIDS suffixes of quantitative maps: sub-<label>_R2map "
+            "(the tissue's R2 of the QQ model, 1/s), sub-<label>_S0map (signal at TE = 0, "
+            "arbitrary units), sub-<label>_desc-nb_Chimap (non-blood susceptibility, ppm). BIDS "
+            "has no suffix for venous oxygenation Y or venous blood volume fraction v: they are "
+            "sub-<label>_desc-Y_qq and sub-<label>_desc-v_qq (fractions, 0 to 1), listed in "
+            ".bidsignore so that the BIDS validator passes the dataset."
+        )
+    return "\n\n".join(textwrap.fill(p, 100) for p in paragraphs)
+
+
+def truth_stem(label: str, name: str) -> str:
+    """File name, without extension, of ground-truth map ``name`` (``derivatives/qq``)."""
+    return names.map_stem(label, name, names.TRUTH_KIND)
 
 
 def _save(data: np.ndarray, affine: np.ndarray, path: Path, *, dtype: type) -> None:
@@ -98,6 +232,15 @@ def write_subject(
 ) -> None:
     """Write one subject following the data contract.
 
+    Every image gets a JSON sidecar. The echoes': ``EchoTime``, ``EchoNumber``,
+    ``MagneticFieldStrength`` and ``sidecar``. The QSM ``Chimap``'s and each ground-truth map's:
+    ``Description``, ``Units``, ``SkullStripped`` (whether every voxel outside ``mask`` is 0).
+    The mask's: ``Type`` ``Brain``, ``Sources`` and ``SpatialReference``, the BIDS URI
+    ``bids:raw:`` of echo 1 (the derivatives' ``DatasetLinks``, :func:`write_derivative_datasets`).
+    The ground truth is named by :func:`truth_stem`: ``R2map``, ``S0map`` and ``desc-nb_Chimap``
+    for R2, S0 and chi_nb (BIDS suffixes), ``desc-Y_qq`` and ``desc-v_qq`` for Y and v (no
+    suffix in BIDS; ``derivatives/qq/.bidsignore`` lists them).
+
     Parameters
     ----------
     root : Path
@@ -119,7 +262,7 @@ def write_subject(
     b0_t : float
         Field strength written as ``MagneticFieldStrength``.
     sidecar : mapping, optional
-        Extra sidecar entries.
+        Extra sidecar entries of the echoes.
     suffix : {".nii.gz", ".nii"}
         Compressed or plain NIfTI.
     """
@@ -137,14 +280,48 @@ def write_subject(
             "MagneticFieldStrength": float(b0_t),
         }
         meta.update(sidecar or {})
-        stem.with_name(stem.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+        _write_json(stem.with_name(stem.name + ".json"), meta)
+    outside = ~np.asarray(mask, dtype=bool)
+    echo1 = f"bids:raw:sub-{label}/anat/sub-{label}_echo-1_part-mag_MEGRE{suffix}"
     qsm = root / "derivatives" / "qsm" / f"sub-{label}" / "anat"
     _save(chi, affine, qsm / f"sub-{label}_Chimap{suffix}", dtype=np.float32)
+    _write_json(
+        qsm / f"sub-{label}_Chimap.json",
+        {
+            "Description": "Quantitative susceptibility map (QSM), on the grid of the echoes.",
+            "Units": "ppm",
+            "SkullStripped": _skull_stripped(chi, outside),
+        },
+    )
     _save(mask, affine, qsm / f"sub-{label}_desc-brain_mask{suffix}", dtype=np.uint8)
+    _write_json(
+        qsm / f"sub-{label}_desc-brain_mask.json",
+        {
+            "Description": "Brain mask (1 = brain, 0 elsewhere), on the grid of the echoes.",
+            "Type": "Brain",
+            "Sources": [echo1],
+            "SpatialReference": echo1,
+        },
+    )
     if truth:
         qq = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
-        for name, desc in TRUTH_DESC.items():
-            _save(truth[name], affine, qq / f"sub-{label}_desc-{desc}_qq{suffix}", dtype=np.float32)
+        for name in TRUTH_DESC:
+            base = truth_stem(label, name)
+            _save(truth[name], affine, qq / f"{base}{suffix}", dtype=np.float32)
+            meta = names.map_sidecar(
+                name, names.TRUTH_KIND, skull_stripped=_skull_stripped(truth[name], outside)
+            )
+            _write_json(qq / f"{base}.json", meta)
+
+
+def _skull_stripped(data: np.ndarray, outside: np.ndarray) -> bool:
+    """BIDS ``SkullStripped``: whether every voxel outside the brain is 0."""
+    return not bool(np.any(np.asarray(data)[outside]))
+
+
+def _write_json(path: Path, meta: Mapping[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +391,18 @@ class Slab:
 def _nifti(path: Path, stem: str) -> Path | None:
     """The ``.nii.gz`` or ``.nii`` file with this stem, if any (error if both exist)."""
     found = [path / (stem + s) for s in _NIFTI_SUFFIXES if (path / (stem + s)).is_file()]
+    if len(found) > 1:
+        raise DatasetError(found[0], f"both {found[0].name} and {found[1].name} exist; keep one")
+    return found[0] if found else None
+
+
+def _truth_file(qq_dir: Path, label: str, name: str) -> Path | None:
+    """Ground-truth map ``name``: named by :func:`truth_stem`, or as oefray named it before
+    (``sub-<L>_desc-<P>_qq``); error if both exist."""
+    stems = dict.fromkeys(
+        (truth_stem(label, name), names.legacy_stem(label, name, names.TRUTH_KIND))
+    )
+    found = [f for f in (_nifti(qq_dir, stem) for stem in stems) if f is not None]
     if len(found) > 1:
         raise DatasetError(found[0], f"both {found[0].name} and {found[1].name} exist; keep one")
     return found[0] if found else None
@@ -354,8 +543,8 @@ def scan_subject(root: Path, label: str) -> SubjectFiles:
         raise DatasetError(mask_path, "brain mask is empty")
     qq_dir = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
     truth: dict[str, str] = {}
-    for name, desc in TRUTH_DESC.items():
-        found = _nifti(qq_dir, f"sub-{label}_desc-{desc}_qq")
+    for name in TRUTH_DESC:
+        found = _truth_file(qq_dir, label, name)
         if found is not None:
             _check_grid(found, _load(found), files[0], shape, affine)
             truth[name] = str(found)

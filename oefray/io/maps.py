@@ -3,16 +3,22 @@
 Predictions live per brain voxel, identified by ``idx``, the C-order flat index into the subject's
 ``(X, Y, Z)`` grid (the features' ``idx`` column). Writing scatters them into a float32 volume that
 is ``fill`` (NaN by default) outside the given voxels, so any NIfTI viewer shows the brain on an
-empty background. Layout of the maps of one subject::
+empty background. The maps of one subject, of one kind (``pred``, ``ensmean``, ...), are named
+by :mod:`oefray.io.names` (BIDS suffixes where one fits), each with a JSON sidecar::
 
-    <out_dir>/sub-<L>_desc-<P>_<suffix>.nii.gz     P in Y, v, R2, S0, chinb, OEF
+    <out_dir>/sub-<L>_desc-<kind>_R2map.nii.gz   sub-<L>_desc-<kind>_S0map.nii.gz
+    <out_dir>/sub-<L>_desc-nb<kind>_Chimap.nii.gz
+    <out_dir>/sub-<L>_desc-<P>_<kind>.nii.gz     P in Y, v, OEF (no BIDS suffix: .bidsignore)
 
+``oefray predict`` writes them as a BIDS derivative, ``<out>/sub-<L>/anat/`` (:func:`subject_dir`).
 Files are written to a temporary name and renamed into place, so a reader never sees half a map.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import textwrap
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,18 +28,15 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from oefray.errors import OefrayError
-from oefray.io.files import atomic_path
+from oefray.io import names
+from oefray.io.files import atomic_path, write_text_atomic
 
-#: Map names as used in arrays/columns, and their BIDS ``desc-`` labels (``chi_nb`` has no
-#: underscore in BIDS entities; OEF is in percent).
-MAP_DESC: dict[str, str] = {
-    "Y": "Y",
-    "v": "v",
-    "R2": "R2",
-    "S0": "S0",
-    "chi_nb": "chinb",
-    "OEF": "OEF",
-}
+#: Map names as used in arrays/columns, and the ``desc-`` labels of their names before they took
+#: BIDS suffixes (:data:`oefray.io.names.LEGACY_DESC`; OEF is in percent).
+MAP_DESC: dict[str, str] = names.LEGACY_DESC
+
+#: What the sidecar of a map of :func:`write_prediction_maps` says of the voxels outside the brain.
+_OUTSIDE = "Voxels without a value (outside the brain, or not predicted) are NaN."
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -196,13 +199,63 @@ def read_map(path: str | os.PathLike[str]) -> np.ndarray:
 def map_path(
     out_dir: str | os.PathLike[str], label: str, name: str, *, suffix: str = "pred"
 ) -> Path:
-    """Where :func:`write_prediction_maps` puts map ``name`` of subject ``label``.
+    """Where :func:`write_prediction_maps` puts map ``name`` of kind ``suffix`` of ``label``.
 
-    ``<out_dir>/sub-<label>_desc-<MAP_DESC[name]>_<suffix>.nii.gz``
+    ``<out_dir>/<oefray.io.names.map_stem(label, name, suffix)>.nii.gz``, e.g.
+    ``sub-P6_desc-pred_R2map.nii.gz`` or ``sub-P6_desc-OEF_pred.nii.gz``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown map name or a kind that is not alphanumeric.
     """
-    if name not in MAP_DESC:
-        raise ValueError(f"unknown map {name!r}; expected one of {', '.join(MAP_DESC)}")
-    return Path(out_dir) / f"sub-{label}_desc-{MAP_DESC[name]}_{suffix}.nii.gz"
+    return Path(out_dir) / (names.map_stem(label, name, suffix) + ".nii.gz")
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON sidecar of a map: the same name with ``.json`` for ``.nii.gz``/``.nii``."""
+    path = Path(path)
+    return path.with_name(path.name[: -len(_nifti_suffix(path))] + ".json")
+
+
+def subject_dir(root: str | os.PathLike[str], label: str) -> Path:
+    """The folder of a subject's maps in a BIDS derivative dataset: ``<root>/sub-<L>/anat``."""
+    return Path(root) / f"sub-{label}" / "anat"
+
+
+def write_named_map(
+    out_dir: str | os.PathLike[str],
+    label: str,
+    name: str,
+    values: np.ndarray,
+    idx: np.ndarray,
+    shape: Sequence[int],
+    affine: np.ndarray | Sequence[Sequence[float]],
+    *,
+    kind: str = "pred",
+) -> Path:
+    """Write map ``name`` of kind ``kind`` at :func:`map_path`, NaN outside ``idx``, with its
+    JSON sidecar (:func:`oefray.io.names.map_sidecar`: ``SkullStripped`` true, since only the
+    given voxels carry a value).
+
+    Returns
+    -------
+    Path
+        The written map (its sidecar is :func:`sidecar_path` of it).
+
+    Raises
+    ------
+    ValueError
+        On an unknown map name, a bad label or kind, or bad arrays (see :func:`write_map`).
+    """
+    for what, text in (("label", label), ("suffix", kind)):
+        if not text or not text.isalnum():
+            raise ValueError(f"{what} must be a non-empty alphanumeric BIDS value, got {text!r}")
+    path = map_path(out_dir, label, name, suffix=kind)
+    meta = names.map_sidecar(name, kind, skull_stripped=True, note=_OUTSIDE)
+    write_map(path, values, idx, shape, affine)
+    write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
+    return path
 
 
 def write_prediction_maps(
@@ -215,12 +268,17 @@ def write_prediction_maps(
     *,
     suffix: str = "pred",
 ) -> list[Path]:
-    """Write one NIfTI map per predicted quantity of one subject.
+    """Write one NIfTI map, with its JSON sidecar, per predicted quantity of one subject.
+
+    File names follow :mod:`oefray.io.names`: the BIDS suffixes ``R2map``, ``S0map`` and
+    ``Chimap`` (``desc-nb<kind>``) for R2, S0 and chi_nb, and ``desc-<P>_<kind>`` for Y, v and
+    OEF, which BIDS has no suffix for (a dataset of them lists
+    :func:`oefray.io.names.bidsignore_patterns` in its ``.bidsignore``).
 
     Parameters
     ----------
     out_dir : path-like
-        Output folder (created if missing).
+        Output folder (created if missing); in a BIDS derivative, :func:`subject_dir`.
     label : str
         Subject label without ``sub-``.
     predictions : mapping of str to (n,) array
@@ -232,12 +290,12 @@ def write_prediction_maps(
     affine : (4, 4) array-like
         The subject's voxel-to-world transform (the manifest's ``affine``).
     suffix : str
-        Last name entity (``pred``; e.g. ``truth`` or ``err`` for other maps).
+        The kind of the maps (``pred``; e.g. ``truth`` or ``err`` for other maps).
 
     Returns
     -------
     list of Path
-        The written files, in :data:`MAP_DESC` order.
+        The written maps (not their sidecars), in :data:`MAP_DESC` order.
 
     Raises
     ------
@@ -253,9 +311,47 @@ def write_prediction_maps(
     shape3, aff = _check_grid(shape, affine)
     idx = np.asarray(idx)
     return [
-        write_map(
-            map_path(out_dir, label, name, suffix=suffix), predictions[name], idx, shape3, aff
-        )
+        write_named_map(out_dir, label, name, predictions[name], idx, shape3, aff, kind=suffix)
         for name in MAP_DESC
         if name in predictions
     ]
+
+
+def describe_maps_dataset(
+    folder: str | os.PathLike[str],
+    about: str,
+    *,
+    kind: str = "pred",
+    other_files: Sequence[str] = (),
+) -> None:
+    """Write the ``README`` and ``.bidsignore`` of a BIDS derivative of maps of ``kind`` laid
+    out by :func:`subject_dir` (its ``dataset_description.json``:
+    :func:`oefray.io.outputs.mark_output`).
+
+    Parameters
+    ----------
+    folder : path-like
+        The dataset root.
+    about : str
+        The README's first paragraph: what the maps were made by and from.
+    kind : str
+        The kind of the maps (:func:`write_prediction_maps`'s ``suffix``).
+    other_files : sequence of str
+        Files of the folder that are not BIDS (``results.json``, tables): ignored too.
+    """
+    folder = Path(folder)
+    naming = (
+        "One folder per subject (sub-<label>/anat), each map on the grid of the subject's input "
+        "images, NaN where a voxel has no value (outside the brain), with a JSON sidecar "
+        "(Description, Units, SkullStripped). R2, S0 and chi_nb use the BIDS suffixes of "
+        f"quantitative maps: sub-<label>_desc-{kind}_R2map (1/s), sub-<label>_desc-{kind}_S0map "
+        f"(arbitrary units), sub-<label>_desc-nb{kind}_Chimap (non-blood susceptibility, ppm). "
+        "BIDS has no suffix for venous oxygenation Y, venous blood volume fraction v or OEF: "
+        f"they are sub-<label>_desc-Y_{kind}, sub-<label>_desc-v_{kind} (fractions, 0 to 1) and "
+        f"sub-<label>_desc-OEF_{kind} (percent), listed in .bidsignore so that the BIDS "
+        "validator passes the dataset."
+    )
+    text = "\n\n".join(textwrap.fill(p, 100) for p in (about, naming))
+    write_text_atomic(folder / "README", text + "\n")
+    ignored = [*other_files, *names.bidsignore_patterns(kind)]
+    write_text_atomic(folder / ".bidsignore", "".join(f"{p}\n" for p in ignored))

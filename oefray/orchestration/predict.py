@@ -43,7 +43,7 @@ class PredictResult:
 
 def _write_maps(folder: Path, manifest, windows, pred: np.ndarray, result: PredictResult) -> None:
     """Every subject's maps into ``folder``, plus the per-patient RMSE table with ground truth."""
-    from oefray.io.maps import write_prediction_maps
+    from oefray.io.maps import subject_dir, write_prediction_maps
     from oefray.ml.metrics import oef_percent, per_subject_rmse, pooled_rmse
     from oefray.physics.constants import PARAMETERS
     from oefray.reports import rmse_table_frame, write_rmse_csv
@@ -53,7 +53,12 @@ def _write_maps(folder: Path, manifest, windows, pred: np.ndarray, result: Predi
         values = {p: pred[sel, i] for i, p in enumerate(PARAMETERS)}
         values["OEF"] = oef_percent(pred[sel, PARAMETERS.index("Y")])
         write_prediction_maps(
-            folder, label, values, windows.idx[sel], record.shape, np.asarray(record.affine)
+            subject_dir(folder, label),
+            label,
+            values,
+            windows.idx[sel],
+            record.shape,
+            np.asarray(record.affine),
         )
         result.subjects[label] = {
             "voxels": record.rows,
@@ -77,8 +82,11 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
     dataset : path
         BIDS dataset (DESIGN.md §4), any echo scheme; ground truth optional.
     out : path
-        Folder for ``sub-<L>_desc-<P>_pred.nii.gz`` (P in Y, v, R2, S0, chinb, OEF), written as a
-        whole (a hidden folder renamed into place).
+        Folder of the maps, a BIDS derivative written as a whole (a hidden folder renamed into
+        place): ``sub-<L>/anat/`` with ``sub-<L>_desc-pred_R2map``, ``_desc-pred_S0map``,
+        ``_desc-nbpred_Chimap``, ``_desc-Y_pred``, ``_desc-v_pred``, ``_desc-OEF_pred``
+        (``.nii.gz``, each with a JSON sidecar; names: :mod:`oefray.io.names`), and
+        ``rmse_per_patient.csv`` with ground truth.
     config : PredictConfig, optional
         Ray runtime of the preprocessing step, MLflow store holding the model, ``force``.
     """
@@ -87,6 +95,7 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
     from oefray.io.files import atomic_folder
     from oefray.io.locks import replacing
     from oefray.io.manifest import FeaturesManifest
+    from oefray.io.maps import describe_maps_dataset
     from oefray.io.outputs import check_output, mark_output
     from oefray.ml.windows import make_windows_table
     from oefray.orchestration.evaluate import load_bundle, predict_windows
@@ -120,6 +129,12 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
         pred = predict_windows(bundle, windows.x)
         with replacing(out, "predict"), atomic_folder(out, replace=config.force) as partial:
             mark_output(partial, f"oefray predict ({model_uri})", __version__)
+            describe_maps_dataset(
+                partial,
+                f"Maps predicted by oefray {__version__} (oefray predict) with the model "
+                f"{model_uri} from the BIDS dataset {Path(dataset).resolve()}.",
+                other_files=("results.json", "rmse_per_patient.csv"),
+            )
             _write_maps(partial, manifest, windows, pred, result)
             result.seconds = time.perf_counter() - t0
     return result

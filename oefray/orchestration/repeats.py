@@ -78,19 +78,23 @@ def summarize_repeats(children: list[dict[str, float]]):
 
 
 def _ensemble_maps(tracker, child_ids: list[str], out: Path) -> list[Path]:
-    """Per-voxel mean and standard deviation across the repeats' predicted maps."""
+    """Per-voxel mean and standard deviation across the repeats' predicted maps, named like
+    them (:mod:`oefray.io.names`, kinds ``ensmean`` and ``ensstd``), each with its sidecar."""
     import nibabel as nib
 
-    from oefray.io.maps import write_map
+    from oefray.io.maps import write_named_map
+    from oefray.io.names import parse_map_name
 
     tmp = out / "children"
-    by_name: dict[str, list[Path]] = {}
+    by_map: dict[tuple[str, str], list[Path]] = {}
     for i, run_id in enumerate(child_ids):
         folder = tracker.download_artifacts(run_id, "maps", tmp / str(i))
-        for path in sorted(Path(folder).glob("*_pred.nii.gz")):
-            by_name.setdefault(path.name, []).append(path)
+        for path in sorted(Path(folder).glob("*.nii.gz")):
+            found = parse_map_name(path.name)
+            if found is not None and found.kind == "pred":
+                by_map.setdefault((found.label, found.name), []).append(path)
     written = []
-    for name, paths in sorted(by_name.items()):
+    for (label, name), paths in sorted(by_map.items()):
         imgs: list[Any] = [nib.load(p) for p in paths]
         stack = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in imgs])
         inside = np.isfinite(stack).all(axis=0)
@@ -100,23 +104,29 @@ def _ensemble_maps(tracker, child_ids: list[str], out: Path) -> list[Path]:
             ("ensmean", flat.mean(axis=0)),
             ("ensstd", flat.std(axis=0, ddof=1) if len(paths) > 1 else np.zeros(len(idx))),
         ):
-            target = out / "maps" / name.replace("_pred.nii.gz", f"_{stat}.nii.gz")
-            written.append(write_map(target, values, idx, imgs[0].shape, imgs[0].affine))
+            written.append(
+                write_named_map(
+                    out / "maps", label, name, values, idx, imgs[0].shape, imgs[0].affine, kind=stat
+                )
+            )
     return written
 
 
 def _uncertainty_figure(maps: Path, path: Path) -> Path:
     """Mid-slice ensemble mean and spread of OEF for every subject with ensemble maps."""
-    from oefray.io.maps import read_map
+    from oefray.io.maps import map_path, read_map
+    from oefray.io.names import parse_map_name
     from oefray.reports import plot_uncertainty_maps
 
     panels = []
-    for mean_path in sorted(maps.glob("*_desc-OEF_ensmean.nii.gz")):
-        label = mean_path.name.split("_")[0].removeprefix("sub-")
+    for mean_path in sorted(maps.glob("*.nii.gz")):
+        found = parse_map_name(mean_path.name)
+        if found is None or (found.name, found.kind) != ("OEF", "ensmean"):
+            continue
         mean = read_map(mean_path)
-        std = read_map(mean_path.with_name(mean_path.name.replace("ensmean", "ensstd")))
+        std = read_map(map_path(maps, found.label, "OEF", suffix="ensstd"))
         z = mean.shape[2] // 2
-        panels.append((label, mean[:, :, z], std[:, :, z]))
+        panels.append((found.label, mean[:, :, z], std[:, :, z]))
     return plot_uncertainty_maps(panels, path)
 
 

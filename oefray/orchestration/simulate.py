@@ -7,6 +7,7 @@ sibling folder and renamed into place at the end: an interrupted run leaves no h
 
 from __future__ import annotations
 
+import textwrap
 import time
 import zlib
 from collections.abc import Callable
@@ -116,6 +117,33 @@ def _options(config: SimulationConfig) -> dict[str, Any]:
     }
 
 
+def _readme(config: SimulationConfig) -> str:
+    """The dataset's README: what was simulated, and where the derivatives are."""
+    preset = config.cohort
+    te_ms = ", ".join(f"{t * 1e3:g}" for t in config.echoes.te_s)
+    voxel = " x ".join(f"{v:.3g}" for v in preset.voxel_mm)
+    paragraphs = [
+        f"Synthetic multi-echo GRE cohort written by oefray {__version__} (oefray simulate): a "
+        "procedural head per subject with tissue-specific QQ parameter maps, the qBOLD "
+        "magnitude at each echo with Rician noise, and QSM with Gaussian noise. No human data.",
+        f"Preset {preset.name}: grid {' x '.join(map(str, preset.shape))}, voxel {voxel} mm; "
+        f"{len(config.subjects)} subjects; echo times {te_ms} ms; SNR {config.snr:g} at echo 1; "
+        f"field {config.b0_t:g} T; QSM noise {config.qsm_noise_ppm:g} ppm; lesion fraction "
+        f"{config.lesion_fraction:g}; seed {config.seed} (each subject depends only on the seed "
+        "and its label).",
+        "sub-<label>/anat: one magnitude image per echo (part-mag MEGRE; EchoTime in seconds in "
+        "the JSON sidecars). participants.tsv: participant_id and split (train or test; see "
+        "participants.json).",
+        "derivatives/qsm: the QSM (Chimap, ppm) and the brain mask of each subject. "
+        "derivatives/qq: the ground truth; R2, S0 and chi_nb use BIDS suffixes (R2map, S0map, "
+        "desc-nb_Chimap), while venous oxygenation Y and venous blood volume fraction v, which "
+        "BIDS has no suffix for, are desc-Y_qq and desc-v_qq, listed in "
+        "derivatives/qq/.bidsignore. Each derivative is a BIDS dataset of its own.",
+        "results.json (in .bidsignore): what the run wrote.",
+    ]
+    return "\n\n".join(textwrap.fill(p, 100) for p in paragraphs)
+
+
 def _write_cohort(
     partial: Path,
     config: SimulationConfig,
@@ -133,16 +161,12 @@ def _write_cohort(
         generated_by=f"oefray {__version__}",
         dataset_type="raw",
     )
-    for pipeline in ("qsm", "qq"):
-        bids.write_dataset_description(
-            partial / "derivatives" / pipeline,
-            f"{pipeline} maps",
-            generated_by=f"oefray {__version__}",
-        )
+    bids.write_readme(partial, _readme(config))
+    bids.write_derivative_datasets(partial, f"oefray {__version__}")
     bids.write_participants(
         partial, [{"participant_id": f"sub-{s}", "split": split[s]} for s in config.subjects]
     )
-    (partial / ".bidsignore").write_text("results.json\n")
+    bids.write_bidsignore(partial, ["results.json"])
     n = len(config.subjects)
     for i, label in enumerate(config.subjects):
         if progress:

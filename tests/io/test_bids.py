@@ -212,6 +212,58 @@ def test_incomplete_truth(dataset):
     _expect(dataset, "A1", "ground truth is incomplete", "qq")
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_ground_truth_under_the_names_of_before_is_read(tmp_path, suffix):
+    """Datasets written before R2, S0 and chi_nb took BIDS suffixes: sub-<L>_desc-<P>_qq."""
+    arrays = _write_dataset(tmp_path, suffix=suffix)
+    qq = tmp_path / "derivatives" / "qq" / "sub-A1" / "anat"
+    for name, desc in bids.TRUTH_DESC.items():
+        (qq / f"{bids.truth_stem('A1', name)}{suffix}").rename(
+            qq / f"sub-A1_desc-{desc}_qq{suffix}"
+        )
+    for sidecar in qq.glob("*.json"):
+        sidecar.unlink()
+    sub = bids.scan_subject(tmp_path, "A1")
+    assert sorted(Path(p).name for p in sub.truth.values()) == sorted(
+        f"sub-A1_desc-{d}_qq{suffix}" for d in ("Y", "v", "R2", "S0", "chinb")
+    )
+    slab = bids.read_slab(sub, 0, SHAPE[2])
+    for name in bids.TRUTH_DESC:
+        np.testing.assert_array_equal(slab.truth[name], arrays["A1"][3][name])
+    # both names of one map: which one is meant is not for oefray to guess
+    shutil.copy(qq / f"sub-A1_desc-R2_qq{suffix}", qq / f"sub-A1_R2map{suffix}")
+    _expect(tmp_path, "A1", "keep one", f"sub-A1_R2map{suffix}")
+
+
+def test_sidecars_and_participants_json(dataset):
+    qsm = dataset / "derivatives" / "qsm" / "sub-A1" / "anat"
+    chi = json.loads((qsm / "sub-A1_Chimap.json").read_text())
+    assert chi["Units"] == "ppm" and chi["SkullStripped"] is False  # noise outside the mask
+    mask = json.loads((qsm / "sub-A1_desc-brain_mask.json").read_text())
+    assert mask["Type"] == "Brain"
+    assert mask["Sources"] == ["bids:raw:sub-A1/anat/sub-A1_echo-1_part-mag_MEGRE.nii.gz"]
+    qq = dataset / "derivatives" / "qq" / "sub-A1" / "anat"
+    assert sorted(p.name for p in qq.glob("*.json")) == [
+        "sub-A1_R2map.json",
+        "sub-A1_S0map.json",
+        "sub-A1_desc-Y_qq.json",
+        "sub-A1_desc-nb_Chimap.json",
+        "sub-A1_desc-v_qq.json",
+    ]
+    participants = json.loads((dataset / "participants.json").read_text())
+    assert list(participants) == ["participant_id", "split"]
+    bids.write_participants(
+        dataset,
+        [{"participant_id": "sub-A1", "split": "test", "site": "x", "age": "3"}],
+        {"site": {"Description": "Where."}},
+    )
+    assert list(json.loads((dataset / "participants.json").read_text())) == [
+        "participant_id",
+        "split",
+        "site",
+    ]
+
+
 def test_not_a_bids_dataset(tmp_path):
     (tmp_path / "random").mkdir()
     with pytest.raises(DatasetError, match="not a BIDS dataset"):

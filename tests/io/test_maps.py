@@ -1,7 +1,10 @@
-"""NIfTI prediction maps: scatter by flat index, round trip, file names, argument checks."""
+"""NIfTI prediction maps: scatter by flat index, round trip, file names (BIDS suffixes where one
+fits, the names of before still parsed), sidecars, argument checks, and a folder of maps as
+``oefray predict`` lays it out passing the BIDS validator."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +13,10 @@ import numpy as np
 import pytest
 
 from oefray.errors import OefrayError
-from oefray.io import maps
+from oefray.io import maps, names
+from oefray.io.outputs import is_oefray_output, mark_output
+
+from ..bids_validator import assert_valid
 
 SHAPE = (6, 7, 5)
 
@@ -65,14 +71,84 @@ def test_write_prediction_maps_names_and_order(tmp_path, affine, voxels):
     paths = maps.write_prediction_maps(tmp_path / "maps", "P6", preds, idx, SHAPE, affine)
     assert [p.name for p in paths] == [
         "sub-P6_desc-Y_pred.nii.gz",
-        "sub-P6_desc-chinb_pred.nii.gz",
+        "sub-P6_desc-nbpred_Chimap.nii.gz",
         "sub-P6_desc-OEF_pred.nii.gz",
     ]
     np.testing.assert_allclose(maps.read_map(paths[1]).reshape(-1)[idx], values / 1000, rtol=1e-6)
+    sidecar = json.loads((tmp_path / "maps" / "sub-P6_desc-nbpred_Chimap.json").read_text())
+    assert sidecar["Units"] == "ppm" and sidecar["SkullStripped"] is True
+    assert "non-blood" in sidecar["Description"]
+    assert "Units" not in json.loads((tmp_path / "maps" / "sub-P6_desc-Y_pred.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(
+        [p.name for p in paths] + [maps.sidecar_path(p).name for p in paths]
+    )
     truth = maps.write_prediction_maps(
         tmp_path, "P6", {"S0": values}, idx, list(SHAPE), affine.tolist(), suffix="truth"
     )
-    assert truth == [tmp_path / "sub-P6_desc-S0_truth.nii.gz"]
+    assert truth == [tmp_path / "sub-P6_desc-truth_S0map.nii.gz"]
+    assert maps.map_path(tmp_path, "P6", "R2") == tmp_path / "sub-P6_desc-pred_R2map.nii.gz"
+
+
+def test_names_of_every_map_and_kind():
+    assert [names.map_stem("P6", n, "pred") for n in names.MAP_NAMES] == [
+        "sub-P6_desc-Y_pred",
+        "sub-P6_desc-v_pred",
+        "sub-P6_desc-pred_R2map",
+        "sub-P6_desc-pred_S0map",
+        "sub-P6_desc-nbpred_Chimap",
+        "sub-P6_desc-OEF_pred",
+    ]
+    assert [names.map_stem("P6", n, names.TRUTH_KIND) for n in names.MAP_NAMES] == [
+        "sub-P6_desc-Y_qq",
+        "sub-P6_desc-v_qq",
+        "sub-P6_R2map",
+        "sub-P6_S0map",
+        "sub-P6_desc-nb_Chimap",
+        "sub-P6_desc-OEF_qq",
+    ]
+    for kind in ("pred", "ensmean", "ensstd", "truth", names.TRUTH_KIND):
+        for name in names.MAP_NAMES:
+            for stem in (names.map_stem("P6", name, kind), names.legacy_stem("P6", name, kind)):
+                for ext in (".nii.gz", ".nii"):
+                    assert names.parse_map_name(stem + ext) == names.MapFile("P6", name, kind)
+    # the names oefray wrote before
+    assert names.parse_map_name("sub-P6_desc-chinb_pred.nii.gz") == names.MapFile(
+        "P6", "chi_nb", "pred"
+    )
+    assert names.parse_map_name("sub-A1_desc-R2_qq.nii") == names.MapFile("A1", "R2", "qq")
+    for other in (
+        "sub-P6_Chimap.nii.gz",  # the QSM, not chi_nb
+        "sub-P6_desc-brain_mask.nii.gz",
+        "sub-P6_echo-1_part-mag_MEGRE.nii.gz",
+        "sub-P6_desc-pred_R2map.json",
+        "sub-P6_desc-X_pred.nii.gz",
+    ):
+        assert names.parse_map_name(other) is None, other
+    with pytest.raises(ValueError, match="unknown map"):
+        names.map_stem("P6", "chinb", "pred")
+    with pytest.raises(ValueError, match="alphanumeric"):
+        names.map_stem("P6", "Y", "en_std")
+
+
+def test_a_folder_of_maps_passes_the_bids_validator(tmp_path, affine, voxels):
+    """What ``oefray predict`` writes, by the same functions: the description
+    (``mark_output``), README and ``.bidsignore``, and every map of two subjects."""
+    idx, values = voxels
+    out = tmp_path / "maps"
+    out.mkdir()
+    mark_output(out, "oefray predict (test)", "0.1.0")
+    maps.describe_maps_dataset(
+        out, "Maps of a test.", other_files=("results.json", "rmse_per_patient.csv")
+    )
+    (out / "results.json").write_text("{}\n")
+    (out / "rmse_per_patient.csv").write_text("subject,OEF\nP6,1.0\n")
+    preds = {name: values for name in names.MAP_NAMES}
+    for label in ("P6", "Z1"):
+        maps.write_prediction_maps(maps.subject_dir(out, label), label, preds, idx, SHAPE, affine)
+    assert len(list(out.glob("sub-Z1/anat/*.nii.gz"))) == 6
+    assert is_oefray_output(out)
+    warnings = assert_valid(out)
+    assert {w["code"] for w in warnings} <= {"TOO_FEW_AUTHORS"}, warnings
 
 
 @pytest.mark.parametrize(

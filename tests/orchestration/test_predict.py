@@ -16,6 +16,7 @@ from oefray.orchestration.predict import predict
 from oefray.orchestration.simulate import simulate_cohort
 from oefray.tracking import Tracker
 
+from ..bids_validator import assert_valid
 from ..conftest import error_lines
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -89,7 +90,7 @@ def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
     mask = nib.load(
         ds / "derivatives" / "qsm" / "sub-Z1" / "anat" / "sub-Z1_desc-brain_mask.nii.gz"
     )
-    oef = nib.load(out / "sub-Z1_desc-OEF_pred.nii.gz")
+    oef = nib.load(out / "sub-Z1" / "anat" / "sub-Z1_desc-OEF_pred.nii.gz")
     assert oef.shape == mask.shape
     np.testing.assert_allclose(oef.affine, mask.affine, atol=1e-5)
     values = np.asarray(oef.dataobj)
@@ -97,10 +98,21 @@ def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
     assert inside.sum() == result.subjects["Z1"]["predicted"] > 500
     assert np.all(np.asarray(mask.dataobj)[inside] == 1)
     assert 0 < np.median(values[inside]) < 80  # OEF in percent
+    # a BIDS derivative: every map with its sidecar, R2, S0 and chi_nb under BIDS suffixes
+    assert sorted(p.name for p in (out / "sub-Z1" / "anat").glob("*.nii.gz")) == [
+        "sub-Z1_desc-OEF_pred.nii.gz",
+        "sub-Z1_desc-Y_pred.nii.gz",
+        "sub-Z1_desc-nbpred_Chimap.nii.gz",
+        "sub-Z1_desc-pred_R2map.nii.gz",
+        "sub-Z1_desc-pred_S0map.nii.gz",
+        "sub-Z1_desc-v_pred.nii.gz",
+    ]
+    assert {w["code"] for w in assert_valid(cli_out)} <= {"TOO_FEW_AUTHORS"}
     cli_results = json.loads((cli_out / "results.json").read_text())
     assert cli_results["command"] == "predict" and cli_results["subjects"] == result.subjects
     np.testing.assert_array_equal(
-        np.asarray(nib.load(cli_out / "sub-Z1_desc-OEF_pred.nii.gz").dataobj), values
+        np.asarray(nib.load(cli_out / "sub-Z1" / "anat" / "sub-Z1_desc-OEF_pred.nii.gz").dataobj),
+        values,
     )
 
     # new data without ground truth: the same maps, no RMSE
@@ -112,6 +124,9 @@ def test_predict_another_echo_scheme(trained, store, ray_local, tmp_path):
         bare.rmse is None and bare.subjects["Z1"]["predicted"] == result.subjects["Z1"]["predicted"]
     )
     np.testing.assert_array_equal(
-        np.asarray(nib.load(tmp_path / "bare" / "sub-Z1_desc-OEF_pred.nii.gz").dataobj), values
+        np.asarray(
+            nib.load(tmp_path / "bare" / "sub-Z1" / "anat" / "sub-Z1_desc-OEF_pred.nii.gz").dataobj
+        ),
+        values,
     )
     assert not (tmp_path / "bare" / "rmse_per_patient.csv").exists()

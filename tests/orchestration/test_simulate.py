@@ -1,5 +1,6 @@
 """``oefray simulate`` as users run it: the cohort written, its results.json and participants
-table, determinism for a seed, existing output refused, and one-line errors for bad arguments."""
+table, determinism for a seed, existing output refused, one-line errors for bad arguments, and
+the BIDS validator's verdict on what it writes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from oefray.cli import main
 from oefray.io import bids
 
+from ..bids_validator import assert_valid
 from ..conftest import error_lines
 
 
@@ -98,3 +100,50 @@ def test_simulate_force_onto_a_file_is_refused_and_the_file_kept(tmp_path, capsy
     assert str(target) in line and "exists and is not a folder" in line
     assert target.read_text() == "the user's notes\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["nii.gz", "nii"])
+def test_simulated_dataset_passes_the_bids_validator(tmp_path, plain):
+    """The raw dataset, and each derivative validated on its own, have no error; the warnings
+    left are the ones only a user can settle (Authors, License) or that do not apply to
+    simulated data (scanner details, HED)."""
+    out = tmp_path / "ds"
+    args = ["simulate", str(out), "--preset", "tiny", "--subjects", "P3,P6,X1", "--seed", "3"]
+    assert main([*args, *(["--plain-nii"] if plain else [])]) == 0
+    assert (out / "results.json").is_file()  # listed in .bidsignore
+    raw = {w["code"] for w in assert_valid(out)}
+    assert raw <= {
+        "JSON_KEY_RECOMMENDED",
+        "NO_AUTHORS",
+        "TOO_FEW_AUTHORS",
+        "SIDECAR_KEY_RECOMMENDED",
+    }
+    for pipeline in ("qsm", "qq"):
+        warnings = assert_valid(out / "derivatives" / pipeline)
+        assert {w["code"] for w in warnings} <= {"TOO_FEW_AUTHORS"}, warnings
+    # the ground truth under its BIDS names (and Y, v under oefray's, ignored), read back
+    anat = out / "derivatives" / "qq" / "sub-X1" / "anat"
+    ext = ".nii" if plain else ".nii.gz"
+    assert sorted(p.name for p in anat.glob(f"*{ext}")) == [
+        f"sub-X1_R2map{ext}",
+        f"sub-X1_S0map{ext}",
+        f"sub-X1_desc-Y_qq{ext}",
+        f"sub-X1_desc-nb_Chimap{ext}",
+        f"sub-X1_desc-v_qq{ext}",
+    ]
+    sub = bids.scan_subject(out, "X1")
+    assert {k: p.rsplit("/", 1)[1] for k, p in sub.truth.items()} == {
+        "Y": f"sub-X1_desc-Y_qq{ext}",
+        "v": f"sub-X1_desc-v_qq{ext}",
+        "R2": f"sub-X1_R2map{ext}",
+        "S0": f"sub-X1_S0map{ext}",
+        "chi_nb": f"sub-X1_desc-nb_Chimap{ext}",
+    }
+    meta = json.loads((anat / "sub-X1_R2map.json").read_text())
+    assert meta["Units"] == "1/s" and meta["SkullStripped"] is False
+    mask = out / "derivatives" / "qsm" / "sub-X1" / "anat" / "sub-X1_desc-brain_mask.json"
+    assert json.loads(mask.read_text())["Sources"] == [
+        f"bids:raw:sub-X1/anat/sub-X1_echo-1_part-mag_MEGRE{ext}"
+    ]
+    participants = json.loads((out / "participants.json").read_text())
+    assert set(participants["split"]["Levels"]) == {"train", "test"}

@@ -19,7 +19,8 @@ import pytest
 from oefray.cli import main
 from oefray.config import TrainConfig
 from oefray.io import features as fio
-from oefray.io.maps import read_map
+from oefray.io.maps import map_path, read_map
+from oefray.io.names import MAP_NAMES
 from oefray.ml.windows import WindowConfig, make_windows_table
 from oefray.orchestration.evaluate import load_bundle, predict_windows
 from oefray.orchestration.train import train
@@ -29,8 +30,6 @@ from oefray.tracking import EPOCH_METRICS, TEST_METRICS, Tracker
 from .conftest import EPOCHS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-MAP_DESC = ("Y", "v", "R2", "S0", "chinb", "OEF")
 
 
 def test_run_holds_params_metrics_and_artifacts(trained, store, tiny_features, tmp_path):
@@ -77,8 +76,8 @@ def test_run_holds_params_metrics_and_artifacts(trained, store, tiny_features, t
         assert (art / png).stat().st_size > 10_000
     for label in ("P6", "P11"):
         entry = manifest["subjects"][label]
-        for desc in MAP_DESC:
-            img = nib.load(art / "maps" / f"sub-{label}_desc-{desc}_pred.nii.gz")
+        for name in MAP_NAMES:  # sub-<L>_desc-pred_R2map.nii.gz, ..._desc-OEF_pred.nii.gz
+            img = nib.load(map_path(art / "maps", label, name))
             assert img.shape == tuple(entry["shape"])
             np.testing.assert_allclose(img.affine, entry["affine"], atol=1e-5)
     assert (art / "model_meta" / "scalers.json").is_file()
