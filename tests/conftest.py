@@ -113,3 +113,22 @@ def tiny_features(tiny_cohort, ray_local, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("features") / "tiny"
     assert preprocess(tiny_cohort, out, PreprocessConfig(slab=8)).ok
     return out
+
+
+@pytest.fixture(scope="session")
+def qsm_forward_cohort(tmp_path_factory) -> Path:
+    """A dataset written by qsm-forward 0.32 (``qsm-forward simple``, 16^3, 4 echoes, seeded
+    noise), once per session; its layout: :mod:`tests.peer_datasets`."""
+    from .peer_datasets import qsm_forward_dataset
+
+    return qsm_forward_dataset(tmp_path_factory.mktemp("peer") / "qsm-forward")
+
+
+@pytest.fixture(scope="session")
+def qsmxt_cohort(tiny_cohort, tmp_path_factory) -> Path:
+    """The `tiny` cohort as a dcm2bids/heudiconv + QSMxT user has it (``ses-01``, ``acq-gre``,
+    ``run-1``, plain ``.nii``, ``derivatives/qsmxt``; ground truth renamed alike), once per
+    session; its layout and mapping: :mod:`tests.peer_datasets`."""
+    from .peer_datasets import qsmxt_layout
+
+    return qsmxt_layout(tiny_cohort, tmp_path_factory.mktemp("peer") / "qsmxt")
