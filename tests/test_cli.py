@@ -56,6 +56,30 @@ def test_preprocess_command(tiny_cohort, ray_local, tmp_path, capsys):
     assert json.loads((out / "_results.json").read_text())["skipped"] == ["P3"]
 
 
+def test_one_bad_subject_does_not_hide_the_good_ones(tiny_cohort, tmp_path, capsys):
+    """Row of issue 11: one bad subject among good ones, without --keep-going, stopped the run
+    before Ray started and the good subjects appeared nowhere. Now the table, a warning line and
+    results.json name them as not done (and nothing starts Ray)."""
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_cohort, root)
+    (root / "sub-P4" / "anat" / "sub-P4_echo-2_part-mag_MEGRE.json").write_text("{")
+    results = tmp_path / "r.json"
+    args = ["preprocess", str(root), "--out", str(tmp_path / "f"), "--results", str(results)]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    (line,) = error_lines(captured.err)
+    assert line.startswith("oefray: error: sub-P4: ") and "malformed JSON" in line
+    assert (
+        "oefray: warning: not done after the failure: sub-P3, sub-P6, sub-P11 (--keep-going "
+        "does them)" in captured.err
+    )
+    row = [cell for cell in captured.out.splitlines()[2].split() if cell != "│"]
+    assert row[:4] == ["0", "0", "1", "3"]  # done, skipped, failed, not done
+    payload = json.loads(results.read_text())
+    assert payload["not_done"] == ["P3", "P6", "P11"] and list(payload["failed"]) == ["P4"]
+    assert not (tmp_path / "f").exists()
+
+
 @pytest.mark.ray
 def test_preprocess_keep_going_exit_code(tiny_cohort, ray_local, tmp_path, capsys):
     root = tmp_path / "ds"

@@ -131,12 +131,13 @@ def simulate(
 
 def _preprocess_table(result: Any) -> Table:
     table = Table(title=None, show_edge=False)
-    for col in ("done", "skipped", "failed", "voxels", "seconds", "voxels/s"):
+    for col in ("done", "skipped", "failed", "not done", "voxels", "seconds", "voxels/s"):
         table.add_column(col, justify="right")
     table.add_row(
         str(len(result.completed)),
         str(len(result.skipped)),
         str(len(result.failed)),
+        str(len(result.not_done)),
         f"{result.voxels:,}",
         f"{result.seconds:.1f}",
         f"{result.voxels_per_second:,.0f}",
@@ -217,6 +218,9 @@ def preprocess(
         err_console.print(
             f"oefray: error: sub-{label}: {message}", markup=False, highlight=False, soft_wrap=True
         )
+    if result.not_done:
+        shown = ", ".join(f"sub-{s}" for s in result.not_done)
+        log.warning("not done after the failure: %s (--keep-going does them)", shown)
     if not result.ok:
         raise typer.Exit(1)
 

@@ -216,6 +216,8 @@ class PreprocessResult:
     completed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    #: Valid subjects left undone because another failed (without ``--keep-going``).
+    not_done: list[str] = field(default_factory=list)
     voxels: int = 0
     seconds: float = 0.0
 
@@ -235,6 +237,7 @@ class PreprocessResult:
             "completed": self.completed,
             "skipped": self.skipped,
             "failed": self.failed,
+            "not_done": self.not_done,
             "voxels": self.voxels,
             "seconds": round(self.seconds, 3),
             "voxels_per_second": round(self.voxels_per_second, 1),
@@ -406,6 +409,7 @@ def preprocess(
     result = PreprocessResult(features=str(out), dataset=str(index.root))
     result.failed.update({s: str(e) for s, e in index.errors.items()})
     if index.errors and not config.keep_going:
+        result.not_done = list(index.subjects)
         return result
     valid = list(index.subjects.values())
     if not valid:
@@ -423,6 +427,8 @@ def preprocess(
     finally:
         if created and FeaturesManifest.read(out) is None:  # nothing completed: leave nothing
             shutil.rmtree(out, ignore_errors=True)
+    accounted = {*result.completed, *result.skipped, *result.failed}
+    result.not_done = [s.label for s in valid if s.label not in accounted]
     result.seconds = time.perf_counter() - t0
     return result
 
