@@ -396,6 +396,11 @@ WRITERS = {
 }
 
 
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 @pytest.mark.parametrize("command", list(WRITERS))
 def test_writing_commands_refuse_an_unusable_store_first(
     command, unusable_stores, tmp_path, capsys
@@ -408,6 +413,10 @@ def test_writing_commands_refuse_an_unusable_store_first(
 
     missing = tmp_path / "no-such-input"
     argv = [a.format(missing=missing) for a in WRITERS[command]]
+    # Ray must not start: where it is down before (the fast subset, this file alone), it is down
+    # after (conftest's guard fails an unmarked test that starts it, too); in the full suite a
+    # session's runtime may already be up, which this test neither starts nor stops
+    ray_was_up = _ray_is_up()
     for path, fragment in unusable_stores.values():
         before = path.read_bytes()
         assert main([*argv, "--tracking-uri", f"sqlite:///{path}"]) == 1
@@ -417,8 +426,7 @@ def test_writing_commands_refuse_an_unusable_store_first(
         assert lines[0].startswith(f"oefray: error: {path}: ") and fragment in lines[0]
         assert str(missing) not in err
         assert path.read_bytes() == before
-        ray = sys.modules.get("ray")
-        assert ray is None or not ray.is_initialized()
+        assert _ray_is_up() == ray_was_up
     assert not Path("results.json").exists()
     assert sorted(p.name for p in (tmp_path / "stores").iterdir()) == [
         "notes.db",
@@ -440,14 +448,14 @@ def test_predict_reads_its_model_from_a_store_that_may_be_read_only(unusable_sto
         "read-only": f"unknown MLflow run id {'0' * 32}",
         "foreign": "a SQLite database without MLflow's tables",
     }
+    ray_was_up = _ray_is_up()
     for kind, (path, _) in unusable_stores.items():
         before = path.read_bytes()
         assert main([*argv, "--tracking-uri", f"sqlite:///{path}"]) == 1
         (line,) = error_lines(capsys.readouterr().err)
         assert expected[kind] in line and (kind == "read-only" or str(path) in line), line
         assert path.read_bytes() == before
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
+    assert _ray_is_up() == ray_was_up
     assert not Path("maps").exists()
 
 
