@@ -56,7 +56,7 @@ def _serial(subs, slab: int, target: Path) -> float:
     for sub in subs:
         bounds = slabs.slab_bounds(0, sub.depth, slab)
         if slabs.is_compressed(sub):
-            stream = slabs.iter_brain_voxels(sub, bounds, threads=stage.READ_THREADS)
+            stream = slabs.iter_brain_voxels(sub, bounds, threads=stage.READ_THREADS or 1)
             pieces = ((v.z0, v.z1, voxel_features(sub, v, with_truth=True)) for v in stream)
         else:
             pieces = ((a, b, slab_features(sub, a, b, with_truth=True)) for a, b in bounds)
@@ -82,7 +82,7 @@ def main() -> None:
         "--read-threads",
         type=int,
         default=None,
-        help="read-ahead threads of a gzipped subject's task (default: preprocess's READ_THREADS)",
+        help="read-ahead threads of a gzipped subject's task (default: preprocess.read_threads)",
     )
     args = ap.parse_args()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -119,7 +119,8 @@ def main() -> None:
         te = np.asarray(ref[0].te_s)
         n = len(voxels)
         print(f"brain voxels: {n:,} x {len(te)} echoes, grid {ref[0].shape}, slab {args.slab}")
-        print(f"gzip inflater: {slabs.INFLATER}, read-ahead threads: {stage.READ_THREADS}")
+        threads = stage.READ_THREADS or "1 per gzipped subject, or the idle CPUs"
+        print(f"gzip inflater: {slabs.INFLATER}, read-ahead threads: {threads}")
         fit_decay(voxels[:1000], te)  # numba compile (cached on disk) outside the timing
 
         kernel = []
@@ -131,12 +132,12 @@ def main() -> None:
         print(f"bare kernel, 1 process:          {t_kernel:7.3f} s  ({n / t_kernel:,.0f} voxels/s)")
 
         serial: dict[str, float] = {}
+        serial_runs: dict[str, list[float]] = {fmt: [] for fmt in formats}
+        for r in range(args.repeats):
+            for fmt in formats:
+                serial_runs[fmt].append(_serial(subs[fmt], args.slab, work / f"s-{fmt}-{r}"))
         for fmt in formats:
-            runs = [
-                _serial(subs[fmt], args.slab, work / f"serial-{fmt}-{r}")
-                for r in range(args.repeats)
-            ]
-            serial[fmt] = statistics.median(runs)
+            serial[fmt] = statistics.median(serial_runs[fmt])
             print(
                 f"serial pipeline, no Ray, {fmt:5s}: {serial[fmt]:7.3f} s  "
                 f"({n / serial[fmt]:,.0f} voxels/s)  read + fit + write"
@@ -147,24 +148,26 @@ def main() -> None:
             # what `oefray preprocess --workers N` runs on: a local runtime with N CPUs
             ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
             try:
+                cfg = PreprocessConfig(workers=workers, slab=args.slab)
+                runs: dict[str, list[float]] = {fmt: [] for fmt in formats}
                 for fmt in formats:
-                    cfg = PreprocessConfig(workers=workers, slab=args.slab)
                     # warm up: start the workers, load the compiled kernel, touch the files
                     preprocess(datasets[fmt], work / f"warm-{fmt}-{workers}", cfg)
-                    runs = []
-                    for r in range(args.repeats):
+                for r in range(args.repeats):
+                    for fmt in formats:  # formats alternate: the machine's load drifts
                         t = time.perf_counter()
                         res = preprocess(datasets[fmt], work / f"f-{fmt}-{workers}-{r}", cfg)
-                        runs.append(time.perf_counter() - t)
+                        runs[fmt].append(time.perf_counter() - t)
                         assert res.ok and res.voxels == n, res
-                    timings[fmt, workers] = statistics.median(runs)
-                    print(
-                        f"preprocess, {fmt:5s}, {workers} worker(s): {timings[fmt, workers]:7.3f} s  "
-                        f"({n / timings[fmt, workers]:,.0f} voxels/s)  "
-                        f"runs: {', '.join(f'{x:.2f}' for x in runs)}"
-                    )
             finally:
                 ray.shutdown()
+            for fmt in formats:
+                timings[fmt, workers] = statistics.median(runs[fmt])
+                print(
+                    f"preprocess, {fmt:5s}, {workers} worker(s): {timings[fmt, workers]:7.3f} s  "
+                    f"({n / timings[fmt, workers]:,.0f} voxels/s)  "
+                    f"runs: {', '.join(f'{x:.2f}' for x in runs[fmt])}"
+                )
         first = formats[0]
         overhead = timings[first, 1] / t_kernel
         ray_cost = timings[first, 1] / serial[first]

@@ -10,8 +10,10 @@ subject and yields the brain voxels of one slab at a time, the same arrays
 (the one handed out and the next, read ahead in a background thread while the caller works on
 the first; inflating releases the GIL).
 
-The fastest available inflater is used: ISA-L (the ``isal`` package, about twice zlib's speed)
-when it is installed, else the standard library's zlib (:data:`INFLATER` says which).
+The fastest available inflater is used: ISA-L (the ``isal`` package, about 1.7x zlib's speed
+here) when it is installed, else the standard library's zlib (:data:`INFLATER` says which). Each
+open gzip stream holds fixed buffers besides the planes it returns (ISA-L reads 512 KiB of input
+at a time): about 0.6 MB per image, whatever the size of the scan.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from nibabel.filebasedimages import ImageFileError
 from oefray.errors import DatasetError
 from oefray.io.bids import MASK_THRESHOLD, BrainVoxels, SubjectFiles
 
-try:  # ISA-L's inflate: the same bytes, about twice as fast as zlib's
+try:  # ISA-L's inflate: the same bytes, faster than zlib's
     from isal import igzip as _gzip
 
     INFLATER = "isal"
@@ -88,11 +90,10 @@ class PlaneReader:
     def _stream(self) -> IO[bytes]:
         if self._fh is None:
             try:
-                self._fh = (
-                    _gzip.open(self.path, "rb")
-                    if self.path.endswith(".gz")
-                    else open(self.path, "rb")
-                )  # noqa: SIM115 - closed by close()
+                if self.path.endswith(".gz"):
+                    self._fh = _gzip.open(self.path, "rb")
+                else:
+                    self._fh = open(self.path, "rb")  # noqa: SIM115 - closed by close()
             except OSError as exc:
                 raise _corrupt(self.path, exc) from None
             self._pos = 0
@@ -314,7 +315,7 @@ def iter_brain_voxels(
         scan.close()
 
 
-def _quietly(future: Future[Any]) -> None:
+def _quietly(future: Future[Any] | _Done) -> None:
     """Wait for a read nobody will use (the caller stopped early), ignoring its error."""
     try:
         future.result()

@@ -252,9 +252,22 @@ def plan_tasks(subjects: Sequence[SubjectFiles], slab: int) -> list[dict[str, An
 
 _BACKPRESSURE = "backpressure_policies.enabled"
 
-#: Background threads that inflate the next slab of a gzipped subject while its task fits the
-#: current one (:func:`oefray.io.slabs.iter_brain_voxels`).
-READ_THREADS = 1
+#: Most background threads that inflate the next slab of a gzipped subject (one image each)
+#: while its task fits the current one (:func:`oefray.io.slabs.iter_brain_voxels`).
+MAX_READ_THREADS = 4
+
+#: Read-ahead threads of every gzipped subject's task; None: :func:`read_threads` decides.
+READ_THREADS: int | None = None
+
+
+def read_threads(cpus: int, streams: int) -> int:
+    """Read-ahead threads of each gzipped subject's task: one, or, when the run has more CPUs
+    than such tasks, the CPUs they would leave idle, shared among them (at most
+    :data:`MAX_READ_THREADS`). A subject's images inflate in parallel, so one gzipped subject on
+    two workers uses both CPUs, as its slabs would if it were plain."""
+    if READ_THREADS is not None:
+        return READ_THREADS
+    return max(1, min(MAX_READ_THREADS, cpus // max(1, streams)))
 
 
 @contextlib.contextmanager
@@ -585,6 +598,8 @@ def _run(
         progress(0, total, f"{len(todo)} subject(s), {total} slab(s)")
     try:
         with ray_runtime(config.address, config.workers), _data_context():
+            cpus = int(ray.cluster_resources().get("CPU", config.workers))
+            streams = sum(1 for it in items if it["z1"] - it["z0"] > config.slab)
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -598,7 +613,7 @@ def _run(
                     "slab": config.slab,
                     "normalize": config.normalize,
                     "with_truth": with_truth,
-                    "read_threads": READ_THREADS,
+                    "read_threads": read_threads(cpus, streams),
                 },
             )
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):

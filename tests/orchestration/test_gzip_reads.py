@@ -103,3 +103,13 @@ def test_a_corrupt_gzip_image_fails_its_subject_only(tiny_cohort, ray_local, tmp
     assert sorted(result.completed) == ["P11", "P3", "P4"]
     assert not fio.subject_dir(out, "P6").exists()
     assert not list(out.glob(f"{fio.STAGING_PREFIX}*"))
+
+
+def test_read_threads_share_the_idle_cpus():
+    from oefray.orchestration.preprocess import MAX_READ_THREADS, read_threads
+
+    assert read_threads(1, 1) == 1  # one worker: one read-ahead thread
+    assert read_threads(2, 1) == 2  # one gzipped subject on two workers: both CPUs
+    assert read_threads(2, 18) == 1  # a cohort: the subjects' tasks fill the CPUs
+    assert read_threads(64, 1) == MAX_READ_THREADS
+    assert read_threads(4, 0) == 4 and read_threads(2, 3) == 1
