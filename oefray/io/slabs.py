@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import types
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,12 +35,13 @@ from nibabel.filebasedimages import ImageFileError
 from oefray.errors import DatasetError
 from oefray.io.bids import MASK_THRESHOLD, BrainVoxels, SubjectFiles
 
+_gzip: types.ModuleType
 try:  # ISA-L's inflate: the same bytes, faster than zlib's
     from isal import igzip as _gzip
 
     INFLATER = "isal"
 except ImportError:  # pragma: no cover - isal is a dependency; the fallback is the stdlib's
-    _gzip = gzip  # type: ignore[no-redef]
+    _gzip = gzip
     INFLATER = "zlib"
 
 #: What a broken file raises while it is read (gzip's BadGzipFile is an OSError).
@@ -72,6 +74,8 @@ class PlaneReader:
             img = nib.load(self.path)
         except (ImageFileError, *_READ_ERRORS) as exc:
             raise DatasetError(self.path, f"cannot read NIfTI header ({exc})") from None
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise DatasetError(self.path, "not a NIfTI-1/2 image")
         proxy = img.dataobj
         if not isinstance(proxy, ArrayProxy) or len(proxy.shape) not in (3, 4):
             raise DatasetError(self.path, f"expected a 3-D NIfTI volume, got {img.shape}")
@@ -301,9 +305,10 @@ def iter_brain_voxels(
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="slab-read")
     pending: _PendingSlab | None = None
     try:
-        pending = scan.start(*bounds[0], pool)
-        for i in range(len(bounds)):
-            voxels = pending.result()
+        for i, (z0, z1) in enumerate(bounds):
+            current = pending if pending is not None else scan.start(z0, z1, pool)
+            pending = current  # until it is read: what a stop waits for
+            voxels = current.result()
             pending = scan.start(*bounds[i + 1], pool) if i + 1 < len(bounds) else None
             yield voxels
             del voxels

@@ -164,9 +164,10 @@ def _fit_slabs(
                 subject.label, voxels=row["rows"], seconds=t1 - t0, ok=not row["error"]
             )
             t0 = t1
-            arrays = {k: np.asarray([v]) for k, v in row.items()}
-            arrays["checksum"] = np.asarray([row["checksum"]], dtype=np.uint64)
-            yield arrays
+            yield {
+                k: np.asarray([v], dtype=np.uint64 if k == "checksum" else None)
+                for k, v in row.items()
+            }
 
 
 def _read_slabs(
@@ -261,10 +262,23 @@ READ_THREADS: int | None = None
 
 
 def read_threads(cpus: int, streams: int) -> int:
-    """Read-ahead threads of each gzipped subject's task: one, or, when the run has more CPUs
-    than such tasks, the CPUs they would leave idle, shared among them (at most
-    :data:`MAX_READ_THREADS`). A subject's images inflate in parallel, so one gzipped subject on
-    two workers uses both CPUs, as its slabs would if it were plain."""
+    """Read-ahead threads of each gzipped subject's task.
+
+    Parameters
+    ----------
+    cpus : int
+        CPUs of the Ray runtime.
+    streams : int
+        Tasks of the run that stream a gzipped subject.
+
+    Returns
+    -------
+    int
+        One, or, when the run has more CPUs than such tasks, the CPUs they would leave idle,
+        shared among them (at most :data:`MAX_READ_THREADS`); :data:`READ_THREADS` if set. A
+        subject's images inflate in parallel, so one gzipped subject on two workers uses both
+        CPUs, as its slabs would if it were plain.
+    """
     if READ_THREADS is not None:
         return READ_THREADS
     return max(1, min(MAX_READ_THREADS, cpus // max(1, streams)))
