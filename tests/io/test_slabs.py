@@ -179,3 +179,13 @@ def test_memory_is_bounded_by_the_slab_not_the_scan(tmp_path, read_ahead):
         peaks[depth] = _peak_streaming(sub, 3, read_ahead)
         assert peaks[depth] < 4 * slab_bytes + images * STREAM_BUFFERS, (peaks, slab_bytes)
     assert peaks[96] < peaks[24] + slab_bytes, (peaks, slab_bytes)
+
+
+def test_the_standard_library_inflater_gives_the_same(tmp_path, monkeypatch):
+    """Without ISA-L (``isal`` missing) the stream inflates with zlib: the same arrays."""
+    sub = _write(tmp_path)
+    bounds = slabs.slab_bounds(0, sub.depth, 4)
+    fast = list(slabs.iter_brain_voxels(sub, bounds))
+    monkeypatch.setattr(slabs, "_gzip", gzip)
+    for got, want in zip(slabs.iter_brain_voxels(sub, bounds), fast, strict=True):
+        _assert_same(got, want)
