@@ -54,6 +54,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/decay_fit.py
 	$(BIN)/python benchmarks/preprocess.py
+	$(BIN)/python benchmarks/gzip_reads.py
 	$(BIN)/python benchmarks/features_read.py
 	$(BIN)/python benchmarks/train_overhead.py
 

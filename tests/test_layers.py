@@ -25,6 +25,7 @@ PURE = [
     "oefray.physics.phantom",
     "oefray.io.bids",
     "oefray.io.features",
+    "oefray.io.slabs",
     "oefray.io.maps",
     "oefray.io.names",
     "oefray.config",

@@ -1,9 +1,13 @@
 """``oefray preprocess``: BIDS dataset → decay-fit features Parquet, sharded by Ray Data.
 
-Pipeline: one item per slab (a range of z planes of one subject) → ``from_items`` with one block
-per slab → one ``map_batches`` task per slab that reads the slab lazily (``img.dataobj``), fits
-the decay of every brain voxel (:func:`oefray.physics.decay.fit_decay`) and writes the slab's
-Parquet file into a staging folder → a one-row summary per slab streams back to the driver.
+Pipeline: one item per slab (a range of z planes of one subject) of a plain ``.nii`` subject, one
+item per subject of a gzipped one → ``from_items`` with one block per item → one ``map_batches``
+task per item that reads its slabs, fits the decay of every brain voxel
+(:func:`oefray.physics.decay.fit_decay`) and writes each slab's Parquet file into a staging
+folder → a one-row summary per slab streams back to the driver. A plain slab is read lazily
+(``img.dataobj``, random access is free); a gzipped subject's task streams every image once, in
+z order, one slab at a time (:func:`oefray.io.slabs.iter_brain_voxels`), since gzip cannot seek
+and a lazy read of each slab would inflate the file from its start again.
 
 The driver commits a subject as soon as its last slab is in: it checks the row count against the
 mask, checksums the content, and renames the subject's staged folder into place, then rewrites the
@@ -33,6 +37,7 @@ from oefray.config import PreprocessConfig
 from oefray.errors import DatasetError, FeaturesError, OefrayError
 from oefray.io import features as fio
 from oefray.io.bids import (
+    BrainVoxels,
     DatasetIndex,
     SubjectFiles,
     read_brain_voxels,
@@ -50,6 +55,7 @@ from oefray.io.manifest import (
     SubjectRecord,
     manifest_path,
 )
+from oefray.io.slabs import is_compressed, iter_brain_voxels, slab_bounds
 from oefray.orchestration import metrics as ray_metrics
 from oefray.orchestration.runtime import ray_runtime
 from oefray.physics.decay import FitStatus, fit_decay
@@ -83,6 +89,18 @@ def slab_features(
     the ground-truth S0, so S0 stays the amplitude of the normalised signal at TE = 0.
     """
     voxels = read_brain_voxels(subject, z0, z1)
+    return voxel_features(subject, voxels, normalize=normalize, with_truth=with_truth)
+
+
+def voxel_features(
+    subject: SubjectFiles,
+    voxels: BrainVoxels,
+    *,
+    normalize: str = "none",
+    with_truth: bool = False,
+) -> dict[str, np.ndarray]:
+    """:func:`slab_features` of a slab already read (``voxels``, planes ``voxels.z0:z1``)."""
+    z0 = voxels.z0
     xs, ys, zl = np.nonzero(voxels.mask)  # C order within the slab == increasing global idx
     signal = voxels.signal  # (n, n_echoes) float32, same order
     first = None
@@ -121,45 +139,93 @@ def slab_features(
     return cols
 
 
+_SUMMARY = ("subject", "z0", "z1", "rows", "checksum", "status", "file", "error")
+
+
 def _fit_slabs(
     batch: dict[str, np.ndarray],
     *,
     subjects: dict[str, SubjectFiles],
     staging: str,
+    slab: int,
     normalize: str,
     with_truth: bool,
-) -> dict[str, np.ndarray]:
-    """``map_batches`` body: fit and write each slab of the batch; return one summary row each."""
-    keys = ("subject", "z0", "z1", "rows", "checksum", "status", "file", "error")
-    out: dict[str, list[Any]] = {k: [] for k in keys}
+    read_threads: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """``map_batches`` body: fit and write each slab of each item of the batch (an item is one
+    slab, or a gzipped subject's run of slabs, streamed); yield one summary row per slab, as it
+    is done."""
     for label, z0, z1 in zip(batch["subject"], batch["z0"], batch["z1"], strict=True):
-        label, z0, z1 = str(label), int(z0), int(z1)
-        rows, xsum, status, file, error = 0, 0, "{}", "{}", ""
+        subject = subjects[str(label)]
+        bounds = slab_bounds(int(z0), int(z1), slab)
         t0 = time.perf_counter()
-        try:
-            cols = slab_features(
-                subjects[label], z0, z1, normalize=normalize, with_truth=with_truth
+        for a, b, voxels in _read_slabs(subject, bounds, read_threads):
+            row = _fit_slab(subject, a, b, voxels, staging, normalize, with_truth)
+            # once per slab, inside the task (oefray/orchestration/metrics.py)
+            t1 = time.perf_counter()
+            ray_metrics.record_slab(
+                subject.label, voxels=row["rows"], seconds=t1 - t0, ok=not row["error"]
             )
-            rows = len(cols["idx"])
-            if rows:
-                table = fio.table_from_columns(cols, with_truth)
-                path = fio.write_slab_table(fio.subject_dir(Path(staging), label), table, z0, z1)
-                file = json.dumps({path.name: file_record(path)})
-                xsum = fio.checksum(table)
-                codes, counts = np.unique(cols["status"], return_counts=True)
-                status = json.dumps(
-                    {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
-                )
+            t0 = t1
+            yield {
+                k: np.asarray([v], dtype=np.uint64 if k == "checksum" else None)
+                for k, v in row.items()
+            }
+
+
+def _read_slabs(
+    subject: SubjectFiles, bounds: list[tuple[int, int]], read_threads: int
+) -> Iterator[tuple[int, int, BrainVoxels | OefrayError]]:
+    """Each slab of ``bounds`` read, or the error that stopped the read (every slab after a
+    failed one of a stream gets the same error: the stream cannot go on)."""
+    if len(bounds) == 1:  # one slab: read lazily (img.dataobj)
+        (a, b) = bounds[0]
+        try:
+            voxels: BrainVoxels | OefrayError = read_brain_voxels(subject, a, b)
         except OefrayError as exc:
-            error = str(exc)
-        # once per slab, inside the task (oefray/orchestration/metrics.py)
-        ray_metrics.record_slab(label, voxels=rows, seconds=time.perf_counter() - t0, ok=not error)
-        values = (label, z0, z1, rows, xsum, status, file, error)
-        for key, value in zip(out, values, strict=True):
-            out[key].append(value)
-    arrays = {k: np.asarray(v) for k, v in out.items()}
-    arrays["checksum"] = np.asarray(out["checksum"], dtype=np.uint64)
-    return arrays
+            voxels = exc
+        yield a, b, voxels
+        return
+    done = 0
+    try:
+        for voxels in iter_brain_voxels(subject, bounds, threads=read_threads):
+            yield voxels.z0, voxels.z1, voxels
+            done += 1
+    except OefrayError as exc:
+        for a, b in bounds[done:]:
+            yield a, b, exc
+
+
+def _fit_slab(
+    subject: SubjectFiles,
+    z0: int,
+    z1: int,
+    voxels: BrainVoxels | OefrayError,
+    staging: str,
+    normalize: str,
+    with_truth: bool,
+) -> dict[str, Any]:
+    """Fit and write one slab; its summary: ``subject, z0, z1``, ``rows``, content
+    ``checksum``, ``status`` counts and the written ``file``'s record (JSON), ``error``."""
+    rows, xsum, status, file, error = 0, 0, "{}", "{}", ""
+    try:
+        if isinstance(voxels, OefrayError):
+            raise voxels
+        cols = voxel_features(subject, voxels, normalize=normalize, with_truth=with_truth)
+        rows = len(cols["idx"])
+        if rows:
+            table = fio.table_from_columns(cols, with_truth)
+            path = fio.write_slab_table(
+                fio.subject_dir(Path(staging), subject.label), table, z0, z1
+            )
+            file = json.dumps({path.name: file_record(path)})
+            xsum = fio.checksum(table)
+            codes, counts = np.unique(cols["status"], return_counts=True)
+            status = json.dumps({str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)})
+    except OefrayError as exc:
+        error = str(exc)
+    values = (subject.label, z0, z1, rows, xsum, status, file, error)
+    return dict(zip(_SUMMARY, values, strict=True))
 
 
 def plan_slabs(subjects: Sequence[SubjectFiles], slab: int) -> list[dict[str, Any]]:
@@ -171,12 +237,55 @@ def plan_slabs(subjects: Sequence[SubjectFiles], slab: int) -> list[dict[str, An
     ]
 
 
+def plan_tasks(subjects: Sequence[SubjectFiles], slab: int) -> list[dict[str, Any]]:
+    """One item per task: each slab of a plain subject (read lazily, slabs in parallel), the
+    whole of a gzipped one (streamed: each image inflated once, slab by slab)."""
+    items: list[dict[str, Any]] = []
+    for s in subjects:
+        if is_compressed(s):
+            items.append({"subject": s.label, "z0": 0, "z1": s.depth})
+        else:
+            items += plan_slabs([s], slab)
+    return items
+
+
 # --------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------
 
 
 _BACKPRESSURE = "backpressure_policies.enabled"
+_SUMMARY_BLOCK_BYTES = 256
+
+#: Most background threads that inflate the next slab of a gzipped subject (one image each)
+#: while its task fits the current one (:func:`oefray.io.slabs.iter_brain_voxels`).
+MAX_READ_THREADS = 4
+
+#: Read-ahead threads of every gzipped subject's task; None: :func:`read_threads` decides.
+READ_THREADS: int | None = None
+
+
+def read_threads(cpus: int, streams: int) -> int:
+    """Read-ahead threads of each gzipped subject's task.
+
+    Parameters
+    ----------
+    cpus : int
+        CPUs of the Ray runtime.
+    streams : int
+        Tasks of the run that stream a gzipped subject.
+
+    Returns
+    -------
+    int
+        One, or, when the run has more CPUs than such tasks, the CPUs they would leave idle,
+        shared among them (at most :data:`MAX_READ_THREADS`); :data:`READ_THREADS` if set. A
+        subject's images inflate in parallel, so one gzipped subject on two workers uses both
+        CPUs, as its slabs would if it were plain.
+    """
+    if READ_THREADS is not None:
+        return READ_THREADS
+    return max(1, min(MAX_READ_THREADS, cpus // max(1, streams)))
 
 
 @contextlib.contextmanager
@@ -187,20 +296,30 @@ def _data_context() -> Iterator[None]:
     per-operator reservations, and the dynamic concurrency cap) let only one fit task run at a
     time, which halves throughput; switching off only the reservation or only the dynamic cap
     did not help. This pipeline's memory is bounded without them: its inputs are slab
-    descriptors, its outputs one-row summaries, and each task holds one slab and one CPU, so
-    Ray's CPU accounting caps the slabs in flight at the CPUs of the runtime. Progress is shown
+    descriptors, its outputs one-row summaries, and each task holds one slab (a gzipped
+    subject's task two: the one it fits and the next, read ahead) and one CPU, so Ray's CPU
+    accounting caps the slabs in flight at (twice) the CPUs of the runtime. Progress is shown
     by the caller, per slab and subject.
     """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.get_config(_BACKPRESSURE, None))
+    saved = (
+        ctx.enable_progress_bars,
+        ctx.get_config(_BACKPRESSURE, None),
+        ctx.target_max_block_size,
+    )
     ctx.enable_progress_bars = False
     ctx.set_config(_BACKPRESSURE, [])
+    # (about) every summary row its own block: a task that streams a subject's slabs reports each
+    # slab as it is done, not all of them when it ends. A row is ~300 bytes; 1 byte instead cost
+    # Ray Data's executor ~20 ms a block (the demo cohort took 2x as long), 256 nothing measurable
+    ctx.target_max_block_size = _SUMMARY_BLOCK_BYTES
     try:
         yield
     finally:
         ctx.enable_progress_bars = saved[0]
+        ctx.target_max_block_size = saved[2]
         if saved[1] is None:
             ctx.remove_config(_BACKPRESSURE)
         else:
@@ -520,16 +639,20 @@ def _run(
     import ray.data
 
     staging = out / f"{fio.STAGING_PREFIX}{uuid.uuid4().hex}"
-    items = plan_slabs(todo, config.slab)
-    remaining = {s.label: sum(1 for it in items if it["subject"] == s.label) for s in todo}
+    slabs = plan_slabs(todo, config.slab)
+    items = plan_tasks(todo, config.slab)
+    remaining = {s.label: sum(1 for it in slabs if it["subject"] == s.label) for s in todo}
     tally = {label: _Tally() for label in remaining}
     errors: dict[str, str] = {}
     by_label = {s.label: s for s in todo}
-    total, done = len(items), 0
+    seen: set[tuple[str, int]] = set()
+    total, done = len(slabs), 0
     if progress:
         progress(0, total, f"{len(todo)} subject(s), {total} slab(s)")
     try:
         with ray_runtime(config.address, config.workers), _data_context():
+            cpus = int(ray.cluster_resources().get("CPU", config.workers))
+            streams = sum(1 for it in items if it["z1"] - it["z0"] > config.slab)
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -540,13 +663,18 @@ def _run(
                 fn_kwargs={
                     "subjects": by_label,
                     "staging": str(staging),
+                    "slab": config.slab,
                     "normalize": config.normalize,
                     "with_truth": with_truth,
+                    "read_threads": read_threads(cpus, streams),
                 },
             )
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
                 for i, label in enumerate(batch["subject"]):
                     label, error = str(label), str(batch["error"][i])
+                    if (label, int(batch["z0"][i])) in seen:  # a retried task's repeat
+                        continue
+                    seen.add((label, int(batch["z0"][i])))
                     done += 1
                     remaining[label] -= 1
                     tally[label].add(
