@@ -45,6 +45,7 @@ from oefray.io.bids import (
 )
 from oefray.io.integrity import file_record
 from oefray.io.locks import reading, writing
+from oefray.io.manifest import FORMAT as FEATURES_FORMAT
 from oefray.io.manifest import (
     FORMAT_VERSION,
     LABEL,
@@ -611,7 +612,8 @@ def _process(
             for label in old:  # labels checked when the manifest was read
                 shutil.rmtree(fio.subject_dir(out, label), ignore_errors=True)
             manifest.save(out)  # the folder's record matches what it holds, whatever follows
-            _drop_legacy_side_files(out)
+            if existing.old_format is not None:  # only an older format has such side files
+                _drop_legacy_side_files(out)
         if todo:
             _run(index, todo, out, manifest, config, with_truth, result, progress)
 
@@ -620,7 +622,13 @@ def _drop_legacy_side_files(out: Path) -> None:
     """Remove an older format's side files (oefray's own: the manifest checked as one when it
     was read, a results file only if it says oefray preprocess wrote it): Parquet readers would
     trip over their names, which do not start with ``_``."""
-    (out / LEGACY_MANIFEST).unlink(missing_ok=True)
+    legacy_manifest = out / LEGACY_MANIFEST
+    try:
+        ours = json.loads(legacy_manifest.read_text()).get("format") == FEATURES_FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if ours:  # never a user's file that happens to have the name
+        legacy_manifest.unlink()
     legacy_results = out / "results.json"
     if _own_results(legacy_results):
         legacy_results.unlink()

@@ -192,6 +192,7 @@ def _mlflow_like(tables: set[str]) -> bool:
     ``alembic_version`` last), and a writer must not refuse a store mid-creation."""
     return "alembic_version" in tables or {"experiments", "runs"} <= tables
 
+
 #: The first 16 bytes of every SQLite database file (an empty file is an empty database too).
 _SQLITE_HEADER = b"SQLite format 3\x00"
 

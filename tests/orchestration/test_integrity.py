@@ -136,7 +136,9 @@ def test_preprocess_of_another_dataset_or_options_into_features_is_refused(
     assert "was made with options {'normalize': 'none'}, not {'normalize': 'first-echo'}" in line
     assert _snapshot(features) == before
 
+    (features / "manifest.json").write_text('{"mine": true}')  # a user's file of that name
     assert main(["preprocess", str(other), "--out", str(features), "--force"]) == 0
+    assert (features / "manifest.json").read_text() == '{"mine": true}'  # not oefray's: kept
     manifest = fio.read_manifest(features)
     assert manifest["source"]["dataset"] == str(other)
     assert list(manifest["subjects"]) == ["P3", "Q1"]
