@@ -38,7 +38,7 @@ def _write_subject(root: Path, rows: int, slab_rows: int) -> None:
     cols = {"x": x, "y": y, "z": z, "idx": idx, "status": np.zeros(rows, np.int8)}
     for name in ("A", "B", "E", "S", *fio.TRUTH_COLUMNS):
         cols[name] = rng.random(rows, dtype=np.float32)
-    folder = fio.subject_dir(root, "P3")
+    folder = fio.scan_dir(root, "P3")
     files, total = {}, 0
     for start in range(0, rows, slab_rows):
         part = {k: v[start : start + slab_rows] for k, v in cols.items()}
@@ -90,7 +90,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="oefray-bench-read-"))
     try:
         _write_subject(root, args.rows, args.slab_rows)
-        files = sorted(fio.subject_dir(root, "P3").glob("*.parquet"))
+        files = sorted(fio.scan_dir(root, "P3").glob("*.parquet"))
         size = sum(f.stat().st_size for f in files)
         schema = fio.file_schema(True)
 

@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from oefray.config import PAPER_SUBJECTS, SimulationConfig
-    from oefray.io import bids, slabs
+    from oefray.io import bids, scans, slabs
     from oefray.orchestration.simulate import simulate_cohort
 
     work = Path(tempfile.mkdtemp(prefix="oefray-gzbench-"))
@@ -98,7 +98,7 @@ def main() -> None:
         subs = {}
         for fmt, suffix in (("gzip", ".nii.gz"), ("plain", ".nii")):
             simulate_cohort(work / fmt, config, suffix=suffix)
-            subs[fmt] = bids.scan_subject(work / fmt, PAPER_SUBJECTS[0])
+            subs[fmt] = scans.scan_subject(work / fmt, PAPER_SUBJECTS[0])
         sub = subs["gzip"]
         bounds = slabs.slab_bounds(0, sub.depth, args.slab)
         size = sum(Path(p).stat().st_size for p in _images(subs["plain"]))

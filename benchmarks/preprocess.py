@@ -92,7 +92,7 @@ def main() -> None:
     import ray
 
     from oefray.config import PAPER_SUBJECTS, PreprocessConfig, SimulationConfig
-    from oefray.io import bids, slabs
+    from oefray.io import scans, slabs
     from oefray.orchestration import preprocess as stage
     from oefray.orchestration.preprocess import preprocess
     from oefray.orchestration.simulate import simulate_cohort
@@ -112,7 +112,7 @@ def main() -> None:
             took = time.perf_counter() - t
             print(f"simulated {len(labels)} subject(s) ({args.preset}, {fmt}) in {took:.1f} s")
         subs = {
-            fmt: [bids.scan_subject(ds, label) for label in labels] for fmt, ds in datasets.items()
+            fmt: [scans.scan_subject(ds, label) for label in labels] for fmt, ds in datasets.items()
         }
         ref = subs[formats[0]]
         voxels = np.concatenate([_brain_voxels(sub) for sub in ref])

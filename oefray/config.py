@@ -196,9 +196,17 @@ class PreprocessConfig:
         An existing Ray cluster (``ray://`` or ``host:port``); None starts a local runtime unless
         ``RAY_ADDRESS`` is set.
     force : bool
-        Redo subjects that are already complete.
+        Redo scans that are already complete.
     keep_going : bool
-        Let the other subjects complete when one fails (the exit code still reports it).
+        Let the other scans complete when one fails (the exit code still reports it).
+    acq, run : str or None
+        The ``acq``/``run`` label of the magnitude echoes where a scan has several
+        acquisitions (:class:`oefray.io.scans.ScanSelection`).
+    qsm, mask : str or None
+        The derivative (folder under ``derivatives/``) of the QSM map, and of the brain mask;
+        None: the one derivative with a QSM for the scan, and the QSM's.
+    truth : str
+        The derivative of the ground-truth / reference maps (``qq``; absent: none).
     """
 
     workers: int = 2
@@ -207,8 +215,23 @@ class PreprocessConfig:
     address: str | None = None
     force: bool = False
     keep_going: bool = False
+    acq: str | None = None
+    run: str | None = None
+    qsm: str | None = None
+    mask: str | None = None
+    truth: str = "qq"
+
+    @property
+    def selection(self):
+        """Which acquisition and derivatives make a scan (:class:`oefray.io.scans.ScanSelection`)."""
+        from oefray.io.scans import ScanSelection
+
+        return ScanSelection(
+            acq=self.acq, run=self.run, qsm=self.qsm, mask=self.mask, truth=self.truth
+        )
 
     def __post_init__(self) -> None:
+        self.selection  # noqa: B018 - validates the labels and derivative names
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.slab < 1:
@@ -389,16 +412,37 @@ class PredictConfig:
         MLflow store holding the model.
     force : bool
         Replace the output folder if it exists.
+    acq, run, qsm, mask, truth
+        Which files of the dataset make a scan, as for :class:`PreprocessConfig`.
     """
 
     workers: int = 2
     address: str | None = None
     tracking_uri: str | None = None
     force: bool = False
+    acq: str | None = None
+    run: str | None = None
+    qsm: str | None = None
+    mask: str | None = None
+    truth: str = "qq"
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        self.preprocess_config()  # validates the scan selection
+
+    def preprocess_config(self, normalize: str = "none") -> PreprocessConfig:
+        """The preprocessing step's config (normalisation: the model's)."""
+        return PreprocessConfig(
+            workers=self.workers,
+            normalize=normalize,
+            address=self.address,
+            acq=self.acq,
+            run=self.run,
+            qsm=self.qsm,
+            mask=self.mask,
+            truth=self.truth,
+        )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from hypothesis.extra.numpy import arrays
 from oefray.cli import main
 from oefray.config import TrainConfig, config_from_mapping, read_config_file
 from oefray.errors import DatasetError, OefrayError
-from oefray.io.bids import scan_dataset
+from oefray.io.scans import scan_dataset
 from oefray.ml.windows import FEATURES, TARGETS, WindowConfig, make_windows
 from oefray.physics.decay import FitStatus, fit_decay
 
@@ -244,7 +244,7 @@ def test_fuzzed_sidecars_give_one_line_naming_the_sidecar(cohort, tmp_path, text
             message = str(next(iter(index.errors.values())))
             assert "\n" not in message and str(sidecar.parent) in message
             return
-        te = index.subjects["P3"].te_s
+        te = index.scans["P3"].te_s
         assert all(0 < t < 1 for t in te) and len(set(te)) == len(te)
     finally:
         sidecar.write_text(original)

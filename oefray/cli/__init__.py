@@ -30,8 +30,20 @@ def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of failures (else one line).")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Also say what oefray decided on the way (files ignored ...)."
+        ),
+    ] = False,
 ) -> None:
     DEBUG.on = debug
+    if verbose:
+        logger = logging.getLogger("oefray")
+        logger.setLevel(logging.INFO)
+        for handler in logger.handlers:
+            if isinstance(handler, _OneLine):
+                handler.setLevel(logging.INFO)
     if version:
         out_console.print(f"oefray {__version__}")
         raise typer.Exit(0)

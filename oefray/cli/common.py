@@ -156,6 +156,42 @@ AddressOption = Annotated[
     typer.Option(help="Ray cluster address (default: RAY_ADDRESS or a local runtime)."),
 ]
 ExperimentOption = Annotated[str | None, typer.Option(help="MLflow experiment name.")]
+
+# Which files of a BIDS dataset make a scan (oefray.io.scans.ScanSelection)
+AcqOption = Annotated[
+    str | None, typer.Option(help="acq label of the echoes, where a scan has several.")
+]
+RunOption = Annotated[  # a parameter named run_label: run() is this module's
+    str | None, typer.Option("--run", help="run label of the echoes, where a scan has several.")
+]
+QsmOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Derivative (derivatives/NAME) with the QSM *_Chimap (default: the one that has it).",
+    ),
+]
+MaskOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Derivative with the brain mask, *_desc-brain_mask or *_mask (default: the QSM's).",
+    ),
+]
+TruthOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Derivative with ground-truth/reference QQ maps (default: qq; absent: none).",
+    ),
+]
+
+
+def selection_overrides(acq, run, qsm, mask, truth) -> dict[str, Any]:
+    """The config overrides of the scan-selection flags."""
+    return {"acq": acq, "run": run, "qsm": qsm, "mask": mask, "truth": truth}
+
+
 StorageOption = Annotated[
     Path | None, typer.Option(help="Ray Train/Tune storage (default ./ray_results).")
 ]

@@ -11,9 +11,14 @@ from rich.table import Table
 
 from oefray.cli.common import (
     USAGE,
+    AcqOption,
     AddressOption,
     ConfigOption,
+    MaskOption,
     OutResultsOption,
+    QsmOption,
+    RunOption,
+    TruthOption,
     app,
     err_console,
     fail,
@@ -22,6 +27,7 @@ from oefray.cli.common import (
     out_console,
     progress,
     run,
+    selection_overrides,
     write_results,
 )
 
@@ -129,6 +135,16 @@ def simulate(
     )
 
 
+def _scans_table(result: Any) -> Table:
+    """Every scan of the run with its outcome (the errors follow on stderr, one line each)."""
+    table = Table(title=None, show_edge=False)
+    for col, justify in (("scan", "left"), ("outcome", "left"), ("voxels", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in result.scan_rows():
+        table.add_row(row["scan"], row["outcome"], f"{row['voxels']:,}" if row["voxels"] else "")
+    return table
+
+
 def _preprocess_table(result: Any) -> Table:
     table = Table(title=None, show_edge=False)
     for col in ("done", "skipped", "failed", "not done", "voxels", "seconds", "voxels/s"):
@@ -162,13 +178,19 @@ def preprocess(
     ] = None,
     address: AddressOption = None,
     subjects: Annotated[
-        str | None, typer.Option(help="Comma-separated labels (default: all).")
+        str | None,
+        typer.Option(help="Comma-separated subject labels or scans (P3_ses-01); default: all."),
     ] = None,
+    acq: AcqOption = None,
+    run_label: RunOption = None,
+    qsm: QsmOption = None,
+    mask: MaskOption = None,
+    truth: TruthOption = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Redo subjects that are already complete.")
+        bool, typer.Option("--force", help="Redo scans that are already complete.")
     ] = False,
     keep_going: Annotated[
-        bool, typer.Option("--keep-going", help="Finish the other subjects when one fails.")
+        bool, typer.Option("--keep-going", help="Finish the other scans when one fails.")
     ] = False,
     config: ConfigOption = None,
     results: Annotated[
@@ -192,6 +214,7 @@ def preprocess(
             "address": address,
             "force": force or None,
             "keep_going": keep_going or None,
+            **selection_overrides(acq, run_label, qsm, mask, truth),
         },
     )
     logging.getLogger("ray").setLevel(logging.WARNING)
@@ -212,11 +235,12 @@ def preprocess(
             write_results(made / fio.RESULTS, result.to_dict())
         except PermissionError:  # a read-only features folder whose subjects were all done
             log.warning("%s is read-only: no %s written there (see --results)", made, fio.RESULTS)
+    out_console.print(_scans_table(result))
     out_console.print(_preprocess_table(result))
     out_console.print(f"features: {result.features}")
-    for label, message in result.failed.items():
+    for key, message in result.failed.items():
         err_console.print(
-            f"oefray: error: sub-{label}: {message}", markup=False, highlight=False, soft_wrap=True
+            f"oefray: error: sub-{key}: {message}", markup=False, highlight=False, soft_wrap=True
         )
     if result.not_done:
         shown = ", ".join(f"sub-{s}" for s in result.not_done)

@@ -11,18 +11,24 @@ from typing import Annotated
 import typer
 
 from oefray.cli.common import (
+    AcqOption,
     AddressOption,
     ConfigOption,
     ExperimentOption,
+    MaskOption,
     OutResultsOption,
+    QsmOption,
     ResultsOption,
+    RunOption,
     TrackingOption,
+    TruthOption,
     app,
     labels,
     load,
     out_console,
     run,
     say,
+    selection_overrides,
     table1,
     write_results,
 )
@@ -40,6 +46,11 @@ def predict(
     ] = None,
     address: AddressOption = None,
     tracking_uri: TrackingOption = None,
+    acq: AcqOption = None,
+    run_label: RunOption = None,
+    qsm: QsmOption = None,
+    mask: MaskOption = None,
+    truth: TruthOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
     config: ConfigOption = None,
     results: OutResultsOption = None,
@@ -57,6 +68,7 @@ def predict(
             "address": address,
             "tracking_uri": tracking_uri,
             "force": force or None,
+            **selection_overrides(acq, run_label, qsm, mask, truth),
         },
     )
     logging.getLogger("ray").setLevel(logging.WARNING)

@@ -1,6 +1,7 @@
 """BIDS datasets of multi-echo GRE magnitude, QSM and optional QQ ground truth (DESIGN.md §4).
 
-Layout::
+What ``oefray simulate`` writes (other layouts that oefray reads, with sessions, ``acq``/``run``
+entities, part-less or 4-D magnitudes and QSM from any pipeline: :mod:`oefray.io.scans`)::
 
     <dataset>/
       dataset_description.json, README, participants.tsv, participants.json, .bidsignore
@@ -21,9 +22,10 @@ keep ``_qq``); the reader also takes the names oefray wrote before (``sub-<L>_de
 ``P`` in Y, v, R2, S0, chinb). What the writers write passes the BIDS validator: the raw
 dataset, and each derivative validated on its own.
 
-Writing uses nibabel; reading is lazy (``img.dataobj`` slabs along z) and accepts gzipped or plain
-``.nii``, any affine, float or integer storage with ``scl_slope``/``scl_inter``. Every contract
-violation raises :class:`~oefray.errors.DatasetError` naming the file and the problem.
+Writing uses nibabel; reading (a scan's slabs, once :mod:`oefray.io.scans` has found its files)
+is lazy (``img.dataobj`` slabs along z) and accepts gzipped or plain ``.nii``, 3-D echoes or one
+4-D file of them, any affine, float or integer storage with ``scl_slope``/``scl_inter``. Every
+contract violation raises :class:`~oefray.errors.DatasetError` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import re
 import textwrap
 import zlib
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ from nibabel.filebasedimages import ImageFileError
 
 from oefray.errors import DatasetError
 from oefray.io import names
+from oefray.io.keys import ScanKey
 
 #: Ground-truth parameter names as used in arrays/columns, and the ``desc-`` labels of their
 #: names before R2, S0 and chi_nb took BIDS suffixes (file names: :func:`truth_stem`).
@@ -70,9 +72,6 @@ DERIVATIVES: dict[str, str] = {
     "qq": "ground-truth QQ parameter maps",
 }
 
-_ECHO_RE = re.compile(
-    r"^sub-(?P<label>[A-Za-z0-9]+)_echo-(?P<echo>\d+)_part-mag_MEGRE\.nii(\.gz)?$"
-)
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 log = logging.getLogger(__name__)
@@ -330,17 +329,19 @@ def _write_json(path: Path, meta: Mapping[str, object]) -> None:
 
 
 @dataclass(frozen=True)
-class SubjectFiles:
-    """Where one subject's images are, validated against the contract (plain data, picklable).
+class ScanFiles:
+    """Where one scan's images are, validated against the contract (plain data, picklable).
+
+    Found by :func:`oefray.io.scans.scan_subject`.
 
     Attributes
     ----------
     label : str
         Subject label without ``sub-``.
     echoes : tuple of str
-        Magnitude files in acquisition order (echo-1 first).
+        Magnitude files in acquisition order (echo 1 first); one 4-D file appears once per echo.
     te_s : tuple of float
-        Echo times in seconds, one per echo file.
+        Echo times in seconds, one per echo.
     chi, mask : str
         QSM map and brain mask.
     truth : dict of str to str
@@ -351,6 +352,14 @@ class SubjectFiles:
         The 4x4 voxel-to-world transform of echo 1.
     n_brain : int
         Number of voxels in the mask.
+    session : str
+        Session label without ``ses-`` ("" when the subject has no sessions).
+    entities : tuple of (str, str)
+        The entities of the chosen acquisition other than sub, ses, echo and part (``acq``,
+        ``run``, ...), in BIDS order.
+    volumes : tuple of int
+        For echoes in one 4-D file: each echo's volume (fourth index); empty when every echo is a
+        3-D file.
     """
 
     label: str
@@ -362,10 +371,31 @@ class SubjectFiles:
     shape: tuple[int, int, int]
     affine: tuple[tuple[float, ...], ...]
     n_brain: int
+    session: str = ""
+    entities: tuple[tuple[str, str], ...] = ()
+    volumes: tuple[int, ...] = ()
 
     @property
     def depth(self) -> int:
         return self.shape[2]
+
+    @property
+    def scan(self) -> ScanKey:
+        return ScanKey(self.label, self.session)
+
+    @property
+    def key(self) -> str:
+        """The scan key (:mod:`oefray.io.keys`): ``P3`` or ``P3_ses-01``."""
+        return self.scan.key
+
+    @property
+    def prefix(self) -> str:
+        """The BIDS entities of the scan's derived files: ``sub-P3_ses-01_acq-gre_run-1``."""
+        return self.scan.name + "".join(f"_{k}-{v}" for k, v in self.entities)
+
+    def volume(self, k: int) -> int | None:
+        """The volume of echo ``k`` (0-based) in its 4-D file, or None for a 3-D file."""
+        return self.volumes[k] if self.volumes else None
 
 
 @dataclass(frozen=True)
@@ -388,27 +418,16 @@ class Slab:
     truth: dict[str, np.ndarray]
 
 
-def _nifti(path: Path, stem: str) -> Path | None:
-    """The ``.nii.gz`` or ``.nii`` file with this stem, if any (error if both exist)."""
-    found = [path / (stem + s) for s in _NIFTI_SUFFIXES if (path / (stem + s)).is_file()]
-    if len(found) > 1:
-        raise DatasetError(found[0], f"both {found[0].name} and {found[1].name} exist; keep one")
-    return found[0] if found else None
+def load_image(path: str | Path, *, volumes: bool = False) -> nib.Nifti1Image:
+    """Open a NIfTI image (header only) and check it holds one real-valued 3-D volume, or, with
+    ``volumes``, a 4-D stack of them (a multi-echo file).
 
-
-def _truth_file(qq_dir: Path, label: str, name: str) -> Path | None:
-    """Ground-truth map ``name``: named by :func:`truth_stem`, or as oefray named it before
-    (``sub-<L>_desc-<P>_qq``); error if both exist."""
-    stems = dict.fromkeys(
-        (truth_stem(label, name), names.legacy_stem(label, name, names.TRUTH_KIND))
-    )
-    found = [f for f in (_nifti(qq_dir, stem) for stem in stems) if f is not None]
-    if len(found) > 1:
-        raise DatasetError(found[0], f"both {found[0].name} and {found[1].name} exist; keep one")
-    return found[0] if found else None
-
-
-def _load(path: Path) -> nib.Nifti1Image:
+    Raises
+    ------
+    DatasetError
+        Naming the file: unreadable, not NIfTI, complex, or of another dimensionality.
+    """
+    path = Path(path)
     try:
         img = nib.load(path)
     except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
@@ -418,7 +437,7 @@ def _load(path: Path) -> nib.Nifti1Image:
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
-    if len(shape) != 3:
+    if len(shape) != 3 and not (volumes and len(shape) == 4):
         raise DatasetError(path, f"expected a 3-D volume, got shape {tuple(img.shape)}")
     dtype = img.get_data_dtype()
     if dtype.kind == "c":
@@ -428,33 +447,18 @@ def _load(path: Path) -> nib.Nifti1Image:
     return img
 
 
-def _grid(img: nib.Nifti1Image) -> tuple[tuple[int, int, int], np.ndarray]:
+def grid_of(img: nib.Nifti1Image) -> tuple[tuple[int, int, int], np.ndarray]:
+    """An image's (X, Y, Z) grid and its voxel-to-world affine."""
     return tuple(int(n) for n in img.shape[:3]), np.asarray(img.affine, dtype=np.float64)  # type: ignore[return-value]
 
 
-def _check_grid(path: Path, img: nib.Nifti1Image, ref_path: Path, shape, affine) -> None:
-    s, a = _grid(img)
+def check_grid(path: str | Path, img: nib.Nifti1Image, ref_path: str | Path, shape, affine) -> None:
+    """Raise a :class:`DatasetError` naming ``path`` unless ``img`` is on the grid of ``ref_path``."""
+    s, a = grid_of(img)
     if s != shape:
         raise DatasetError(path, f"shape {s} differs from {Path(ref_path).name}'s {shape}")
     if not np.allclose(a, affine, rtol=0, atol=1e-3):
         raise DatasetError(path, f"grid (affine) differs from {Path(ref_path).name}'s")
-
-
-def _echo_time(sidecar: Path) -> float:
-    if not sidecar.is_file():
-        raise DatasetError(sidecar, "JSON sidecar is missing (it must give EchoTime in seconds)")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(sidecar, f"malformed JSON ({exc})") from None
-    if not isinstance(meta, dict) or "EchoTime" not in meta:
-        raise DatasetError(sidecar, "no EchoTime")
-    te = meta["EchoTime"]
-    if isinstance(te, bool) or not isinstance(te, int | float) or not np.isfinite(te) or te <= 0:
-        raise DatasetError(sidecar, f"EchoTime must be a positive number of seconds, got {te!r}")
-    if te > 1.0:
-        raise DatasetError(sidecar, f"EchoTime {te} looks like milliseconds; BIDS uses seconds")
-    return float(te)
 
 
 #: A mask voxel is brain where its value is at least this: every nonzero voxel of a 0/1 (or
@@ -466,7 +470,7 @@ def read_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndar
     """Read a brain mask as a bool array (see :data:`MASK_THRESHOLD`); warns, naming the file,
     when it holds values other than 0 and 1."""
     path = Path(path)
-    img = _load(path)
+    img = load_image(path)
     try:
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error) as exc:
@@ -488,120 +492,6 @@ def read_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndar
     return data >= MASK_THRESHOLD
 
 
-def scan_subject(root: Path, label: str) -> SubjectFiles:
-    """Locate and validate one subject's files (headers, sidecars, grids, mask).
-
-    Reads every header, every sidecar and the mask; image data is read later, slab by slab.
-
-    Raises
-    ------
-    DatasetError
-        On any contract violation, naming the offending file.
-    """
-    anat = root / f"sub-{label}" / "anat"
-    if not anat.is_dir():
-        raise DatasetError(anat, "missing anat folder")
-    echoes: dict[int, Path] = {}
-    for p in anat.iterdir():
-        m = _ECHO_RE.match(p.name)
-        if m is None or m["label"] != label:
-            continue
-        k = int(m["echo"])
-        if k in echoes:
-            raise DatasetError(p, f"echo {k} is present twice ({echoes[k].name})")
-        echoes[k] = p
-    if len(echoes) < 2:
-        raise DatasetError(
-            anat,
-            f"found {len(echoes)} magnitude echo(es) (*_echo-<k>_part-mag_MEGRE.nii[.gz]); need at least 2",
-        )
-    order = sorted(echoes)
-    if order != list(range(1, len(order) + 1)):
-        raise DatasetError(anat, f"echo numbers must run 1..n without gaps, got {order}")
-    files = [echoes[k] for k in order]
-    te = []
-    for f in files:
-        sidecar = f.with_name(f.name.split(".nii")[0] + ".json")
-        te.append(_echo_time(sidecar))
-    if len(set(te)) != len(te):
-        raise DatasetError(anat, f"duplicate echo times {te}")
-    ref = _load(files[0])
-    shape, affine = _grid(ref)
-    for f in files[1:]:
-        _check_grid(f, _load(f), files[0], shape, affine)
-    qsm_dir = root / "derivatives" / "qsm" / f"sub-{label}" / "anat"
-    chi = _nifti(qsm_dir, f"sub-{label}_Chimap")
-    if chi is None:
-        raise DatasetError(qsm_dir / f"sub-{label}_Chimap.nii.gz", "QSM map is missing")
-    _check_grid(chi, _load(chi), files[0], shape, affine)
-    mask_path = _nifti(qsm_dir, f"sub-{label}_desc-brain_mask")
-    if mask_path is None:
-        raise DatasetError(qsm_dir / f"sub-{label}_desc-brain_mask.nii.gz", "brain mask is missing")
-    _check_grid(mask_path, _load(mask_path), files[0], shape, affine)
-    n_brain = int(read_mask(mask_path).sum())
-    if n_brain == 0:
-        raise DatasetError(mask_path, "brain mask is empty")
-    qq_dir = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
-    truth: dict[str, str] = {}
-    for name in TRUTH_DESC:
-        found = _truth_file(qq_dir, label, name)
-        if found is not None:
-            _check_grid(found, _load(found), files[0], shape, affine)
-            truth[name] = str(found)
-    if truth and len(truth) != len(TRUTH_DESC):
-        missing = sorted(set(TRUTH_DESC) - set(truth))
-        raise DatasetError(qq_dir, f"ground truth is incomplete, missing {missing}")
-    return SubjectFiles(
-        label=label,
-        echoes=tuple(str(f) for f in files),
-        te_s=tuple(te),
-        chi=str(chi),
-        mask=str(mask_path),
-        truth=truth,
-        shape=shape,
-        affine=tuple(tuple(float(v) for v in row) for row in affine),
-        n_brain=n_brain,
-    )
-
-
-@dataclass(frozen=True)
-class DatasetIndex:
-    """The subjects of a dataset: those that validate, and one error line for each that doesn't."""
-
-    root: Path
-    name: str
-    subjects: dict[str, SubjectFiles]
-    errors: dict[str, DatasetError]
-    split: dict[str, str]
-
-
-def list_subjects(root: Path) -> list[str]:
-    """Subject labels of a BIDS dataset (``sub-*`` folders), in natural order.
-
-    Raises
-    ------
-    DatasetError
-        If ``root`` is not a BIDS dataset or holds no subjects.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(root, "not a folder")
-    if not (root / "dataset_description.json").is_file():
-        raise DatasetError(root, "not a BIDS dataset (no dataset_description.json)")
-    labels = [
-        p.name[4:]
-        for p in root.iterdir()
-        if p.is_dir() and re.fullmatch(r"sub-[A-Za-z0-9]+", p.name)
-    ]
-    if not labels:
-        raise DatasetError(root, "BIDS dataset has no sub-<label> folders")
-    return sorted(labels, key=natural_key)
-
-
-def natural_key(label: str) -> list[object]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", label)]
-
-
 def read_participants(root: Path) -> dict[str, dict[str, str]]:
     """``participants.tsv`` rows keyed by label (without ``sub-``); empty if the file is absent."""
     path = Path(root) / "participants.tsv"
@@ -618,61 +508,14 @@ def read_participants(root: Path) -> dict[str, dict[str, str]]:
     return rows
 
 
-def scan_dataset(root: str | Path, subjects: Sequence[str] | None = None) -> DatasetIndex:
-    """Validate a dataset, subject by subject.
-
-    Parameters
-    ----------
-    root : path
-        Dataset root.
-    subjects : sequence of str, optional
-        Labels to scan (default: every ``sub-*`` folder).
-
-    Returns
-    -------
-    DatasetIndex
-        Valid subjects, and the error of each invalid one (so ``--keep-going`` can go on).
-
-    Raises
-    ------
-    DatasetError
-        If the folder itself is not a BIDS dataset, or a requested subject does not exist.
-    """
-    root = Path(root).resolve()
-    labels = labels_on_disk = list_subjects(root)
-    if subjects is not None:
-        unknown = [s for s in subjects if s not in labels]
-        if unknown:
-            raise DatasetError(root, f"no such subject(s): {', '.join(unknown)}")
-        labels = list(subjects)
+def _read_planes(path: str, z0: int, z1: int, volume: int | None = None) -> np.ndarray:
+    """Planes ``z0:z1`` of a 3-D image, or of volume ``volume`` of a 4-D one."""
+    img = load_image(Path(path), volumes=volume is not None)
     try:
-        name = str(
-            json.loads((root / "dataset_description.json").read_text()).get("Name", root.name)
-        )
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise DatasetError(root / "dataset_description.json", f"malformed JSON ({exc})") from None
-    participants = read_participants(root)
-    for label in sorted(set(participants) - set(labels_on_disk), key=natural_key):
-        log.warning(
-            "%s: sub-%s is listed but has no folder; it is left out",
-            root / "participants.tsv",
-            label,
-        )
-    found: dict[str, SubjectFiles] = {}
-    errors: dict[str, DatasetError] = {}
-    for label in labels:
-        try:
-            found[label] = scan_subject(root, label)
-        except DatasetError as exc:
-            errors[label] = exc
-    split = {s: participants.get(s, {}).get("split", "") for s in labels}
-    return DatasetIndex(root=root, name=name, subjects=found, errors=errors, split=split)
-
-
-def _read_planes(path: str, z0: int, z1: int) -> np.ndarray:
-    img = _load(Path(path))
-    try:
-        data = img.dataobj[:, :, z0:z1] if img.ndim == 3 else img.dataobj[:, :, z0:z1, 0]
+        if img.ndim == 3:
+            data = img.dataobj[:, :, z0:z1]
+        else:
+            data = img.dataobj[:, :, z0:z1, 0 if volume is None else volume]
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise DatasetError(
             path, f"cannot read image data, file corrupt or truncated ({exc})"
@@ -680,7 +523,7 @@ def _read_planes(path: str, z0: int, z1: int) -> np.ndarray:
     return np.asarray(data, dtype=np.float32)
 
 
-def read_slab(subject: SubjectFiles, z0: int, z1: int) -> Slab:
+def read_slab(subject: ScanFiles, z0: int, z1: int) -> Slab:
     """Read the z planes ``z0:z1`` of every image of a subject, lazily from ``img.dataobj``.
 
     Integer storage is scaled by ``scl_slope``/``scl_inter`` (nibabel) and returned as float32.
@@ -690,7 +533,7 @@ def read_slab(subject: SubjectFiles, z0: int, z1: int) -> Slab:
     x, y = subject.shape[:2]
     magnitude = np.empty((x, y, z1 - z0, len(subject.echoes)), dtype=np.float32)
     for k, path in enumerate(subject.echoes):
-        magnitude[..., k] = _read_planes(path, z0, z1)
+        magnitude[..., k] = _read_planes(path, z0, z1, subject.volume(k))
     return Slab(
         z0=z0,
         z1=z1,
@@ -723,7 +566,7 @@ class BrainVoxels:
     truth: dict[str, np.ndarray]
 
 
-def read_brain_voxels(subject: SubjectFiles, z0: int, z1: int) -> BrainVoxels:
+def read_brain_voxels(subject: ScanFiles, z0: int, z1: int) -> BrainVoxels:
     """Like :func:`read_slab`, but keep only the brain voxels, gathering each image as it is read
     (no (X, Y, Z, n_echoes) array is built; memory is one slab plane set plus the brain voxels)."""
     if not 0 <= z0 < z1 <= subject.depth:
@@ -731,7 +574,7 @@ def read_brain_voxels(subject: SubjectFiles, z0: int, z1: int) -> BrainVoxels:
     mask = _read_planes(subject.mask, z0, z1) >= MASK_THRESHOLD
     signal = np.empty((int(mask.sum()), len(subject.echoes)), dtype=np.float32)
     for k, path in enumerate(subject.echoes):
-        signal[:, k] = _read_planes(path, z0, z1)[mask]
+        signal[:, k] = _read_planes(path, z0, z1, subject.volume(k))[mask]
     return BrainVoxels(
         z0=z0,
         z1=z1,

@@ -6,13 +6,17 @@ Layout (format version 3, :mod:`oefray.io.manifest`)::
       _manifest.json                          what the folder holds, with each file's SHA-256
       _results.json                           what the last preprocess did
       subject=<L>/part-z<z0>-<z1>.parquet     one file per slab that holds brain voxels
+      subject=<L>/session=<S>/part-...        the same, per session, where the dataset has them
 
-Columns: ``subject`` (from the hive partition), ``i, j, k, idx, A, B, E, S, status`` and, when the
-dataset carries ground truth, ``Y, v, R2, S0, chi_nb``. ``i, j, k`` are the voxel indices (NIfTI
+Columns: ``subject`` (:func:`read_features`: the scan key, ``<L>`` or ``<L>_ses-<S>``,
+:mod:`oefray.io.keys`; a hive reader gets ``subject`` and ``session`` from the path),
+``i, j, k, idx, A, B, E, S, status`` and, when the dataset carries ground truth,
+``Y, v, R2, S0, chi_nb``. ``i, j, k`` are the voxel indices (NIfTI
 order) and ``idx`` the C-order flat index of ``(i, j, k)`` in the subject's grid. Rows of a file
 are sorted by ``idx``. Side files start with ``_`` (and temporaries with ``.``), which Parquet
 readers skip: ``pyarrow.dataset.dataset(FEATURES, format="parquet", partitioning="hive")`` and
-DuckDB's ``read_parquet('FEATURES/*/*.parquet')`` read the folder as it is. Folders of format
+DuckDB's ``read_parquet('FEATURES/**/*.parquet', hive_partitioning = true)`` read the folder as
+it is. Folders of format
 version 2 (``manifest.json``, columns ``x, y, z``) are still read, their indices renamed.
 
 A subject appears by one ``rename`` of its finished folder, so a reader never sees half a subject;
@@ -39,6 +43,7 @@ import pyarrow.parquet as pq
 from oefray.errors import FeaturesError
 from oefray.io.files import atomic_path
 from oefray.io.integrity import verify_files
+from oefray.io.keys import parse_key
 from oefray.io.locks import reading
 
 # MANIFEST and read_manifest are defined in oefray.io.manifest; readers of a folder get them here
@@ -88,8 +93,15 @@ def columns(with_truth: bool) -> tuple[str, ...]:
     return ("subject",) + tuple(file_schema(with_truth).names)
 
 
-def subject_dir(root: Path, label: str) -> Path:
-    return Path(root) / f"subject={label}"
+def scan_dir(root: Path, key: str) -> Path:
+    """The folder of a scan's files: ``subject=<L>`` or ``subject=<L>/session=<S>``.
+
+    Raises
+    ------
+    ValueError
+        For a key that is not a scan key (it becomes a path: nothing else is accepted).
+    """
+    return Path(root) / parse_key(key).partition
 
 
 def write_slab_table(directory: Path, table: pa.Table, z0: int, z1: int) -> Path:
@@ -150,7 +162,8 @@ def format_checksum(value: int) -> str:
 
 
 def publish_subject(staged: Path, final: Path) -> None:
-    """Move a finished subject folder into place atomically, replacing an older one."""
+    """Move a finished scan's folder into place atomically, replacing an older one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if final.exists():
         old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex}")
@@ -172,7 +185,7 @@ def subject_files(root: Path, label: str, manifest: FeaturesManifest, *, cached:
         One line naming a file that is missing, unrecorded, truncated or changed.
     """
     record = manifest.subjects[label]
-    folder = subject_dir(root, label)
+    folder = scan_dir(root, label)
     if record.rows and not folder.is_dir():
         raise FeaturesError(folder, "is missing (the manifest records the subject)")
     return verify_files(folder, record.files, pattern=PART_GLOB, cached=cached)
@@ -272,13 +285,13 @@ def verify_features(root: str | Path, progress=None) -> VerifyReport:
                 table = _read_files(files, schema) if files else schema.empty_table()
                 if table.num_rows != record.rows:
                     raise FeaturesError(
-                        subject_dir(root, label),
+                        scan_dir(root, label),
                         f"holds {table.num_rows} rows, the manifest records {record.rows}",
                     )
                 got = format_checksum(checksum(table))
                 if got != record.checksum:
                     raise FeaturesError(
-                        subject_dir(root, label),
+                        scan_dir(root, label),
                         f"content checksum {got} is not the recorded {record.checksum}",
                     )
             except FeaturesError as exc:
@@ -289,10 +302,11 @@ def verify_features(root: str | Path, progress=None) -> VerifyReport:
                 report.rows += table.num_rows
             if progress:
                 progress(n, len(manifest.subjects), f"sub-{label}")
+        recorded = {scan_dir(root, k) for k in manifest.subjects}
         report.unrecorded = sorted(
             str(p)
-            for p in root.glob("subject=*")
-            if p.name.removeprefix("subject=") not in manifest.subjects
+            for p in [*root.glob("subject=*"), *root.glob("subject=*/session=*")]
+            if p not in recorded and p.is_dir() and not any(r.is_relative_to(p) for r in recorded)
         )
     return report
 

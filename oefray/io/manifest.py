@@ -7,9 +7,16 @@ The JSON layout::
     {"format": "oefray-features", "format_version": 3, "oefray_version": "...",
      "source": {"dataset": "/abs/path", "name": "..."}, "options": {"normalize": "none"},
      "has_truth": true, "columns": [...], "echo_times_s": [...] or null,
-     "subjects": {"<label>": {"rows", "checksum", "status_counts", "split", "shape", "affine",
-                              "echo_times_s", "source_files", "created",
-                              "files": {"part-z0000-0008.parquet": {"sha256", "bytes"}}}}}
+     "subjects": {"<scan>": {"rows", "checksum", "status_counts", "split", "shape", "affine",
+                             "echo_times_s", "source_files", "created",
+                             "files": {"part-z0000-0008.parquet": {"sha256", "bytes"}},
+                             "session", "entities": {"acq": ..., "run": ...}}}}
+
+``subjects`` is keyed by scan (:mod:`oefray.io.keys`): the subject label, or
+``<label>_ses-<session>`` where the dataset has sessions, whose files are in
+``subject=<label>/session=<session>/``; ``entities`` are the chosen acquisition's (``acq``,
+``run``, ...), which the names of maps derived from the scan carry. Both are absent in folders
+written before scans had sessions, and read as none.
 
 ``echo_times_s`` at the top is the scheme every subject shares, or null when they differ.
 ``checksum`` is the subject's content checksum (a sum of row hashes, independent of how rows are
@@ -39,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from oefray.errors import FeaturesError
-from oefray.io.bids import natural_key
 from oefray.io.files import write_text_atomic
+from oefray.io.keys import LABEL, natural_key, parse_key
 
 FORMAT = "oefray-features"
 FORMAT_VERSION = 3
@@ -56,9 +63,6 @@ LEGACY_MANIFEST = "manifest.json"
 LEGACY_INDEX_COLUMNS: tuple[str, ...] = ("x", "y", "z")
 INDEX_COLUMNS: tuple[str, ...] = ("i", "j", "k")
 
-#: A BIDS label: letters and digits (what ``sub-<label>`` and ``subject=<label>`` hold).
-LABEL = re.compile(r"[A-Za-z0-9]+")
-
 #: A slab file's name (names read from a manifest become paths: nothing else is accepted).
 _FILE = re.compile(r"part-z[0-9]{4,}-[0-9]{4,}\.parquet")
 
@@ -67,6 +71,17 @@ def _file_name(name: object) -> str:
     if not isinstance(name, str) or not _FILE.fullmatch(name):
         raise ValueError(f"file name {name!r} is not a slab file name (part-z<z0>-<z1>.parquet)")
     return name
+
+
+def _entity(text: object) -> str:
+    if not isinstance(text, str) or not LABEL.fullmatch(text):
+        raise ValueError(f"entity {text!r} is not a BIDS label (letters and digits)")
+    return text
+
+
+def scan_prefix(key: str, record: SubjectRecord) -> str:
+    """The BIDS entities of files derived from a scan: ``sub-P3_ses-01_acq-gre_run-1``."""
+    return parse_key(key).name + "".join(f"_{k}-{v}" for k, v in record.entities.items())
 
 
 class FeaturesVersionError(FeaturesError):
@@ -90,6 +105,8 @@ class SubjectRecord:
     source_files: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The chosen acquisition's entities other than sub and ses (``acq``, ``run``, ...).
+    entities: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +120,7 @@ class SubjectRecord:
             "source_files": self.source_files,
             "created": self.created,
             "files": {name: dict(rec) for name, rec in self.files.items()},
+            "entities": dict(self.entities),
         }
 
     @classmethod
@@ -118,6 +136,7 @@ class SubjectRecord:
             source_files=dict(data.get("source_files", {})),
             created=str(data.get("created", "")),
             files={_file_name(k): dict(v) for k, v in data["files"].items()},
+            entities={_entity(k): _entity(v) for k, v in data.get("entities", {}).items()},
         )
 
     @staticmethod
@@ -207,11 +226,11 @@ class FeaturesManifest:
         if data is None:
             return None
         path = manifest_path(root)
-        bad = [k for k in data.get("subjects", {}) if not LABEL.fullmatch(str(k))]
-        if bad:  # labels become folder names (subject=<label>): never a path from a file
-            raise FeaturesError(
-                path, f"subject label {bad[0]!r} is not a BIDS label (letters and digits only)"
-            )
+        for k in data.get("subjects", {}):
+            try:  # keys become folder names (subject=<label>/...): never a path from a file
+                parse_key(k)
+            except ValueError as exc:
+                raise FeaturesError(path, str(exc)) from None
         renamed = dict(zip(LEGACY_INDEX_COLUMNS, INDEX_COLUMNS, strict=True))
         version = int(data["format_version"])
         try:
@@ -305,23 +324,39 @@ class FeaturesManifest:
         train: Sequence[str] | None = None,
         test: Sequence[str] | None = None,
     ) -> tuple[list[str], list[str]]:
-        """Training and test subjects: the given ones, else the manifest's ``split``.
+        """Training and test scans: the given ones, else the manifest's ``split``.
+
+        ``train`` and ``test`` name subjects (every scan of the subject) or scans
+        (``P3_ses-01``). The split is by subject: a subject with scans on both sides is refused,
+        since its sessions would leak into the test.
 
         Raises
         ------
         FeaturesError
-            When either side is empty, or a subject is on both sides.
+            When either side is empty, a name matches no scan, or a subject is on both sides.
         """
-        train_s = list(train or [s for s, r in self.subjects.items() if r.split == "train"])
-        test_s = list(test or [s for s, r in self.subjects.items() if r.split == "test"])
+        train_s = self._scans(root, train, "train")
+        test_s = self._scans(root, test, "test")
         if not train_s or not test_s:
             raise FeaturesError(
                 Path(root) / MANIFEST,
                 f"need training and test subjects (split: {len(train_s)} train, {len(test_s)} test)",
             )
-        overlap = sorted(set(train_s) & set(test_s))
-        if overlap:
+        both = {parse_key(k).subject for k in train_s} & {parse_key(k).subject for k in test_s}
+        if both:
             raise FeaturesError(
-                Path(root), f"subjects both in training and test: {', '.join(overlap)}"
+                Path(root),
+                f"subjects both in training and test: {', '.join(sorted(both, key=natural_key))}",
             )
         return train_s, test_s
+
+    def _scans(self, root: str | Path, given: Sequence[str] | None, split: str) -> list[str]:
+        if not given:
+            return [k for k, r in self.subjects.items() if r.split == split]
+        scans: list[str] = []
+        for name in given:
+            found = [k for k in self.subjects if k == name or parse_key(k).subject == name]
+            if not found:
+                raise FeaturesError(Path(root), f"subject(s) not in the features: {name}")
+            scans += [k for k in found if k not in scans]
+        return scans

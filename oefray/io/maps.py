@@ -10,7 +10,8 @@ by :mod:`oefray.io.names` (BIDS suffixes where one fits), each with a JSON sidec
     <out_dir>/sub-<L>_desc-nb<kind>_Chimap.nii.gz
     <out_dir>/sub-<L>_desc-<P>_<kind>.nii.gz     P in Y, v, OEF (no BIDS suffix: .bidsignore)
 
-``oefray predict`` writes them as a BIDS derivative, ``<out>/sub-<L>/anat/`` (:func:`subject_dir`).
+``oefray predict`` writes them as a BIDS derivative, ``<out>/sub-<L>[/ses-<S>]/anat/``
+(:func:`subject_dir`), named with the scan's entities (``sub-<L>_ses-<S>_run-1_desc-...``).
 Files are written to a temporary name and renamed into place, so a reader never sees half a map.
 """
 
@@ -30,6 +31,7 @@ from nibabel.filebasedimages import ImageFileError
 from oefray.errors import OefrayError
 from oefray.io import names
 from oefray.io.files import atomic_path, write_text_atomic
+from oefray.io.keys import parse_key
 
 #: Map names as used in arrays/columns, and the ``desc-`` labels of their names before they took
 #: BIDS suffixes (:data:`oefray.io.names.LEGACY_DESC`; OEF is in percent).
@@ -218,9 +220,10 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name[: -len(_nifti_suffix(path))] + ".json")
 
 
-def subject_dir(root: str | os.PathLike[str], label: str) -> Path:
-    """The folder of a subject's maps in a BIDS derivative dataset: ``<root>/sub-<L>/anat``."""
-    return Path(root) / f"sub-{label}" / "anat"
+def subject_dir(root: str | os.PathLike[str], key: str) -> Path:
+    """The folder of a scan's maps in a BIDS derivative dataset: ``<root>/sub-<L>/anat``, or
+    ``<root>/sub-<L>/ses-<S>/anat`` (``key``: a scan key of :mod:`oefray.io.keys`)."""
+    return Path(root) / parse_key(key).bids_dir
 
 
 def write_named_map(
@@ -248,9 +251,9 @@ def write_named_map(
     ValueError
         On an unknown map name, a bad label or kind, or bad arrays (see :func:`write_map`).
     """
-    for what, text in (("label", label), ("suffix", kind)):
-        if not text or not text.isalnum():
-            raise ValueError(f"{what} must be a non-empty alphanumeric BIDS value, got {text!r}")
+    names.check_label(label)
+    if not kind or not kind.isalnum():
+        raise ValueError(f"suffix must be a non-empty alphanumeric BIDS value, got {kind!r}")
     path = map_path(out_dir, label, name, suffix=kind)
     meta = names.map_sidecar(name, kind, skull_stripped=True, note=_OUTSIDE)
     write_map(path, values, idx, shape, affine)

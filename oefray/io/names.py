@@ -76,16 +76,29 @@ KIND: dict[str, str] = {
 }
 
 _NIFTI = r"\.nii(?:\.gz)?"
+#: The subject label and the scan's other entities before ``desc-`` (``P6``, ``P6_ses-01_run-1``).
+_LABEL = r"(?P<label>[A-Za-z0-9]+(?:_(?!desc-)[a-z]+-[A-Za-z0-9]+)*)"
 _NEW_RE = re.compile(
-    r"^sub-(?P<label>[A-Za-z0-9]+)(?:_desc-(?P<desc>[A-Za-z0-9]+))?_(?P<suffix>"
+    rf"^sub-{_LABEL}(?:_desc-(?P<desc>[A-Za-z0-9]+))?_(?P<suffix>"
     + "|".join(BIDS_SUFFIX.values())
     + rf"){_NIFTI}$"
 )
 _LEGACY_RE = re.compile(
-    r"^sub-(?P<label>[A-Za-z0-9]+)_desc-(?P<desc>"
+    rf"^sub-{_LABEL}_desc-(?P<desc>"
     + "|".join(LEGACY_DESC.values())
     + rf")_(?P<kind>[A-Za-z0-9]+){_NIFTI}$"
 )
+
+
+def check_label(label: str) -> str:
+    """``label`` if it is a subject label, optionally followed by entities (``P6``,
+    ``P6_ses-01_run-1``); else ValueError."""
+    if not isinstance(label, str) or not re.fullmatch(_LABEL, label):
+        raise ValueError(
+            f"label must be a BIDS subject label, optionally with entities (P6_ses-01_run-1), "
+            f"got {label!r}"
+        )
+    return label
 
 
 def _check(name: str, kind: str) -> None:
@@ -101,7 +114,8 @@ def map_stem(label: str, name: str, kind: str) -> str:
     Parameters
     ----------
     label : str
-        Subject label without ``sub-``.
+        Subject label without ``sub-``, followed by the scan's other entities where it has them
+        (``P6_ses-01_acq-gre_run-1``: :attr:`oefray.io.bids.ScanFiles.prefix` without ``sub-``).
     name : str
         One of :data:`MAP_NAMES`.
     kind : str
@@ -151,6 +165,28 @@ def parse_map_name(filename: str) -> MapFile | None:
     if m is not None:
         name = next(n for n, d in LEGACY_DESC.items() if d == m["desc"])
         return MapFile(m["label"], name, m["kind"])
+    return None
+
+
+def map_of_entities(desc: str | None, suffix: str) -> tuple[str, str] | None:
+    """The map (:data:`MAP_NAMES`) and kind a file's ``desc`` entity and suffix name, or None.
+
+    The inverse of :func:`map_stem` and :func:`legacy_stem` on parsed entities (e.g. from
+    ``bids2table.parse_bids_entities``): ``(None, "R2map")`` is ``("R2", "qq")``,
+    ``("nbpred", "Chimap")`` is ``("chi_nb", "pred")``, ``("Y", "qq")`` is ``("Y", "qq")``; a QSM
+    ``Chimap`` (no ``desc``) is None.
+    """
+    for name, bids_suffix in BIDS_SUFFIX.items():
+        if suffix == bids_suffix:
+            prefix = DESC_PREFIX.get(name, "")
+            d = desc or ""
+            if not d.startswith(prefix) or (prefix and not desc):
+                return None
+            return name, d[len(prefix) :] or TRUTH_KIND
+    if desc is not None and suffix.isalnum():
+        for name, legacy in LEGACY_DESC.items():
+            if desc == legacy:
+                return name, suffix
     return None
 
 

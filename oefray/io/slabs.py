@@ -33,7 +33,7 @@ from nibabel.arrayproxy import ArrayProxy
 from nibabel.filebasedimages import ImageFileError
 
 from oefray.errors import DatasetError
-from oefray.io.bids import MASK_THRESHOLD, BrainVoxels, SubjectFiles
+from oefray.io.bids import MASK_THRESHOLD, BrainVoxels, ScanFiles
 
 _gzip: types.ModuleType
 try:  # ISA-L's inflate: the same bytes, faster than zlib's
@@ -59,6 +59,9 @@ class PlaneReader:
     ----------
     path : path
         A 3-D (or X x Y x Z x 1) ``.nii`` or ``.nii.gz`` image; ``.gz`` is inflated as a stream.
+    volume : int, optional
+        Read volume ``volume`` of a 4-D image (the echoes of a 4-D MEGRE). Volumes lie one after
+        the other on disk, so a ``.gz`` stream inflates (and drops) the volumes before it once.
 
     Notes
     -----
@@ -68,7 +71,7 @@ class PlaneReader:
     backwards is allowed but, for a ``.gz``, inflates from the start again.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, volume: int | None = None) -> None:
         self.path = str(path)
         try:
             img = nib.load(self.path)
@@ -79,13 +82,17 @@ class PlaneReader:
         proxy = img.dataobj
         if not isinstance(proxy, ArrayProxy) or len(proxy.shape) not in (3, 4):
             raise DatasetError(self.path, f"expected a 3-D NIfTI volume, got {img.shape}")
-        if len(proxy.shape) == 4 and proxy.shape[3] != 1:
+        n_volumes = proxy.shape[3] if len(proxy.shape) == 4 else 1
+        if volume is None and n_volumes != 1:
             raise DatasetError(self.path, f"expected a 3-D volume, got shape {proxy.shape}")
+        if volume is not None and not 0 <= volume < n_volumes:
+            raise DatasetError(self.path, f"has {n_volumes} volume(s), not a volume {volume}")
         if proxy.order != "F":  # NIfTI is Fortran order: a z plane is contiguous on disk
             raise DatasetError(self.path, f"unexpected data order {proxy.order!r}")
         self.shape: tuple[int, int, int] = tuple(int(n) for n in proxy.shape[:3])  # type: ignore[assignment]
         self._dtype = np.dtype(proxy.dtype)
-        self._offset = int(proxy.offset)
+        volume_bytes = int(np.prod(self.shape)) * self._dtype.itemsize
+        self._offset = int(proxy.offset) + (volume or 0) * volume_bytes
         self._scaling = (proxy.slope, proxy.inter)
         self._plane = self.shape[0] * self.shape[1] * self._dtype.itemsize
         self._fh: IO[bytes] | None = None
@@ -144,7 +151,7 @@ class PlaneReader:
         self.close()
 
 
-def is_compressed(subject: SubjectFiles) -> bool:
+def is_compressed(subject: ScanFiles) -> bool:
     """Whether any image of the subject is gzipped (its slabs are best read as one stream)."""
     paths = [*subject.echoes, subject.chi, subject.mask, *subject.truth.values()]
     return any(str(p).endswith(".gz") for p in paths)
@@ -160,20 +167,20 @@ def slab_bounds(z0: int, z1: int, slab: int) -> list[tuple[int, int]]:
 class _SubjectReader:
     """The open :class:`PlaneReader` of every image of one subject."""
 
-    def __init__(self, subject: SubjectFiles) -> None:
+    def __init__(self, subject: ScanFiles) -> None:
         self.subject = subject
         self.readers: list[PlaneReader] = []
         try:
             self.mask = self._open(subject.mask)
-            self.echoes = [self._open(p) for p in subject.echoes]
+            self.echoes = [self._open(p, subject.volume(k)) for k, p in enumerate(subject.echoes)]
             self.chi = self._open(subject.chi)
             self.truth = {name: self._open(p) for name, p in subject.truth.items()}
         except BaseException:
             self.close()
             raise
 
-    def _open(self, path: str) -> PlaneReader:
-        reader = PlaneReader(path)
+    def _open(self, path: str, volume: int | None = None) -> PlaneReader:
+        reader = PlaneReader(path, volume)
         if reader.shape != self.subject.shape:
             raise DatasetError(path, f"shape {reader.shape} differs from {self.subject.shape}")
         self.readers.append(reader)
@@ -255,7 +262,7 @@ class _PendingSlab:
 
 
 def iter_brain_voxels(
-    subject: SubjectFiles,
+    subject: ScanFiles,
     bounds: Sequence[tuple[int, int]],
     *,
     read_ahead: bool = True,
@@ -265,8 +272,8 @@ def iter_brain_voxels(
 
     Parameters
     ----------
-    subject : SubjectFiles
-        The subject (its images may be gzipped or plain, in any mix).
+    subject : ScanFiles
+        The scan (its images may be gzipped or plain, in any mix; echoes 3-D files or one 4-D).
     bounds : sequence of (int, int)
         Slabs ``(z0, z1)`` in increasing z, not overlapping (e.g. :func:`slab_bounds`).
     read_ahead : bool

@@ -126,6 +126,7 @@ def _write_maps(
     maps_dir: Path,
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Predicted NIfTI maps of every subject; returns its mid-slice OEF, truth and prediction."""
+    from oefray.io.manifest import scan_prefix
     from oefray.io.maps import scatter_map, write_prediction_maps
     from oefray.ml.metrics import oef_percent
     from oefray.physics.constants import PARAMETERS
@@ -138,7 +139,8 @@ def _write_maps(
         sel = subject == label
         values = {p: pred[sel, i] for i, p in enumerate(PARAMETERS)}
         values["OEF"] = oef_percent(pred[sel, y])
-        write_prediction_maps(maps_dir, label, values, idx[sel], shape, affine)
+        stem = scan_prefix(label, record).removeprefix("sub-")
+        write_prediction_maps(maps_dir, stem, values, idx[sel], shape, affine)
         z = shape[2] // 2
         truth = scatter_map(oef_percent(true[sel, y]), idx[sel], shape)[:, :, z]
         guess = scatter_map(values["OEF"], idx[sel], shape)[:, :, z]

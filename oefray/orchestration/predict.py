@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from oefray.config import PredictConfig, PreprocessConfig
+from oefray.config import PredictConfig
 from oefray.errors import OefrayError
 
 
@@ -43,6 +43,7 @@ class PredictResult:
 
 def _write_maps(folder: Path, manifest, windows, pred: np.ndarray, result: PredictResult) -> None:
     """Every subject's maps into ``folder``, plus the per-patient RMSE table with ground truth."""
+    from oefray.io.manifest import scan_prefix
     from oefray.io.maps import subject_dir, write_prediction_maps
     from oefray.ml.metrics import oef_percent, per_subject_rmse, pooled_rmse
     from oefray.physics.constants import PARAMETERS
@@ -54,7 +55,7 @@ def _write_maps(folder: Path, manifest, windows, pred: np.ndarray, result: Predi
         values["OEF"] = oef_percent(pred[sel, PARAMETERS.index("Y")])
         write_prediction_maps(
             subject_dir(folder, label),
-            label,
+            scan_prefix(label, record).removeprefix("sub-"),
             values,
             windows.idx[sel],
             record.shape,
@@ -115,10 +116,7 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
     result = PredictResult(out=str(out), model=model_uri)
     with tempfile.TemporaryDirectory(prefix="oefray-predict-") as tmp:
         features = Path(tmp) / "features"
-        options = PreprocessConfig(
-            workers=config.workers, normalize=bundle.normalize, address=config.address
-        )
-        pre = preprocess(dataset, features, options)
+        pre = preprocess(dataset, features, config.preprocess_config(bundle.normalize))
         if not pre.ok:
             raise OefrayError(None, next(iter(pre.failed.values())))
         manifest = FeaturesManifest.load(features)

@@ -36,19 +36,13 @@ from oefray import __version__
 from oefray.config import PreprocessConfig
 from oefray.errors import DatasetError, FeaturesError, OefrayError
 from oefray.io import features as fio
-from oefray.io.bids import (
-    BrainVoxels,
-    DatasetIndex,
-    SubjectFiles,
-    read_brain_voxels,
-    scan_dataset,
-)
+from oefray.io.bids import BrainVoxels, ScanFiles, read_brain_voxels
 from oefray.io.integrity import file_record
+from oefray.io.keys import parse_key
 from oefray.io.locks import reading, writing
 from oefray.io.manifest import FORMAT as FEATURES_FORMAT
 from oefray.io.manifest import (
     FORMAT_VERSION,
-    LABEL,
     LEGACY_MANIFEST,
     MANIFEST,
     FeaturesManifest,
@@ -56,6 +50,7 @@ from oefray.io.manifest import (
     SubjectRecord,
     manifest_path,
 )
+from oefray.io.scans import DatasetIndex, scan_dataset
 from oefray.io.slabs import is_compressed, iter_brain_voxels, slab_bounds
 from oefray.orchestration import metrics as ray_metrics
 from oefray.orchestration.runtime import ray_runtime
@@ -73,7 +68,7 @@ ProgressFn = Callable[[int, int, str], None]
 
 
 def slab_features(
-    subject: SubjectFiles, z0: int, z1: int, *, normalize: str = "none", with_truth: bool = False
+    subject: ScanFiles, z0: int, z1: int, *, normalize: str = "none", with_truth: bool = False
 ) -> dict[str, np.ndarray]:
     """Decay-fit features of the brain voxels in planes ``z0:z1`` of one subject.
 
@@ -94,7 +89,7 @@ def slab_features(
 
 
 def voxel_features(
-    subject: SubjectFiles,
+    subject: ScanFiles,
     voxels: BrainVoxels,
     *,
     normalize: str = "none",
@@ -146,7 +141,7 @@ _SUMMARY = ("subject", "z0", "z1", "rows", "checksum", "status", "file", "error"
 def _fit_slabs(
     batch: dict[str, np.ndarray],
     *,
-    subjects: dict[str, SubjectFiles],
+    subjects: dict[str, ScanFiles],
     staging: str,
     slab: int,
     normalize: str,
@@ -156,8 +151,8 @@ def _fit_slabs(
     """``map_batches`` body: fit and write each slab of each item of the batch (an item is one
     slab, or a gzipped subject's run of slabs, streamed); yield one summary row per slab, as it
     is done."""
-    for label, z0, z1 in zip(batch["subject"], batch["z0"], batch["z1"], strict=True):
-        subject = subjects[str(label)]
+    for key, z0, z1 in zip(batch["subject"], batch["z0"], batch["z1"], strict=True):
+        subject = subjects[str(key)]
         bounds = slab_bounds(int(z0), int(z1), slab)
         t0 = time.perf_counter()
         for a, b, voxels in _read_slabs(subject, bounds, read_threads):
@@ -165,7 +160,7 @@ def _fit_slabs(
             # once per slab, inside the task (oefray/orchestration/metrics.py)
             t1 = time.perf_counter()
             ray_metrics.record_slab(
-                subject.label, voxels=row["rows"], seconds=t1 - t0, ok=not row["error"]
+                subject.key, voxels=row["rows"], seconds=t1 - t0, ok=not row["error"]
             )
             t0 = t1
             yield {
@@ -175,7 +170,7 @@ def _fit_slabs(
 
 
 def _read_slabs(
-    subject: SubjectFiles, bounds: list[tuple[int, int]], read_threads: int
+    subject: ScanFiles, bounds: list[tuple[int, int]], read_threads: int
 ) -> Iterator[tuple[int, int, BrainVoxels | OefrayError]]:
     """Each slab of ``bounds`` read, or the error that stopped the read (every slab after a
     failed one of a stream gets the same error: the stream cannot go on)."""
@@ -198,7 +193,7 @@ def _read_slabs(
 
 
 def _fit_slab(
-    subject: SubjectFiles,
+    subject: ScanFiles,
     z0: int,
     z1: int,
     voxels: BrainVoxels | OefrayError,
@@ -216,35 +211,33 @@ def _fit_slab(
         rows = len(cols["idx"])
         if rows:
             table = fio.table_from_columns(cols, with_truth)
-            path = fio.write_slab_table(
-                fio.subject_dir(Path(staging), subject.label), table, z0, z1
-            )
+            path = fio.write_slab_table(fio.scan_dir(Path(staging), subject.key), table, z0, z1)
             file = json.dumps({path.name: file_record(path)})
             xsum = fio.checksum(table)
             codes, counts = np.unique(cols["status"], return_counts=True)
             status = json.dumps({str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)})
     except OefrayError as exc:
         error = str(exc)
-    values = (subject.label, z0, z1, rows, xsum, status, file, error)
+    values = (subject.key, z0, z1, rows, xsum, status, file, error)
     return dict(zip(_SUMMARY, values, strict=True))
 
 
-def plan_slabs(subjects: Sequence[SubjectFiles], slab: int) -> list[dict[str, Any]]:
+def plan_slabs(subjects: Sequence[ScanFiles], slab: int) -> list[dict[str, Any]]:
     """One item per slab: ``{"subject", "z0", "z1"}`` covering every plane of every subject."""
     return [
-        {"subject": s.label, "z0": z0, "z1": min(z0 + slab, s.depth)}
+        {"subject": s.key, "z0": z0, "z1": min(z0 + slab, s.depth)}
         for s in subjects
         for z0 in range(0, s.depth, slab)
     ]
 
 
-def plan_tasks(subjects: Sequence[SubjectFiles], slab: int) -> list[dict[str, Any]]:
+def plan_tasks(subjects: Sequence[ScanFiles], slab: int) -> list[dict[str, Any]]:
     """One item per task: each slab of a plain subject (read lazily, slabs in parallel), the
     whole of a gzipped one (streamed: each image inflated once, slab by slab)."""
     items: list[dict[str, Any]] = []
     for s in subjects:
         if is_compressed(s):
-            items.append({"subject": s.label, "z0": 0, "z1": s.depth})
+            items.append({"subject": s.key, "z0": 0, "z1": s.depth})
         else:
             items += plan_slabs([s], slab)
     return items
@@ -336,10 +329,42 @@ class PreprocessResult:
     completed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    #: Valid subjects left undone because another failed (without ``--keep-going``).
+    #: Valid scans left undone because another failed (without ``--keep-going``).
     not_done: list[str] = field(default_factory=list)
     voxels: int = 0
     seconds: float = 0.0
+    #: Every scan of the run (keys of :mod:`oefray.io.keys`), in natural order.
+    scans: list[str] = field(default_factory=list)
+    #: Brain voxels of each completed or skipped scan.
+    scan_voxels: dict[str, int] = field(default_factory=dict)
+
+    def outcome(self, key: str) -> str:
+        """``done``, ``skipped``, ``failed`` or ``not done``."""
+        if key in self.failed:
+            return "failed"
+        if key in self.completed:
+            return "done"
+        if key in self.skipped:
+            return "skipped"
+        return "not done"
+
+    def scan_rows(self) -> list[dict[str, Any]]:
+        """One row per scan: ``scan`` (``sub-<L>[_ses-<S>]``), ``subject``, ``session``,
+        ``outcome``, ``voxels`` and, for a failed scan, ``error``."""
+        rows = []
+        for key in self.scans:
+            scan = parse_key(key)
+            row: dict[str, Any] = {
+                "scan": scan.name,
+                "subject": scan.subject,
+                "session": scan.session,
+                "outcome": self.outcome(key),
+                "voxels": self.scan_voxels.get(key, 0),
+            }
+            if key in self.failed:
+                row["error"] = self.failed[key]
+            rows.append(row)
+        return rows
 
     @property
     def ok(self) -> bool:
@@ -358,6 +383,7 @@ class PreprocessResult:
             "skipped": self.skipped,
             "failed": self.failed,
             "not_done": self.not_done,
+            "scans": self.scan_rows(),
             "voxels": self.voxels,
             "seconds": round(self.seconds, 3),
             "voxels_per_second": round(self.voxels_per_second, 1),
@@ -442,12 +468,11 @@ def _read_existing(out: Path, force: bool) -> _Existing:
                 "--force to redo every subject",
             )
         labels = list(manifest.subjects)
-    bad = [k for k in labels if not LABEL.fullmatch(k)]
-    if bad:  # labels become paths: never unchecked
-        raise FeaturesError(
-            manifest_path(out),
-            f"subject label {bad[0]!r} is not a BIDS label (letters and digits only)",
-        )
+    for key in labels:  # keys become paths: never unchecked
+        try:
+            parse_key(key)
+        except ValueError as exc:
+            raise FeaturesError(manifest_path(out), str(exc)) from None
     return _Existing(old_format=labels)
 
 
@@ -501,19 +526,22 @@ def preprocess(
     dataset : path
         BIDS dataset (DESIGN.md §4).
     out : path
-        Features folder (created; subjects already complete are skipped unless ``config.force``).
+        Features folder (created; scans already complete are skipped unless ``config.force``,
+        or redone where the files this run picks for them differ from those they were made of).
     config : PreprocessConfig, optional
-        Workers, slab size, normalisation, cluster address, force, keep-going (default: defaults).
+        Workers, slab size, normalisation, which acquisition and derivatives (``acq``, ``run``,
+        ``qsm``, ``mask``, ``truth``), cluster address, force, keep-going (default: defaults).
     subjects : sequence of str, optional
-        Only these subject labels.
+        Only these subjects (labels: every session) or scans (``P3_ses-01``).
     progress : callable, optional
         ``progress(slabs_done, slabs_total, message)``.
 
     Returns
     -------
     PreprocessResult
-        ``result.failed`` maps each failed subject to its one-line error; without
-        ``keep_going`` the run stops at the first failure (nothing is written for that subject).
+        ``result.failed`` maps each failed scan to its one-line error; without ``keep_going``
+        the run stops at the first failure (nothing is written for that scan), and the valid
+        scans it did not do are ``result.not_done``.
 
     Raises
     ------
@@ -522,21 +550,21 @@ def preprocess(
     """
     t0 = time.perf_counter()
     config = config or PreprocessConfig()
-    index = scan_dataset(dataset, subjects)
+    index = scan_dataset(dataset, subjects, config.selection)
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise FeaturesError(out, "exists and is not a folder")
-    result = PreprocessResult(features=str(out), dataset=str(index.root))
+    result = PreprocessResult(features=str(out), dataset=str(index.root), scans=index.keys)
     result.failed.update({s: str(e) for s, e in index.errors.items()})
     if index.errors and not config.keep_going:
-        result.not_done = list(index.subjects)
+        result.not_done = list(index.scans)
         return result
-    valid = list(index.subjects.values())
+    valid = list(index.scans.values())
     if not valid:
-        raise DatasetError(index.root, "no valid subject to preprocess")
+        raise DatasetError(index.root, "no valid scan to preprocess")
     with_truth = all(s.truth for s in valid)
     if not with_truth and any(s.truth for s in valid):
-        log.warning("ground truth present for some subjects only; it is left out for all")
+        log.warning("ground truth present for some scans only; it is left out for all")
 
     existing = _read_existing(out, config.force)
     _check_existing(out, existing, index, config, with_truth)
@@ -548,7 +576,7 @@ def preprocess(
         if created and FeaturesManifest.read(out) is None:  # nothing completed: leave nothing
             shutil.rmtree(out, ignore_errors=True)
     accounted = {*result.completed, *result.skipped, *result.failed}
-    result.not_done = [s.label for s in valid if s.label not in accounted]
+    result.not_done = [s.key for s in valid if s.key not in accounted]
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -569,7 +597,7 @@ def _folder_lock(out: Path) -> Iterator[bool]:
 
 def _process(
     index: DatasetIndex,
-    valid: list[SubjectFiles],
+    valid: list[ScanFiles],
     out: Path,
     existing: _Existing,
     config: PreprocessConfig,
@@ -590,17 +618,22 @@ def _process(
             if config.force
             or manifest is None
             or old is not None
-            or s.label not in manifest.subjects
-            or not fio.subject_dir(out, s.label).is_dir()
+            or s.key not in manifest.subjects
+            or not fio.scan_dir(out, s.key).is_dir()
+            or manifest.subjects[s.key].source_files != _sources(s)
         ]
-        doing = {s.label for s in todo}
-        result.skipped += [s.label for s in valid if s.label not in doing]
+        doing = {s.key for s in todo}
+        result.skipped += [s.key for s in valid if s.key not in doing]
+        if manifest is not None:
+            result.scan_voxels.update(
+                {k: manifest.subjects[k].rows for k in result.skipped if k in manifest.subjects}
+            )
         if not writable:
             if todo:
                 raise FeaturesError(
                     out,
                     f"is read-only: cannot write the features of {len(todo)} subject(s) "
-                    f"({', '.join('sub-' + s.label for s in todo[:3])}"
+                    f"({', '.join(s.scan.name for s in todo[:3])}"
                     f"{', ...' if len(todo) > 3 else ''})",
                 )
             return
@@ -609,8 +642,8 @@ def _process(
         if manifest is None or old is not None:
             manifest = _new_manifest(index, config, with_truth)
         if old is not None:
-            for label in old:  # labels checked when the manifest was read
-                shutil.rmtree(fio.subject_dir(out, label), ignore_errors=True)
+            for key in old:  # keys checked when the manifest was read
+                _remove_scan(out, key)
             manifest.save(out)  # the folder's record matches what it holds, whatever follows
             if existing.old_format is not None:  # only an older format has such side files
                 _drop_legacy_side_files(out)
@@ -636,7 +669,7 @@ def _drop_legacy_side_files(out: Path) -> None:
 
 def _run(
     index: DatasetIndex,
-    todo: list[SubjectFiles],
+    todo: list[ScanFiles],
     out: Path,
     manifest: FeaturesManifest,
     config: PreprocessConfig,
@@ -649,14 +682,14 @@ def _run(
     staging = out / f"{fio.STAGING_PREFIX}{uuid.uuid4().hex}"
     slabs = plan_slabs(todo, config.slab)
     items = plan_tasks(todo, config.slab)
-    remaining = {s.label: sum(1 for it in slabs if it["subject"] == s.label) for s in todo}
-    tally = {label: _Tally() for label in remaining}
+    remaining = {s.key: sum(1 for it in slabs if it["subject"] == s.key) for s in todo}
+    tally = {key: _Tally() for key in remaining}
     errors: dict[str, str] = {}
-    by_label = {s.label: s for s in todo}
+    by_key = {s.key: s for s in todo}
     seen: set[tuple[str, int]] = set()
     total, done = len(slabs), 0
     if progress:
-        progress(0, total, f"{len(todo)} subject(s), {total} slab(s)")
+        progress(0, total, f"{len(todo)} scan(s), {total} slab(s)")
     try:
         with ray_runtime(config.address, config.workers), _data_context():
             cpus = int(ray.cluster_resources().get("CPU", config.workers))
@@ -669,7 +702,7 @@ def _run(
                 batch_format="numpy",
                 num_cpus=1,
                 fn_kwargs={
-                    "subjects": by_label,
+                    "subjects": by_key,
                     "staging": str(staging),
                     "slab": config.slab,
                     "normalize": config.normalize,
@@ -678,36 +711,55 @@ def _run(
                 },
             )
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-                for i, label in enumerate(batch["subject"]):
-                    label, error = str(label), str(batch["error"][i])
-                    if (label, int(batch["z0"][i])) in seen:  # a retried task's repeat
+                for i, key in enumerate(batch["subject"]):
+                    key, error = str(key), str(batch["error"][i])
+                    if (key, int(batch["z0"][i])) in seen:  # a retried task's repeat
                         continue
-                    seen.add((label, int(batch["z0"][i])))
+                    seen.add((key, int(batch["z0"][i])))
                     done += 1
-                    remaining[label] -= 1
-                    tally[label].add(
+                    remaining[key] -= 1
+                    tally[key].add(
                         int(batch["rows"][i]),
                         int(batch["checksum"][i]),
                         str(batch["status"][i]),
                         str(batch["file"][i]),
                     )
-                    if error and label not in errors:
-                        errors[label] = str(error)
-                        shutil.rmtree(fio.subject_dir(staging, label), ignore_errors=True)
+                    if error and key not in errors:
+                        errors[key] = str(error)
+                        shutil.rmtree(fio.scan_dir(staging, key), ignore_errors=True)
                         if not config.keep_going:
-                            result.failed[label] = errors[label]
+                            result.failed[key] = errors[key]
                             return
-                    if remaining[label] == 0:
-                        if label in errors:
-                            result.failed[label] = errors[label]
+                    if remaining[key] == 0:
+                        if key in errors:
+                            result.failed[key] = errors[key]
                         else:
-                            _commit(by_label[label], staging, out, manifest, index, tally[label])
-                            result.completed.append(label)
-                            result.voxels += tally[label].rows
+                            _commit(by_key[key], staging, out, manifest, index, tally[key])
+                            result.completed.append(key)
+                            result.voxels += tally[key].rows
+                            result.scan_voxels[key] = tally[key].rows
                     if progress:
-                        progress(done, total, f"sub-{label}")
+                        progress(done, total, by_key[key].scan.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_scan(out: Path, key: str) -> None:
+    """Remove a scan's features folder (and its subject's folder, once empty of scans)."""
+    folder = fio.scan_dir(out, key)
+    shutil.rmtree(folder, ignore_errors=True)
+    parent = folder.parent
+    if parent != out:
+        with contextlib.suppress(OSError):
+            parent.rmdir()  # only if empty: another session of the subject stays
+
+
+def _sources(scan: ScanFiles) -> dict[str, Any]:
+    """The files a scan's features are made of, as the manifest records them."""
+    sources: dict[str, Any] = {"echoes": list(scan.echoes), "chi": scan.chi, "mask": scan.mask}
+    if scan.volumes:
+        sources["volumes"] = list(scan.volumes)
+    return sources
 
 
 @dataclass
@@ -729,31 +781,32 @@ class _Tally:
 
 
 def _commit(
-    subject: SubjectFiles,
+    scan: ScanFiles,
     staging: Path,
     out: Path,
     manifest: FeaturesManifest,
     index: DatasetIndex,
     tally: _Tally,
 ) -> None:
-    """Move a fully staged subject into place and record it in the manifest."""
-    staged = fio.subject_dir(staging, subject.label)
-    if tally.rows != subject.n_brain:
+    """Move a fully staged scan into place and record it in the manifest."""
+    staged = fio.scan_dir(staging, scan.key)
+    if tally.rows != scan.n_brain:
         raise OefrayError(
-            staged, f"slabs reported {tally.rows} rows but the mask has {subject.n_brain} voxels"
+            staged, f"slabs reported {tally.rows} rows but the mask has {scan.n_brain} voxels"
         )
-    fio.publish_subject(staged, fio.subject_dir(out, subject.label))
+    fio.publish_subject(staged, fio.scan_dir(out, scan.key))
     record = SubjectRecord(
         rows=tally.rows,
         checksum=fio.format_checksum(tally.checksum),
         status_counts=dict(sorted(tally.status.items(), key=lambda kv: int(kv[0]))),
-        split=index.split.get(subject.label, ""),
-        shape=subject.shape,
-        affine=tuple(tuple(float(v) for v in r) for r in subject.affine),
-        echo_times_s=tuple(subject.te_s),
-        source_files={"echoes": list(subject.echoes), "chi": subject.chi, "mask": subject.mask},
+        split=index.split.get(scan.key, ""),
+        shape=scan.shape,
+        affine=tuple(tuple(float(v) for v in r) for r in scan.affine),
+        echo_times_s=tuple(scan.te_s),
+        source_files=_sources(scan),
         created=SubjectRecord.now(),
         files=dict(sorted(tally.files.items())),
+        entities=dict(scan.entities),
     )
-    manifest.add_subject(subject.label, record, __version__)
+    manifest.add_subject(scan.key, record, __version__)
     manifest.save(out)

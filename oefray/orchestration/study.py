@@ -44,14 +44,14 @@ def _resimulate(
     seed: int,
 ) -> None:
     """Write ``labels`` of ``dataset`` again from their ground truth at echo times ``te_s``."""
-    from oefray.io import bids
+    from oefray.io import bids, scans
     from oefray.physics.measurement import simulate_measurement
 
     bids.write_dataset_description(out, f"te-shift of {dataset.name}")
     bids.write_participants(out, [{"participant_id": f"sub-{s}", "split": "test"} for s in labels])
     rng = np.random.default_rng(seed)  # one stream across subjects, full-grid draws ("grid")
     for label in labels:
-        sub = bids.scan_subject(dataset, label)
+        sub = scans.scan_subject(dataset, label)
         if not sub.truth:
             raise DatasetError(
                 dataset, f"sub-{label} has no ground truth (derivatives/qq): cannot re-simulate"
@@ -89,11 +89,15 @@ def _schemes(bundle, schemes: dict[str, EchoScheme] | None) -> dict[str, EchoSch
 
 
 def _split(dataset: Path):
-    from oefray.io import bids
+    from oefray.io import scans
 
-    index = bids.scan_dataset(dataset)
-    train = [s for s, v in index.split.items() if v == "train" and s in index.subjects]
-    test = [s for s, v in index.split.items() if v == "test" and s in index.subjects]
+    index = scans.scan_dataset(dataset)
+    if any(s.session for s in index.scans.values()):
+        raise DatasetError(
+            dataset, "te-shift re-simulates a dataset without sessions (oefray simulate's)"
+        )
+    train = [s for s, v in index.split.items() if v == "train" and s in index.scans]
+    test = [s for s, v in index.split.items() if v == "test" and s in index.scans]
     if not train or not test:
         raise DatasetError(
             dataset / "participants.tsv", "needs train and test subjects in a split column"
@@ -108,7 +112,7 @@ def _reference_params(index, train: list[str]) -> np.ndarray:
 
     reference = []
     for label in train:
-        slab = bids.read_slab(index.subjects[label], 0, index.subjects[label].depth)
+        slab = bids.read_slab(index.scans[label], 0, index.scans[label].depth)
         reference.append(np.column_stack([slab.truth[p][slab.mask] for p in PARAMETERS]))
     return np.concatenate(reference)
 

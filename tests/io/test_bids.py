@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from oefray.errors import DatasetError
-from oefray.io import bids
+from oefray.io import bids, scans
 
 TE = (0.0045, 0.0095, 0.0145, 0.0195)
 SHAPE = (6, 7, 5)
@@ -49,11 +49,11 @@ def _write_dataset(
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
 def test_round_trip_exact(tmp_path, suffix):
     arrays = _write_dataset(tmp_path, ("A1", "B2"), suffix=suffix)
-    index = bids.scan_dataset(tmp_path)
-    assert sorted(index.subjects) == ["A1", "B2"] and not index.errors
+    index = scans.scan_dataset(tmp_path)
+    assert sorted(index.scans) == ["A1", "B2"] and not index.errors
     assert index.split == {"A1": "train", "B2": "train"}
     for label, (mag, chi, mask, truth) in arrays.items():
-        sub = index.subjects[label]
+        sub = index.scans[label]
         assert sub.te_s == TE and sub.shape == SHAPE and sub.n_brain == mask.sum()
         for z0, z1 in [(0, SHAPE[2]), (1, 3), (4, 5)]:
             slab = bids.read_slab(sub, z0, z1)
@@ -95,7 +95,7 @@ def test_integer_storage_with_scaling_and_oblique_affine(tmp_path):
     img = nib.Nifti1Image(ints, affine)
     img.header.set_slope_inter(slope, inter)
     nib.save(img, anat / "sub-A1_echo-2_part-mag_MEGRE.nii.gz")
-    sub = bids.scan_subject(tmp_path, "A1")
+    sub = scans.scan_subject(tmp_path, "A1")
     np.testing.assert_allclose(np.array(sub.affine), affine, atol=1e-5)
     slab = bids.read_slab(sub, 0, SHAPE[2])
     assert slab.magnitude.dtype == np.float32
@@ -106,7 +106,7 @@ def test_integer_storage_with_scaling_and_oblique_affine(tmp_path):
 
 def _expect(root: Path, label: str, fragment: str, filename: str | None):
     with pytest.raises(DatasetError) as info:
-        bids.scan_subject(root, label)
+        scans.scan_subject(root, label)
     message = str(info.value)
     assert fragment in message, message
     assert "\n" not in message
@@ -177,7 +177,9 @@ def test_empty_mask(dataset):
 
 def test_missing_qsm(dataset):
     (dataset / "derivatives" / "qsm" / "sub-A1" / "anat" / "sub-A1_Chimap.nii.gz").unlink()
-    _expect(dataset, "A1", "QSM map is missing", "sub-A1_Chimap")
+    message = _expect(dataset, "A1", "QSM map is missing", "_Chimap.nii[.gz] in any derivative")
+    # the near miss is named, with why it is not a QSM
+    assert "qq/sub-A1_desc-nb_Chimap.nii.gz (desc-nb: not a QSM)" in message
 
 
 def test_fewer_than_two_echoes(dataset):
@@ -201,7 +203,7 @@ def test_truncated_nifti_fails_on_read(tmp_path):
     data = bad.read_bytes()
     assert len(gzip.decompress(data)) > 352 + 500  # header + most of the voxels survive the cut
     bad.write_bytes(data[: len(data) - 300])
-    sub = bids.scan_subject(dataset, "A1")
+    sub = scans.scan_subject(dataset, "A1")
     with pytest.raises(DatasetError) as info:
         bids.read_slab(sub, 0, 20)
     assert bad.name in str(info.value) and "corrupt or truncated" in str(info.value)
@@ -223,7 +225,7 @@ def test_ground_truth_under_the_names_of_before_is_read(tmp_path, suffix):
         )
     for sidecar in qq.glob("*.json"):
         sidecar.unlink()
-    sub = bids.scan_subject(tmp_path, "A1")
+    sub = scans.scan_subject(tmp_path, "A1")
     assert sorted(Path(p).name for p in sub.truth.values()) == sorted(
         f"sub-A1_desc-{d}_qq{suffix}" for d in ("Y", "v", "R2", "S0", "chinb")
     )
@@ -267,27 +269,27 @@ def test_sidecars_and_participants_json(dataset):
 def test_not_a_bids_dataset(tmp_path):
     (tmp_path / "random").mkdir()
     with pytest.raises(DatasetError, match="not a BIDS dataset"):
-        bids.scan_dataset(tmp_path)
+        scans.scan_dataset(tmp_path)
     with pytest.raises(DatasetError, match="not a folder"):
-        bids.scan_dataset(tmp_path / "nope")
+        scans.scan_dataset(tmp_path / "nope")
     bids.write_dataset_description(tmp_path, "empty")
     with pytest.raises(DatasetError, match="no sub-<label> folders"):
-        bids.scan_dataset(tmp_path)
+        scans.scan_dataset(tmp_path)
 
 
 def test_scan_dataset_collects_errors_per_subject(tmp_path):
     _write_dataset(tmp_path, ("A1", "B2", "C3"))
     shutil.rmtree(tmp_path / "derivatives" / "qsm" / "sub-B2")
-    index = bids.scan_dataset(tmp_path)
-    assert sorted(index.subjects) == ["A1", "C3"]
+    index = scans.scan_dataset(tmp_path)
+    assert sorted(index.scans) == ["A1", "C3"]
     assert list(index.errors) == ["B2"] and "QSM map is missing" in str(index.errors["B2"])
     with pytest.raises(DatasetError, match="no such subject"):
-        bids.scan_dataset(tmp_path, ["Z9"])
+        scans.scan_dataset(tmp_path, ["Z9"])
 
 
 def test_natural_subject_order(tmp_path):
     _write_dataset(tmp_path, ("P11", "P3", "P6"))
-    assert bids.list_subjects(tmp_path) == ["P3", "P6", "P11"]
+    assert scans.list_subjects(tmp_path) == ["P3", "P6", "P11"]
 
 
 def test_a_soft_mask_is_cut_at_one_half_with_a_warning(dataset, caplog):
@@ -297,7 +299,7 @@ def test_a_soft_mask_is_cut_at_one_half_with_a_warning(dataset, caplog):
     soft[1, 1, 1] = 0.4  # below the threshold: not brain
     nib.save(nib.Nifti1Image(soft, np.diag([2.0, 2.0, 3.0, 1.0])), mask)
     with caplog.at_level("WARNING", logger="oefray.io.bids"):
-        sub = bids.scan_subject(dataset, "A1")
+        sub = scans.scan_subject(dataset, "A1")
     assert sub.n_brain == int((soft >= bids.MASK_THRESHOLD).sum()) == 4 * 5 * 3 - 1
     (record,) = [
         r for r in caplog.records if "mask holds values other than 0 and 1" in r.getMessage()
@@ -309,7 +311,7 @@ def test_a_soft_mask_is_cut_at_one_half_with_a_warning(dataset, caplog):
 
 def test_a_binary_mask_warns_nothing(dataset, caplog):
     with caplog.at_level("WARNING", logger="oefray.io.bids"):
-        sub = bids.scan_subject(dataset, "A1")
+        sub = scans.scan_subject(dataset, "A1")
     assert sub.n_brain == 4 * 5 * 3 and not caplog.records
 
 
@@ -317,8 +319,8 @@ def test_a_participant_without_a_folder_is_a_warning(dataset, caplog):
     with (dataset / "participants.tsv").open("a") as fh:
         fh.write("sub-Z9\ttest\n")
     with caplog.at_level("WARNING", logger="oefray.io.bids"):
-        index = bids.scan_dataset(dataset)
-    assert list(index.subjects) == ["A1"] and not index.errors
+        index = scans.scan_dataset(dataset)
+    assert list(index.scans) == ["A1"] and not index.errors
     (record,) = caplog.records
     assert "participants.tsv: sub-Z9 is listed but has no folder" in record.getMessage()
 
@@ -331,7 +333,7 @@ def test_the_warning_is_one_line_on_stderr_of_the_command(dataset, tmp_path, cap
     # any command sets up oefray's warning lines; this one fails at once (no features there)
     assert main(["baseline", "ccm", str(tmp_path / "no-features")]) == 1
     capsys.readouterr()
-    bids.scan_dataset(dataset)
+    scans.scan_dataset(dataset)
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f"oefray: warning: {dataset / 'participants.tsv'}: sub-Z9 is listed but has no folder; it is left out"

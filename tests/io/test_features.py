@@ -95,7 +95,7 @@ def test_a_truncated_parquet_file_is_one_line_naming_it(tmp_path):
         "status": np.zeros(3),
     }  # fmt: skip
     path = fio.write_slab_table(
-        fio.subject_dir(tmp_path, "P3"), fio.table_from_columns(cols, False), 0, 4
+        fio.scan_dir(tmp_path, "P3"), fio.table_from_columns(cols, False), 0, 4
     )
     manifest = FeaturesManifest(
         source={}, options={"normalize": "none"}, has_truth=False, columns=list(fio.columns(False))
@@ -123,7 +123,7 @@ def test_a_format_2_folder_is_read_with_the_indices_renamed(tmp_path):
     cols = _cols(np.array([3, 17, 999]), True)
     table = fio.table_from_columns(cols, True)
     old = table.rename_columns(["x", "y", "z", *table.column_names[3:]])
-    path = fio.subject_dir(tmp_path, "P3") / "part-z0000-0010.parquet"
+    path = fio.scan_dir(tmp_path, "P3") / "part-z0000-0010.parquet"
     path.parent.mkdir()
     pq.write_table(old, path)
     manifest = FeaturesManifest(

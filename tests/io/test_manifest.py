@@ -115,12 +115,32 @@ def test_split_subjects_refuses_empty_sides_and_overlap(tmp_path):
         FeaturesError, match="need training and test subjects .split: 1 train, 0 test"
     ):
         m.split_subjects(tmp_path)
+    m.add_subject("P9", _record(""), "1")
     assert m.split_subjects(tmp_path, test=["P9"]) == (["P3"], ["P9"])
+    with pytest.raises(FeaturesError, match="subject.s. not in the features: P10"):
+        m.split_subjects(tmp_path, test=["P10"])
     with pytest.raises(FeaturesError, match="subjects both in training and test: P3"):
         m.split_subjects(tmp_path, train=["P3"], test=["P3"])
 
 
-@pytest.mark.parametrize("label", ["x/../../victim", "..", "P3 ", "", "sub-P3", "P3/"])
+def test_the_split_is_by_subject_across_sessions(tmp_path):
+    """A subject name takes every session of the subject; a session of a training subject
+    cannot be a test scan (the subject would leak)."""
+    m = _manifest()
+    for key, split in (("P3_ses-01", "train"), ("P3_ses-02", "train"), ("P6_ses-01", "test")):
+        m.add_subject(key, _record(split), "1")
+    assert m.split_subjects(tmp_path) == (["P3_ses-01", "P3_ses-02"], ["P6_ses-01"])
+    assert m.split_subjects(tmp_path, train=["P6"], test=["P3"]) == (
+        ["P6_ses-01"],
+        ["P3_ses-01", "P3_ses-02"],
+    )
+    with pytest.raises(FeaturesError, match="subjects both in training and test: P3"):
+        m.split_subjects(tmp_path, train=["P3_ses-01"], test=["P3_ses-02"])
+
+
+@pytest.mark.parametrize(
+    "label", ["x/../../victim", "..", "P3 ", "", "sub-P3", "P3/", "P3_ses-..", "P3_ses-01/../x"]
+)
 def test_a_subject_label_that_is_not_a_bids_label_is_refused(tmp_path, label):
     """A hostile manifest cannot make oefray touch a path outside the features folder: its
     labels become folder names, so anything but letters and digits is refused on reading."""
@@ -129,7 +149,7 @@ def test_a_subject_label_that_is_not_a_bids_label_is_refused(tmp_path, label):
     raw = m.to_dict()
     raw["subjects"][label] = raw["subjects"].pop("P3")
     (tmp_path / MANIFEST).write_text(json.dumps(raw))
-    with pytest.raises(FeaturesError, match="is not a BIDS label"):
+    with pytest.raises(FeaturesError, match="is not a BIDS subject label or <subject>_ses-"):
         FeaturesManifest.load(tmp_path)
 
 

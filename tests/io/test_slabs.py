@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from oefray.errors import DatasetError
-from oefray.io import bids, slabs
+from oefray.io import bids, scans, slabs
 
 TE = (0.0045, 0.0095, 0.0145, 0.0195)
 
 
 def _write(
     root: Path, shape=(9, 7, 11), *, suffix=".nii.gz", seed=0, truth=True
-) -> bids.SubjectFiles:
+) -> bids.ScanFiles:
     """A small subject with a ragged brain mask (some planes empty) and ground truth."""
     rng = np.random.default_rng(seed)
     mag = rng.uniform(0.1, 1.2, size=(*shape, len(TE))).astype(np.float32)
@@ -32,7 +32,7 @@ def _write(
     bids.write_subject(
         root, "A1", np.eye(4), mag, TE, chi, mask, maps if truth else None, suffix=suffix
     )
-    return bids.scan_subject(root, "A1")
+    return scans.scan_subject(root, "A1")
 
 
 def _assert_same(got: bids.BrainVoxels, want: bids.BrainVoxels) -> None:
@@ -72,7 +72,7 @@ def test_integer_storage_with_scaling_and_4d_images(tmp_path):
         new = nib.Nifti1Image(raw, img.affine)
         new.header.set_slope_inter(slope, inter)
         nib.save(new, path)
-    sub = bids.scan_subject(tmp_path, "A1")
+    sub = scans.scan_subject(tmp_path, "A1")
     bounds = slabs.slab_bounds(0, sub.depth, 3)
     for voxels, (z0, z1) in zip(slabs.iter_brain_voxels(sub, bounds), bounds, strict=True):
         _assert_same(voxels, bids.read_brain_voxels(sub, z0, z1))
@@ -83,7 +83,7 @@ def test_mixed_formats_and_a_part_of_the_depth(tmp_path):
     plain = Path(sub.echoes[1]).with_suffix("")  # .nii.gz -> .nii
     plain.write_bytes(gzip.decompress(Path(sub.echoes[1]).read_bytes()))
     Path(sub.echoes[1]).unlink()
-    sub = bids.scan_subject(tmp_path, "A1")
+    sub = scans.scan_subject(tmp_path, "A1")
     assert slabs.is_compressed(sub) and not sub.echoes[1].endswith(".gz")
     bounds = [(3, 5), (6, 9)]  # a gap, and slabs that do not start at 0
     for voxels, (z0, z1) in zip(slabs.iter_brain_voxels(sub, bounds), bounds, strict=True):
@@ -142,7 +142,7 @@ def test_a_stream_stopped_early_closes_its_files(tmp_path):
     assert stream.gi_frame is None
 
 
-def _peak_streaming(sub: bids.SubjectFiles, slab: int, read_ahead: bool) -> int:
+def _peak_streaming(sub: bids.ScanFiles, slab: int, read_ahead: bool) -> int:
     """Peak Python-traced memory (numpy arrays, the bytes read and inflated: tracemalloc) while
     ``sub`` streams by slabs, each slab dropped once counted."""
     bounds = slabs.slab_bounds(0, sub.depth, slab)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from oefray.config import PreprocessConfig
-from oefray.io import bids
 from oefray.io import features as fio
+from oefray.io import scans
 from oefray.orchestration.preprocess import plan_slabs, plan_tasks, preprocess
 
 from ..conftest import TINY_SUBJECTS
@@ -55,11 +55,11 @@ def plain_cohort(tiny_cohort, tmp_path_factory):
 def test_gzip_and_plain_give_identical_features(
     tiny_cohort, plain_cohort, ray_local, tmp_path, slab
 ):
-    gz_index = bids.scan_dataset(tiny_cohort)
-    plain_index = bids.scan_dataset(plain_cohort)
+    gz_index = scans.scan_dataset(tiny_cohort)
+    plain_index = scans.scan_dataset(plain_cohort)
     gz_subjects, plain_subjects = (
-        list(gz_index.subjects.values()),
-        list(plain_index.subjects.values()),
+        list(gz_index.scans.values()),
+        list(plain_index.scans.values()),
     )
     # the plans differ: one streaming task per gzipped subject, one task per plain slab
     assert len(plan_tasks(gz_subjects, slab)) == len(TINY_SUBJECTS)
@@ -101,7 +101,7 @@ def test_a_corrupt_gzip_image_fails_its_subject_only(tiny_cohort, ray_local, tmp
     assert list(result.failed) == ["P6"] and "corrupt or truncated" in result.failed["P6"]
     assert bad.name in result.failed["P6"]
     assert sorted(result.completed) == ["P11", "P3", "P4"]
-    assert not fio.subject_dir(out, "P6").exists()
+    assert not fio.scan_dir(out, "P6").exists()
     assert not list(out.glob(f"{fio.STAGING_PREFIX}*"))
 
 

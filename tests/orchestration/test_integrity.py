@@ -80,7 +80,7 @@ def test_verify_passes_on_intact_features(tiny_features, capsys):
 def test_an_edited_parquet_file_stops_train_in_one_line(features, tmp_path, capsys):
     """Row: a Parquet file edited (Y halved), then `oefray train` gave exit 0 and OEF RMSE 30 %.
     Now train refuses before anything starts, naming the file; `oefray verify` names it too."""
-    part = sorted(fio.subject_dir(features, "P3").glob("part-*.parquet"))[0]
+    part = sorted(fio.scan_dir(features, "P3").glob("part-*.parquet"))[0]
     table = pq.read_table(part)
     halved = table.set_column(
         table.schema.get_field_index("Y"), "Y", pc.multiply(table["Y"], 0.5).cast("float32")
@@ -101,7 +101,7 @@ def test_an_edited_parquet_file_stops_train_in_one_line(features, tmp_path, caps
 
 
 def test_a_truncated_parquet_file_is_one_line_in_verify_and_train(features, tmp_path, capsys):
-    part = sorted(fio.subject_dir(features, "P6").glob("part-*.parquet"))[-1]
+    part = sorted(fio.scan_dir(features, "P6").glob("part-*.parquet"))[-1]
     part.write_bytes(part.read_bytes()[:100])
     assert main(["verify", str(features)]) == 1
     (line,) = error_lines(capsys.readouterr().err)
@@ -222,7 +222,11 @@ def test_a_read_only_features_folder_is_skipped_and_a_read_only_out_is_one_line(
         assert done.returncode == 0, done.stderr
         assert "read-only: no _results.json written there" in done.stderr
         assert "Traceback" not in done.stderr
-        row = [cell for cell in done.stdout.split("\n")[2].split() if cell != "│"]
+        lines = done.stdout.splitlines()
+        for key in ("P3", "P4", "P6", "P11"):  # the scans table: every scan and its outcome
+            assert any(line.split()[:2] == [f"sub-{key}", "skipped"] for line in lines), lines
+        header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["done", "│"])
+        row = [cell for cell in lines[header + 2].split() if cell != "│"]
         assert row[:3] == ["0", "4", "0"]  # done, skipped, failed
 
         redo = _oefray("preprocess", str(tiny_cohort), "--out", str(features), "--force")

@@ -72,7 +72,7 @@ def test_interrupted_run_leaves_no_half_subject(cohort18, reference, ray_local, 
     assert on_disk == done  # every published subject is recorded, and only those
     for label in done:  # and each is whole: its files hold exactly what the manifest says
         entry = manifest["subjects"][label]
-        rows, checksum, _ = checksum_subject(fio.subject_dir(out, label))
+        rows, checksum, _ = checksum_subject(fio.scan_dir(out, label))
         assert (rows, checksum) == (entry["rows"], entry["checksum"])
         assert checksum == reference["subjects"][label]["checksum"]
 

@@ -13,7 +13,7 @@ import pytest
 
 from oefray.config import PreprocessConfig
 from oefray.errors import FeaturesError
-from oefray.io import bids
+from oefray.io import bids, scans
 from oefray.io import features as fio
 from oefray.orchestration.preprocess import preprocess
 from oefray.physics.decay import fit_decay
@@ -44,7 +44,7 @@ EXPECTED_COLUMNS = [
 
 def _direct(cohort, label, normalize="none"):
     """The bare kernel on the same voxels: whole volumes read with nibabel, one fit_decay call."""
-    sub = bids.scan_subject(cohort, label)
+    sub = scans.scan_subject(cohort, label)
     mag = np.stack([np.asarray(nib.load(p).dataobj, dtype=np.float32) for p in sub.echoes], axis=-1)
     mask = np.asarray(nib.load(sub.mask).dataobj) != 0
     signal = mag[mask]
@@ -90,10 +90,10 @@ def test_output_contract(features, tiny_cohort):
     }
     for label in TINY_SUBJECTS:
         entry = manifest["subjects"][label]
-        mask = bids.read_mask(bids.scan_subject(tiny_cohort, label).mask)
+        mask = bids.read_mask(scans.scan_subject(tiny_cohort, label).mask)
         assert entry["rows"] == mask.sum() > 500
         # the checksum summed from the slabs equals the one recomputed from the files
-        on_disk = checksum_subject(fio.subject_dir(features, label))
+        on_disk = checksum_subject(fio.scan_dir(features, label))
         assert on_disk == (entry["rows"], entry["checksum"], entry["status_counts"])
         assert (
             entry["status_counts"].get("0", 0) >= 0.99 * entry["rows"]
@@ -164,7 +164,7 @@ def test_ray_output_equals_direct_kernel(tiny_cohort, ray_local, tmp_path, slab)
             np.testing.assert_array_equal(
                 got[col].to_numpy(), values, err_msg=f"{label}.{col} slab={slab}"
             )
-        truth = nib.load(bids.scan_subject(tiny_cohort, label).truth["Y"]).get_fdata(
+        truth = nib.load(scans.scan_subject(tiny_cohort, label).truth["Y"]).get_fdata(
             dtype=np.float32
         )
         np.testing.assert_array_equal(got["Y"].to_numpy(), truth[want["i"], want["j"], want["k"]])
@@ -211,7 +211,7 @@ def test_stale_staging_and_half_written_subjects_are_ignored(tiny_cohort, ray_lo
     stale = out / f"{fio.STAGING_PREFIX}dead"
     (stale / "subject=P6").mkdir(parents=True)
     (stale / "subject=P6" / "part-z0000-0004.parquet").write_bytes(b"partial")
-    orphan = fio.subject_dir(out, "P4")  # published but never recorded: not complete
+    orphan = fio.scan_dir(out, "P4")  # published but never recorded: not complete
     orphan.mkdir()
     (orphan / "part-z0000-0001.parquet").write_bytes(b"junk")
     result = preprocess(tiny_cohort, out, PreprocessConfig(), subjects=["P3", "P4"])
@@ -242,7 +242,7 @@ def test_bad_subject_stops_the_run(tiny_cohort, ray_local, tmp_path):
     result = preprocess(root, out, PreprocessConfig(), subjects=["P4"])
     assert list(result.failed) == ["P4"] and "corrupt or truncated" in result.failed["P4"]
     assert "sub-P4_echo-3_part-mag_MEGRE.nii.gz" in result.failed["P4"]
-    assert not fio.subject_dir(out, "P4").exists()
+    assert not fio.scan_dir(out, "P4").exists()
     assert (fio.read_manifest(out) or {"subjects": {}})["subjects"] == {}
 
 
@@ -330,7 +330,7 @@ def test_nonfinite_qsm_gets_a_nonfinite_status(tmp_path):
     mask = np.ones(shape, bool)
     bids.write_dataset_description(tmp_path, "t")
     bids.write_subject(tmp_path, "A1", np.eye(4), mag, te, chi, mask, None)
-    cols = slab_features(bids.scan_subject(tmp_path, "A1"), 0, shape[2])
+    cols = slab_features(scans.scan_subject(tmp_path, "A1"), 0, shape[2])
     bad = np.isin(cols["idx"], np.ravel_multi_index(([2, 2], [2, 3], [1, 1]), shape))
     assert bad.sum() == 2
     assert np.all(cols["status"][bad] == FitStatus.NONFINITE)
@@ -360,7 +360,7 @@ def test_a_hostile_manifest_label_deletes_nothing_outside(tiny_cohort, tmp_path,
     }  # fmt: skip
     (out / fio.MANIFEST).write_text(json.dumps(manifest))
     config = PreprocessConfig(normalize="first-echo", force=True)
-    with pytest.raises(FeaturesError, match="is not a BIDS label"):
+    with pytest.raises(FeaturesError, match="is not a BIDS subject label"):
         preprocess(tiny_cohort, out, config)
     assert (victim / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir()) == [fio.MANIFEST]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from oefray.cli import main
-from oefray.io import bids
+from oefray.io import bids, scans
 
 from ..bids_validator import assert_valid
 from ..conftest import error_lines
@@ -35,13 +35,13 @@ def test_simulate_command(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "Wrote 3 subjects (2 train, 1 test)" in " ".join(printed.split())
-    assert bids.list_subjects(out) == ["P3", "P6", "X1"]
-    sub = bids.scan_subject(out, "X1")
+    assert scans.list_subjects(out) == ["P3", "P6", "X1"]
+    sub = scans.scan_subject(out, "X1")
     assert sub.te_s == pytest.approx((0.003, 0.0068, 0.0106, 0.0144, 0.0182), abs=1e-12)
     results = json.loads((out / "results.json").read_text())
     assert results["command"] == "simulate" and set(results["subjects"]) == {"P3", "P6", "X1"}
     assert results["brain_voxels"] == sum(
-        bids.read_mask(bids.scan_subject(out, s).mask).sum() for s in ("P3", "P6", "X1")
+        bids.read_mask(scans.scan_subject(out, s).mask).sum() for s in ("P3", "P6", "X1")
     )
     rows = (out / "participants.tsv").read_text().splitlines()
     assert rows == ["participant_id\tsplit", "sub-P3\ttrain", "sub-P6\ttest", "sub-X1\ttrain"]
@@ -65,13 +65,13 @@ def test_simulate_command(tmp_path, capsys):
         == 0
     )
     a = bids.read_slab(sub, 0, sub.depth)
-    b = bids.read_slab(bids.scan_subject(again, "X1"), 0, sub.depth)
+    b = bids.read_slab(scans.scan_subject(again, "X1"), 0, sub.depth)
     np.testing.assert_array_equal(a.magnitude, b.magnitude)
     np.testing.assert_array_equal(a.chi, b.chi)
     # existing output is refused without --force, nothing is touched
     assert main(["simulate", str(out), "--preset", "tiny"]) == 1
     assert "already exists; use --force" in capsys.readouterr().err
-    assert bids.list_subjects(out) == ["P3", "P6", "X1"]
+    assert scans.list_subjects(out) == ["P3", "P6", "X1"]
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_simulated_dataset_passes_the_bids_validator(tmp_path, plain):
         f"sub-X1_desc-nb_Chimap{ext}",
         f"sub-X1_desc-v_qq{ext}",
     ]
-    sub = bids.scan_subject(out, "X1")
+    sub = scans.scan_subject(out, "X1")
     assert {k: p.rsplit("/", 1)[1] for k, p in sub.truth.items()} == {
         "Y": f"sub-X1_desc-Y_qq{ext}",
         "v": f"sub-X1_desc-v_qq{ext}",

@@ -25,7 +25,7 @@ import pytest
 
 from oefray.cli import main
 from oefray.errors import OefrayError
-from oefray.io import bids
+from oefray.io import bids, scans
 from oefray.io import features as fio
 from oefray.orchestration.submit import (
     DEFAULT_ADDRESS,
@@ -315,7 +315,7 @@ def test_submit_preprocess_job_end_to_end(ray_head, tiny_cohort, tmp_path, monke
     assert manifest is not None and sorted(manifest["subjects"]) == ["P11", "P3", "P4", "P6"]
     table = fio.read_features(out)
     brain = {
-        s: int(bids.read_mask(bids.scan_subject(tiny_cohort, s).mask).sum())
+        s: int(bids.read_mask(scans.scan_subject(tiny_cohort, s).mask).sum())
         for s in ("P3", "P4", "P6", "P11")
     }
     assert table.num_rows == sum(brain.values()) > 2000
