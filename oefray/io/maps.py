@@ -283,7 +283,8 @@ def write_prediction_maps(
     out_dir : path-like
         Output folder (created if missing); in a BIDS derivative, :func:`subject_dir`.
     label : str
-        Subject label without ``sub-``.
+        Subject label without ``sub-``, with the scan's other entities where it has them
+        (``P6_ses-01_run-1``; :func:`oefray.io.names.map_stem`).
     predictions : mapping of str to (n,) array
         Per-voxel values keyed by map name (any of ``Y, v, R2, S0, chi_nb, OEF``); OEF in percent.
     idx : (n,) array of int64
@@ -308,9 +309,9 @@ def write_prediction_maps(
     unknown = [k for k in predictions if k not in MAP_DESC]
     if unknown:
         raise ValueError(f"unknown map(s) {unknown}; expected names among {', '.join(MAP_DESC)}")
-    for what, text in (("label", label), ("suffix", suffix)):
-        if not text or not text.isalnum():
-            raise ValueError(f"{what} must be a non-empty alphanumeric BIDS value, got {text!r}")
+    names.check_label(label)
+    if not suffix or not suffix.isalnum():
+        raise ValueError(f"suffix must be a non-empty alphanumeric BIDS value, got {suffix!r}")
     shape3, aff = _check_grid(shape, affine)
     idx = np.asarray(idx)
     return [

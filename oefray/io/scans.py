@@ -190,6 +190,20 @@ def acquisition_of(entities: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple((k, entities[k]) for k in keys)
 
 
+def _same(entity: str, a: str | None, b: str | None) -> bool:
+    """Whether two values of an entity are equal; ``run`` (and ``echo``) are indices, so
+    ``run-01`` is ``run-1``."""
+    if (
+        entity in ("run", "echo")
+        and a is not None
+        and b is not None
+        and a.isdigit()
+        and b.isdigit()
+    ):
+        return int(a) == int(b)
+    return a == b
+
+
 def _describe(acquisition: tuple[tuple[str, str], ...]) -> str:
     return "_".join(f"{k}-{v}" for k, v in acquisition) or "(no acq/run)"
 
@@ -303,7 +317,9 @@ def _magnitudes(
         groups.setdefault(acquisition_of(f.entities), []).append(f)
     wanted = {k: v for k, v in (("acq", selection.acq), ("run", selection.run)) if v is not None}
     chosen = {
-        a: fs for a, fs in groups.items() if all(dict(a).get(k) == v for k, v in wanted.items())
+        a: fs
+        for a, fs in groups.items()
+        if all(_same(k, dict(a).get(k), v) for k, v in wanted.items())
     }
     if wanted:
         for a, fs in groups.items():
@@ -325,13 +341,15 @@ def _magnitudes(
     phase = [f for f in group if f.get("part") in _PHASE_PARTS]
     for f in phase:
         log.info("%s: ignored (part-%s: oefray reads the magnitude)", f.path, f.get("part"))
+    seen += [f"{f.name} (part-{f.get('part')}: ignored)" for f in phase]
     mag = [f for f in group if f.get("part") == "mag"]
-    if not mag:
-        bare = [f for f in group if f.get("part") is None]
-        if bare and phase:
-            seen += [f"{f.name} (no part- beside part-{phase[0].get('part')} files)" for f in bare]
-        else:
-            mag = bare
+    bare = [f for f in group if f.get("part") is None]
+    if mag:
+        seen += [f"{f.name} (no part- beside part-mag files)" for f in bare]
+    elif bare and phase:
+        seen += [f"{f.name} (no part- beside part-{phase[0].get('part')} files)" for f in bare]
+    else:
+        mag = bare
     other = [f for f in group if f not in mag and f not in phase and f.get("part") is not None]
     seen += [f"{f.name} (part-{f.get('part')})" for f in other]
     return acquisition, mag
@@ -431,18 +449,21 @@ def _matches(f: _File, scan: ScanKey, acquisition: tuple[tuple[str, str], ...]) 
     for k, v in f.entities.items():
         if k in _ACQUISITION_SKIP or k in ("desc",):
             continue
-        if mine.get(k) != v:
+        if not _same(k, mine.get(k), v):
             return f"{k}-{v}, not the scan's {k}-{mine[k]}" if k in mine else f"{k}-{v}"
     return None
 
 
 def _derivative_files(
-    root: Path, pipeline: str, scan: ScanKey, acquisition, seen: list[str]
+    root: Path, pipeline: str, scan: ScanKey, acquisition, suffix: str, seen: list[str]
 ) -> list[_File]:
-    """The NIfTI files of a derivative that belong to the scan (the others noted in ``seen``)."""
+    """The NIfTI files with ``suffix`` of a derivative that belong to the scan (the others with
+    that suffix noted in ``seen``)."""
     folder = root / "derivatives" / pipeline / scan.bids_dir
     mine = []
     for f in _niftis(folder):
+        if suffix and f.suffix != suffix:
+            continue
         why = _matches(f, scan, acquisition)
         if why is None:
             mine.append(f)
@@ -472,7 +493,8 @@ def _find_qsm(
         )
     found: dict[str, list[_File]] = {}
     for pipeline in pipelines:
-        qsm = _pick_qsm(_derivative_files(root, pipeline, scan, acquisition, seen), pipeline, seen)
+        files = _derivative_files(root, pipeline, scan, acquisition, "Chimap", seen)
+        qsm = _pick_qsm(files, pipeline, seen)
         if qsm:
             found[pipeline] = qsm
     where = folder / (selection.qsm or "*") / scan.bids_dir
@@ -506,11 +528,7 @@ def _find_mask(
             folder,
             f"no such derivative (--mask); derivatives/ holds {', '.join(derivatives_of(root)) or 'none'}",
         )
-    masks = [
-        f
-        for f in _derivative_files(root, pipeline, scan, acquisition, seen if explicit else [])
-        if f.suffix == "mask"
-    ]
+    masks = _derivative_files(root, pipeline, scan, acquisition, "mask", seen)
     for desc in ("brain", None):
         chosen = [f for f in masks if f.get("desc") == desc]
         if len(chosen) > 1:
@@ -541,7 +559,7 @@ def _find_truth(
             )
         return {}
     truth: dict[str, Path] = {}
-    for f in _derivative_files(root, pipeline, scan, acquisition, []):
+    for f in _derivative_files(root, pipeline, scan, acquisition, "", []):
         found = names.map_of_entities(f.get("desc"), f.suffix)
         if found is None or found[1] != names.TRUTH_KIND:
             continue
@@ -550,6 +568,10 @@ def _find_truth(
             raise DatasetError(f.path, f"both {truth[name].name} and {f.name} exist; keep one")
         truth[name] = f.path
     truth.pop("OEF", None)
+    if not truth and pipeline != names.TRUTH_KIND:  # named explicitly: it must be there
+        raise DatasetError(
+            folder / scan.bids_dir, f"no ground-truth maps of {scan.name} (--truth {pipeline})"
+        )
     if truth and len(truth) != len(TRUTH_DESC):
         missing = sorted(set(TRUTH_DESC) - set(truth))
         raise DatasetError(folder / scan.bids_dir, f"ground truth is incomplete, missing {missing}")
@@ -649,16 +671,10 @@ def scan_subject(
     shape, affine = grid_of(load_image(ref, volumes=True))
     for path in dict.fromkeys(echoes.files[1:]):
         check_grid(path, load_image(path, volumes=True), ref, shape, affine)
-    seen_derivatives: list[str] = []
-    pipeline, chi = _find_qsm(root, scan, acquisition, selection, seen_derivatives)
+    pipeline, chi = _find_qsm(root, scan, acquisition, selection, [])
     check_grid(chi, load_image(chi), ref, shape, affine)
     mask = _find_mask(
-        root,
-        selection.mask or pipeline,
-        scan,
-        acquisition,
-        selection.mask is not None,
-        seen_derivatives,
+        root, selection.mask or pipeline, scan, acquisition, selection.mask is not None, []
     )
     check_grid(mask, load_image(mask), ref, shape, affine)
     n_brain = int(read_mask(mask).sum())

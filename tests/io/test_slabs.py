@@ -17,9 +17,7 @@ from oefray.io import bids, scans, slabs
 TE = (0.0045, 0.0095, 0.0145, 0.0195)
 
 
-def _write(
-    root: Path, shape=(9, 7, 11), *, suffix=".nii.gz", seed=0, truth=True
-) -> bids.ScanFiles:
+def _write(root: Path, shape=(9, 7, 11), *, suffix=".nii.gz", seed=0, truth=True) -> bids.ScanFiles:
     """A small subject with a ragged brain mask (some planes empty) and ground truth."""
     rng = np.random.default_rng(seed)
     mag = rng.uniform(0.1, 1.2, size=(*shape, len(TE))).astype(np.float32)
