@@ -269,6 +269,15 @@ def write_subject(
         raise ValueError(f"suffix must be one of {_NIFTI_SUFFIXES}, got {suffix!r}")
     if magnitude.ndim != 4 or magnitude.shape[-1] != len(te_s):
         raise ValueError(f"magnitude must be (X, Y, Z, {len(te_s)}), got {magnitude.shape}")
+    _write_echoes(root, label, affine, magnitude, te_s, b0_t, sidecar or {}, suffix)
+    outside = ~np.asarray(mask, dtype=bool)
+    _write_qsm(root, label, affine, chi, mask, outside, suffix)
+    if truth:
+        _write_truth(root, label, affine, truth, outside, suffix)
+
+
+def _write_echoes(root, label, affine, magnitude, te_s, b0_t, sidecar, suffix) -> None:
+    """``sub-<L>/anat``: one 3-D float32 file per echo, each with its sidecar."""
     anat = root / f"sub-{label}" / "anat"
     for k, te in enumerate(te_s, start=1):
         stem = anat / f"sub-{label}_echo-{k}_part-mag_MEGRE"
@@ -278,9 +287,12 @@ def write_subject(
             "EchoNumber": k,
             "MagneticFieldStrength": float(b0_t),
         }
-        meta.update(sidecar or {})
+        meta.update(sidecar)
         _write_json(stem.with_name(stem.name + ".json"), meta)
-    outside = ~np.asarray(mask, dtype=bool)
+
+
+def _write_qsm(root, label, affine, chi, mask, outside, suffix) -> None:
+    """``derivatives/qsm``: the Chimap and the brain mask, with their sidecars."""
     echo1 = f"bids:raw:sub-{label}/anat/sub-{label}_echo-1_part-mag_MEGRE{suffix}"
     qsm = root / "derivatives" / "qsm" / f"sub-{label}" / "anat"
     _save(chi, affine, qsm / f"sub-{label}_Chimap{suffix}", dtype=np.float32)
@@ -302,15 +314,18 @@ def write_subject(
             "SpatialReference": echo1,
         },
     )
-    if truth:
-        qq = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
-        for name in TRUTH_DESC:
-            base = truth_stem(label, name)
-            _save(truth[name], affine, qq / f"{base}{suffix}", dtype=np.float32)
-            meta = names.map_sidecar(
-                name, names.TRUTH_KIND, skull_stripped=_skull_stripped(truth[name], outside)
-            )
-            _write_json(qq / f"{base}.json", meta)
+
+
+def _write_truth(root, label, affine, truth, outside, suffix) -> None:
+    """``derivatives/qq``: the ground-truth maps (:func:`truth_stem`), with their sidecars."""
+    qq = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
+    for name in TRUTH_DESC:
+        base = truth_stem(label, name)
+        _save(truth[name], affine, qq / f"{base}{suffix}", dtype=np.float32)
+        meta = names.map_sidecar(
+            name, names.TRUTH_KIND, skull_stripped=_skull_stripped(truth[name], outside)
+        )
+        _write_json(qq / f"{base}.json", meta)
 
 
 def _skull_stripped(data: np.ndarray, outside: np.ndarray) -> bool:

@@ -171,8 +171,14 @@ def test_bad_names_and_grids_raise(tmp_path, affine, voxels):
     idx, values = voxels
     with pytest.raises(ValueError, match="unknown map"):
         maps.write_prediction_maps(tmp_path, "P6", {"OEFx": values}, idx, SHAPE, affine)
-    with pytest.raises(ValueError, match="alphanumeric"):
-        maps.write_prediction_maps(tmp_path, "P_6", {"Y": values}, idx, SHAPE, affine)
+    for bad in ("P_6", "P6_ses-01/..", "P6_desc-x", "../P6"):
+        with pytest.raises(ValueError, match="label must be a BIDS subject label"):
+            maps.write_prediction_maps(tmp_path, bad, {"Y": values}, idx, SHAPE, affine)
+    # a scan's entities are part of its label
+    (path,) = maps.write_prediction_maps(
+        tmp_path, "P6_ses-01_run-1", {"Y": values}, idx, SHAPE, affine
+    )
+    assert path.name == "sub-P6_ses-01_run-1_desc-Y_pred.nii.gz"
     with pytest.raises(ValueError, match=".nii"):
         maps.write_map(tmp_path / "m.png", values, idx, SHAPE, affine)
     with pytest.raises(ValueError, match="4x4"):
