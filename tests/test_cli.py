@@ -73,10 +73,25 @@ def test_one_bad_subject_does_not_hide_the_good_ones(tiny_cohort, tmp_path, caps
         "oefray: warning: not done after the failure: sub-P3, sub-P6, sub-P11 (--keep-going "
         "does them)" in captured.err
     )
-    row = [cell for cell in captured.out.splitlines()[2].split() if cell != "│"]
-    assert row[:4] == ["0", "0", "1", "3"]  # done, skipped, failed, not done
+    rows = [[c for c in line.split() if c not in "│┃"] for line in captured.out.splitlines()]
+    # the scans table: every scan with its outcome, then the summary
+    assert rows[2:6] == [
+        ["sub-P3", "not", "done"],
+        ["sub-P4", "failed"],
+        ["sub-P6", "not", "done"],
+        ["sub-P11", "not", "done"],
+    ]
+    header = next(i for i, cells in enumerate(rows) if cells[:2] == ["done", "skipped"])
+    assert rows[header + 2][:4] == ["0", "0", "1", "3"]  # done, skipped, failed, not done
     payload = json.loads(results.read_text())
     assert payload["not_done"] == ["P3", "P6", "P11"] and list(payload["failed"]) == ["P4"]
+    assert [(r["scan"], r["outcome"]) for r in payload["scans"]] == [
+        ("sub-P3", "not done"),
+        ("sub-P4", "failed"),
+        ("sub-P6", "not done"),
+        ("sub-P11", "not done"),
+    ]
+    assert "malformed JSON" in payload["scans"][1]["error"]
     assert not (tmp_path / "f").exists()
 
 
