@@ -207,6 +207,9 @@ class PreprocessConfig:
         None: the one derivative with a QSM for the scan, and the QSM's.
     truth : str
         The derivative of the ground-truth / reference maps (``qq``; absent: none).
+    dseg, lesions : str or None
+        The derivative of a tissue segmentation (``_dseg``) and of lesion masks
+        (``_label-lesion_mask``); None: the one derivative that has them, if any.
     """
 
     workers: int = 2
@@ -220,6 +223,8 @@ class PreprocessConfig:
     qsm: str | None = None
     mask: str | None = None
     truth: str = "qq"
+    dseg: str | None = None
+    lesions: str | None = None
 
     @property
     def selection(self):
@@ -227,7 +232,13 @@ class PreprocessConfig:
         from oefray.io.scans import ScanSelection
 
         return ScanSelection(
-            acq=self.acq, run=self.run, qsm=self.qsm, mask=self.mask, truth=self.truth
+            acq=self.acq,
+            run=self.run,
+            qsm=self.qsm,
+            mask=self.mask,
+            truth=self.truth,
+            dseg=self.dseg,
+            lesions=self.lesions,
         )
 
     def __post_init__(self) -> None:
@@ -425,6 +436,8 @@ class PredictConfig:
     qsm: str | None = None
     mask: str | None = None
     truth: str = "qq"
+    dseg: str | None = None
+    lesions: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -442,6 +455,8 @@ class PredictConfig:
             qsm=self.qsm,
             mask=self.mask,
             truth=self.truth,
+            dseg=self.dseg,
+            lesions=self.lesions,
         )
 
 

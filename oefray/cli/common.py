@@ -187,9 +187,33 @@ TruthOption = Annotated[
 ]
 
 
-def selection_overrides(acq, run, qsm, mask, truth) -> dict[str, Any]:
+DsegOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Derivative with a tissue segmentation *_dseg (default: the one that has it).",
+    ),
+]
+LesionsOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Derivative with lesion masks *_label-lesion_mask (default: the one that has them).",
+    ),
+]
+
+
+def selection_overrides(acq, run, qsm, mask, truth, dseg=None, lesions=None) -> dict[str, Any]:
     """The config overrides of the scan-selection flags."""
-    return {"acq": acq, "run": run, "qsm": qsm, "mask": mask, "truth": truth}
+    return {
+        "acq": acq,
+        "run": run,
+        "qsm": qsm,
+        "mask": mask,
+        "truth": truth,
+        "dseg": dseg,
+        "lesions": lesions,
+    }
 
 
 StorageOption = Annotated[

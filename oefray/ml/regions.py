@@ -28,7 +28,14 @@ import numpy.typing as npt
 from oefray.ml.metrics import oef_percent, rmse
 from oefray.physics.constants import PARAMETERS
 
-__all__ = ["LesionContrast", "lesion_contrast", "mirror_region", "per_region_rmse"]
+__all__ = [
+    "LesionContrast",
+    "RegionReport",
+    "evaluate_regions",
+    "lesion_contrast",
+    "mirror_region",
+    "per_region_rmse",
+]
 
 
 def per_region_rmse(
@@ -209,3 +216,108 @@ def lesion_contrast(
 def region_names(codes: Sequence[int], labels: Mapping[int, str]) -> dict[int, str]:
     """The ``labels`` of the codes present, in code order (for :func:`per_region_rmse`)."""
     return {int(c): labels[int(c)] for c in sorted(set(int(c) for c in codes)) if int(c) in labels}
+
+
+#: Segmentation classes that are not normal tissue (left out of the mirror region).
+ABNORMAL_CLASSES: frozenset[str] = frozenset({"infarct core", "penumbra", "lesion"})
+
+
+@dataclass(frozen=True)
+class RegionReport:
+    """Per-region accuracy of one method on the test scans.
+
+    Attributes
+    ----------
+    rmse : dict
+        :func:`per_region_rmse` of the method, by region name.
+    floor : dict
+        The same for the floor (the training mean predicted everywhere).
+    contrast : dict of str to LesionContrast
+        OEF contrast of each test scan with a lesion, by scan key.
+    """
+
+    rmse: dict[str, dict[str, float]]
+    floor: dict[str, dict[str, float]]
+    contrast: dict[str, LesionContrast]
+
+    def contrast_summary(self) -> dict[str, float]:
+        """Mean over the scans with a lesion: ``cnr``, ``cnr_true``, ``contrast_recovered``."""
+        if not self.contrast:
+            return {}
+        rows = [c.to_dict() for c in self.contrast.values()]
+        return {
+            k: float(np.nanmean([r[k] for r in rows]))
+            for k in ("cnr", "cnr_true", "contrast_recovered")
+        }
+
+
+def evaluate_regions(
+    pred: npt.ArrayLike,
+    true: npt.ArrayLike,
+    train_mean: npt.ArrayLike,
+    subject: npt.ArrayLike,
+    idx: npt.ArrayLike,
+    labels: Mapping[str, npt.ArrayLike],
+    grids: Mapping[str, tuple[Sequence[int], npt.ArrayLike]],
+    names: Mapping[int, str],
+) -> RegionReport:
+    """Per-region RMSE (method and floor) and per-scan lesion contrast of test voxels.
+
+    Parameters
+    ----------
+    pred, true : array_like of shape (n, 5)
+        Parameters of the test voxels (physical units).
+    train_mean : array_like of shape (5,)
+        The floor's prediction.
+    subject, idx : array_like of shape (n,)
+        Each voxel's scan and C-order index in its grid.
+    labels : mapping
+        ``tissue`` (class codes) and/or ``lesion`` (1 in a lesion mask), each (n,).
+    grids : mapping of str to (shape, affine)
+        Each scan's grid (for the mirror region).
+    names : mapping of int to str
+        Class names of the ``tissue`` codes (``dseg.tsv``); a code without one is ``label <c>``.
+
+    Returns
+    -------
+    RegionReport
+        Regions: the tissue classes present, and ``lesion`` (the lesion mask) when given.
+    """
+    p, t = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    floor = np.broadcast_to(np.asarray(train_mean, np.float64), t.shape)
+    subject, idx = np.asarray(subject).astype(str), np.asarray(idx, np.int64)
+    region = np.full(len(t), -1, dtype=np.int64)
+    region_names: dict[int, str] = {}
+    tissue = np.asarray(labels["tissue"], np.int64) if "tissue" in labels else None
+    if tissue is not None:
+        region = tissue.copy()
+        region_names = {int(c): names.get(int(c), f"label {int(c)}") for c in np.unique(tissue)}
+    rmse_by = per_region_rmse(p, t, region, region_names)
+    floor_by = per_region_rmse(floor, t, region, region_names)
+    lesion = np.asarray(labels["lesion"], bool) if "lesion" in labels else None
+    contrast: dict[str, LesionContrast] = {}
+    if lesion is not None and lesion.any():
+        code = max(region_names, default=0) + 1
+        les_region = np.where(lesion, code, -1)
+        rmse_by.update(per_region_rmse(p, t, les_region, {code: "lesion"}))
+        floor_by.update(per_region_rmse(floor, t, les_region, {code: "lesion"}))
+        abnormal = lesion.copy()
+        if tissue is not None:
+            bad = [c for c, n in region_names.items() if n in ABNORMAL_CLASSES]
+            abnormal |= np.isin(tissue, bad)
+        y = PARAMETERS.index("Y")
+        oef_pred, oef_true = oef_percent(p[:, y]), oef_percent(t[:, y])
+        for key in dict.fromkeys(subject[lesion]):
+            sel = subject == key
+            shape, affine = grids[key]
+            volume = tuple(int(n) for n in shape)
+            les_vol = np.zeros(volume, bool).ravel()
+            normal_vol = np.zeros(volume, bool).ravel()
+            les_vol[idx[sel & lesion]] = True
+            normal_vol[idx[sel & ~abnormal]] = True
+            mirror_vol = mirror_region(les_vol.reshape(volume), normal_vol.reshape(volume), affine)
+            mirror = mirror_vol.ravel()[idx[sel]]
+            if not mirror.any():
+                continue
+            contrast[key] = lesion_contrast(oef_pred[sel], oef_true[sel], lesion[sel], mirror)
+    return RegionReport(rmse=rmse_by, floor=floor_by, contrast=contrast)

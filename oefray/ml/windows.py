@@ -23,7 +23,7 @@ element ``k + length // 2`` (centre) or ``k + length - 1`` (last).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,6 +50,9 @@ FEATURES: tuple[str, ...] = ("A", "B", "E", "S")
 
 #: Target columns, in the order of the last axis of ``Windows.y`` (= the network outputs).
 TARGETS: tuple[str, ...] = PARAMETERS
+
+#: Label columns carried to each window's anchor when the features have them (not inputs).
+LABELS: tuple[str, ...] = ("tissue", "lesion")
 
 _ANCHORS = ("centre", "last")
 
@@ -108,6 +111,9 @@ class Windows:
     n_no_window : int
         Eligible voxels that got no window because they lie within the window's reach of their
         subject's sequence ends. ``n == n_voxels - n_excluded - n_no_window``.
+    labels : dict of str to ndarray of shape (n,)
+        The anchor voxels' label columns (``tissue``, ``lesion``) where the features have them
+        (for per-region evaluation; the network never sees them).
     """
 
     x: np.ndarray
@@ -117,6 +123,7 @@ class Windows:
     n_voxels: int
     n_excluded: int
     n_no_window: int
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -146,6 +153,11 @@ class Windows:
             n_voxels=sum(p.n_voxels for p in parts),
             n_excluded=sum(p.n_excluded for p in parts),
             n_no_window=sum(p.n_no_window for p in parts),
+            labels={
+                k: np.concatenate([p.labels[k] for p in parts])
+                for k in parts[0].labels
+                if all(k in p.labels for p in parts)
+            },
         )
 
 
@@ -241,6 +253,11 @@ def make_windows(
         n_voxels=m,
         n_excluded=n_excluded,
         n_no_window=n_kept - n,
+        labels={
+            c: np.ascontiguousarray(np.asarray(columns[c])[keep][anchors])
+            for c in LABELS
+            if c in columns
+        },
     )
 
 
@@ -305,7 +322,8 @@ def make_windows_table(
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise ValueError(f"the table lacks column(s): {', '.join(missing)}")
-    arrays = {c: table[c].combine_chunks().to_numpy(zero_copy_only=False) for c in needed}
+    carried = tuple(c for c in LABELS if c in table.column_names)
+    arrays = {c: table[c].combine_chunks().to_numpy(zero_copy_only=False) for c in needed + carried}
     parts = []
     for label in wanted:
         rows = np.flatnonzero(codes == dictionary.index(label))
