@@ -88,3 +88,44 @@ def test_lesion_contrast_closed_forms():
         lesion_contrast(true, true, lesion, lesion | mirror)
     with pytest.raises(ValueError, match="need lesion and mirror voxels"):
         lesion_contrast(true, true, lesion, np.zeros(n, bool))
+
+
+def test_evaluate_regions_of_two_scans():
+    """Scan A has a lesion (codes 6 core, 7 penumbra around it), scan B none; the prediction is
+    the truth pulled halfway to the training mean, so half the contrast is recovered."""
+    from oefray.ml.regions import evaluate_regions
+
+    shape, affine = _grid(voxel=(2.0, 2.0, 2.0), shape=(10, 4, 3))
+    n = int(np.prod(shape))
+    tissue = np.full(shape, 4)  # WM
+    tissue[1:3] = 6  # core, left (i = 1, 2)
+    tissue[3] = 7  # penumbra
+    tissue = tissue.ravel()
+    rng = np.random.default_rng(2)
+    mean = np.array([0.6, 0.03, 10.0, 1.0, 0.0])
+    true = mean + rng.normal(0, [0.01, 0.002, 0.5, 0.02, 0.005], size=(n, 5))
+    true[tissue == 6, 0] = 0.9  # the infarct core extracts little oxygen: high Y
+    pred = 0.5 * (true + mean)
+    lesion = (tissue == 6).astype(np.int16)
+    both = lambda a, b: np.concatenate([a, b])  # noqa: E731 - scan A, then scan B (no lesion)
+    idx = np.arange(n)
+    report = evaluate_regions(
+        both(pred, pred),
+        both(true, true),
+        mean,
+        np.array(["A"] * n + ["B"] * n),
+        both(idx, idx),
+        {"tissue": both(tissue, np.full(n, 4)), "lesion": both(lesion, np.zeros(n, np.int16))},
+        {"A": (shape, affine), "B": (shape, affine)},
+        {4: "WM", 6: "infarct core", 7: "penumbra"},
+    )
+    assert list(report.rmse) == ["WM", "infarct core", "penumbra", "lesion"]
+    assert report.rmse["infarct core"]["voxels"] == lesion.sum() == report.rmse["lesion"]["voxels"]
+    assert report.rmse["WM"]["voxels"] == n + (tissue == 4).sum()
+    assert list(report.contrast) == ["A"]  # scan B has no lesion
+    c = report.contrast["A"]
+    assert c.lesion_voxels == 24 and c.mirror_voxels == 24  # i = 1, 2 mirror to i = 7, 8 (WM)
+    assert c.recovered == pytest.approx(0.5, abs=1e-9)
+    floor_core = report.floor["infarct core"]["OEF"]
+    assert report.rmse["infarct core"]["OEF"] == pytest.approx(0.5 * floor_core, rel=0.02)
+    assert report.contrast_summary()["contrast_recovered"] == pytest.approx(0.5)
