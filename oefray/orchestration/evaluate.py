@@ -144,21 +144,36 @@ def log_regions(
     dict of str to float
         The logged metrics by name.
     """
-    import pandas as pd
-
-    from oefray.ml.regions import evaluate_regions
     from oefray.tracking.names import LESION_CONTRAST_METRICS, region_metrics
+
+    report = region_report(pred, true, train_mean, subject, idx, labels, manifest)
+    logged = {**region_metrics("test", report.rmse), **region_metrics("floor", report.floor)}
+    summary = report.contrast_summary()
+    logged.update({LESION_CONTRAST_METRICS[k]: v for k, v in summary.items() if np.isfinite(v)})
+    run.log_metrics(logged)
+    for path in write_region_tables(report, out_dir):
+        run.log_artifact_file(path)
+    return logged
+
+
+def region_report(pred, true, train_mean, subject, idx, labels, manifest: FeaturesManifest):
+    """:func:`oefray.ml.regions.evaluate_regions` with each scan's grid and class names from
+    the features' manifest."""
+    from oefray.ml.regions import evaluate_regions
 
     keys = list(dict.fromkeys(np.asarray(subject).astype(str)))
     grids = {k: (manifest.subjects[k].shape, manifest.subjects[k].affine) for k in keys}
     names: dict[int, str] = {}
     for k in keys:
         names.update({int(c): n for c, n in manifest.subjects[k].label_names.items()})
-    report = evaluate_regions(pred, true, train_mean, subject, idx, labels, grids, names)
-    logged = {**region_metrics("test", report.rmse), **region_metrics("floor", report.floor)}
-    summary = report.contrast_summary()
-    logged.update({LESION_CONTRAST_METRICS[k]: v for k, v in summary.items() if np.isfinite(v)})
-    run.log_metrics(logged)
+    return evaluate_regions(pred, true, train_mean, subject, idx, labels, grids, names)
+
+
+def write_region_tables(report, out_dir: Path) -> list[Path]:
+    """``rmse_per_region.csv`` (region, method = model or floor, each quantity's RMSE, voxels)
+    and, where a test scan has a lesion, ``lesion_contrast.csv`` (one row per scan)."""
+    import pandas as pd
+
     rows = [
         {"region": region, "method": method, **values}
         for method, by_region in (("model", report.rmse), ("floor", report.floor))
@@ -166,13 +181,13 @@ def log_regions(
     ]
     columns = ["region", "method", "S0", "R2", "Y", "v", "chi_nb", "OEF", "voxels"]
     frame = pd.DataFrame(rows, columns=columns).sort_values(["region", "method"], kind="stable")
-    frame.to_csv(out_dir / "rmse_per_region.csv", index=False, float_format="%.6g")
-    run.log_artifact_file(out_dir / "rmse_per_region.csv")
+    written = [out_dir / "rmse_per_region.csv"]
+    frame.to_csv(written[0], index=False, float_format="%.6g")
     if report.contrast:
         contrast = pd.DataFrame([{"scan": k, **c.to_dict()} for k, c in report.contrast.items()])
-        contrast.to_csv(out_dir / "lesion_contrast.csv", index=False, float_format="%.6g")
-        run.log_artifact_file(out_dir / "lesion_contrast.csv")
-    return logged
+        written.append(out_dir / "lesion_contrast.csv")
+        contrast.to_csv(written[1], index=False, float_format="%.6g")
+    return written
 
 
 def _write_maps(

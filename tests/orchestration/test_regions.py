@@ -127,3 +127,27 @@ def test_train_logs_regions_too(trained, store):
     for name in ("test_rmse_OEF_infarct_core", "floor_rmse_OEF_infarct_core", "test_rmse_OEF_WM"):
         assert np.isfinite(m[name]), name
     assert "truth_lesion_cnr" in m and "test_lesion_contrast_recovered" in m
+
+
+def test_compare_prints_regions_beside_the_floor_and_the_truth(ccm_run, tmp_path, capsys):
+    import json
+
+    from oefray.cli import main
+
+    run_id = ccm_run["results"]["run_id"]
+    results = tmp_path / "compare.json"
+    assert (
+        main(["compare", run_id, "--tracking-uri", ccm_run["uri"], "--results", str(results)]) == 0
+    )
+    out = capsys.readouterr().out
+    regions = json.loads(results.read_text())["regions"]
+    assert [r["kind"] for r in regions] == ["baseline ccm", "floor", "truth"]
+    m = Tracker(ccm_run["uri"]).get_run(run_id).data.metrics
+    model, floor, truth = regions
+    assert model["regions"]["infarct_core"][0] == m["test_rmse_OEF_infarct_core"]
+    assert floor["regions"]["infarct_core"][0] == m["floor_rmse_OEF_infarct_core"]
+    assert model["contrast_recovered"][0] == m["test_lesion_contrast_recovered"]
+    assert truth["cnr"][0] == m["truth_lesion_cnr"] and truth["contrast_recovered"][0] == 1.0
+    header = next(line for line in out.splitlines() if "contrast recovered" in line)
+    assert "OEF infarct\\_core" in header and "OEF penumbra" in header and "OEF WM" in header
+    assert out.count("| floor: training mean | floor |") == 2  # the RMSE table and this one
