@@ -269,7 +269,13 @@ class TrainConfig:
     lstm_units, dense_units : tuple of int, optional
         Overrides of the preset's widths.
     window, anchor : int, str
-        Window length and target anchor (``centre`` or ``last``).
+        Window length and target anchor (``centre`` or ``last``) of the ``lstm``.
+    model : {"lstm", "patch"}
+        ``lstm``: the paper's network over line windows (the default, unchanged); ``patch``: a
+        network over the ``patch``-sided cube of voxels around each target
+        (:mod:`oefray.ml.patches`, :func:`oefray.ml.model.build_patch_net`).
+    patch : int
+        Side of the ``patch`` model's cube (odd; 3: 27 voxels).
     val_fraction : float
         Share of the training subjects' windows held out for validation (seeded split).
     seed : int
@@ -302,6 +308,8 @@ class TrainConfig:
     dense_units: tuple[int, ...] | None = None
     window: int = 5
     anchor: str = "centre"
+    model: str = "lstm"
+    patch: int = 3
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 1
@@ -333,9 +341,17 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.max_train_windows is not None and self.max_train_windows < 1:
             raise ValueError(f"max_train_windows must be >= 1, got {self.max_train_windows}")
+        if self.model not in ("lstm", "patch"):
+            raise ValueError(f"model must be lstm or patch, got {self.model!r}")
+        self.window_config()  # raises ValueError, named
+
+    def window_config(self):
+        """The samples of the model (:class:`oefray.ml.windows.WindowConfig`)."""
         from oefray.ml.windows import WindowConfig
 
-        WindowConfig(length=self.window, anchor=self.anchor)  # raises ValueError, named
+        if self.model == "patch":
+            return WindowConfig(length=self.patch**3, anchor="centre", shape="patch")
+        return WindowConfig(length=self.window, anchor=self.anchor)
 
     def model_overrides(self) -> dict[str, object]:
         """The preset overrides that are set, keyed as ``ModelConfig`` fields."""
@@ -343,7 +359,8 @@ class TrainConfig:
         out: dict[str, object] = {
             n: getattr(self, n) for n in names if getattr(self, n) is not None
         }
-        out["window"] = self.window
+        out["window"] = self.window_config().length
+        out["family"] = self.model
         return out
 
 
@@ -660,6 +677,8 @@ SEARCHABLE: tuple[str, ...] = (
     "dense_units",
     "window",
     "anchor",
+    "model",
+    "patch",
     "val_fraction",
     "max_train_windows",
     "seed",

@@ -259,6 +259,12 @@ TRAINING_OPTIONS: tuple[_TrainingOption, ...] = (
     _TrainingOption("window", int, "Voxels per sequence (the paper: 5)."),
     _TrainingOption("anchor", str, "Target voxel of a window: centre or last."),
     _TrainingOption(
+        "model",
+        str,
+        "lstm (the paper's network over 5-voxel lines) or patch (3-D neighbourhoods).",
+    ),
+    _TrainingOption("patch", int, "Side of the patch model's cube of voxels (odd; 3 = 27)."),
+    _TrainingOption(
         "train_subjects",
         str,
         "Comma-separated training subjects (default: the manifest's split).",

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from oefray.ml.patches import gather_patches, ijk_of, patch_columns_needed, patch_side
 from oefray.physics.constants import PARAMETERS
 
 if TYPE_CHECKING:  # pyarrow is only needed for the annotation; a Table brings its own methods
@@ -55,6 +56,9 @@ TARGETS: tuple[str, ...] = PARAMETERS
 LABELS: tuple[str, ...] = ("tissue", "lesion")
 
 _ANCHORS = ("centre", "last")
+#: ``line``: the paper's consecutive voxels of the C-order sequence; ``patch``: the cube of
+#: voxels around the target (:mod:`oefray.ml.patches`).
+SHAPES: tuple[str, ...] = ("line", "patch")
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,14 @@ class WindowConfig:
         Elements per window, >= 1 (the paper uses 5).
     anchor : {"centre", "last"}
         Which element's parameters are the window's target; "centre" needs an odd `length`.
+    shape : {"line", "patch"}
+        ``line``: `length` consecutive voxels of the sequence (the paper); ``patch``: the cube
+        of `length` = side**3 voxels around the target (side odd; anchor ``centre``).
     """
 
     length: int = 5
     anchor: str = "centre"
+    shape: str = "line"
 
     def __post_init__(self) -> None:
         if isinstance(self.length, bool) or not isinstance(self.length, int | np.integer):
@@ -81,6 +89,16 @@ class WindowConfig:
             raise ValueError(f"window anchor must be one of {_ANCHORS}, got {self.anchor!r}")
         if self.anchor == "centre" and self.length % 2 == 0:
             raise ValueError(f"a centre-anchored window needs an odd length, got {self.length}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"window shape must be one of {SHAPES}, got {self.shape!r}")
+        if self.shape == "patch":
+            patch_side(self.length)
+            if self.anchor != "centre":
+                raise ValueError("a patch's target is its centre voxel (anchor 'centre')")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form (a bundle's ``window``)."""
+        return {"length": int(self.length), "anchor": self.anchor, "shape": self.shape}
 
     @property
     def offset(self) -> int:
@@ -209,6 +227,8 @@ def make_windows(
         increasing, or the ``subject`` column holds more than one label.
     """
     needed = ("idx", "status") + FEATURES + (TARGETS if with_targets else ())
+    if config.shape == "patch":
+        needed += patch_columns_needed()
     missing = [c for c in needed if c not in columns]
     if missing:
         raise ValueError(f"missing column(s): {', '.join(missing)}")
@@ -236,6 +256,8 @@ def make_windows(
             n_no_window=n_kept,
         )
 
+    if config.shape == "patch":
+        return _patch_windows(columns, config, features, keep, idx, label, with_targets)
     features = features[keep]
     # (n, 4, length) view of all runs of `length` consecutive elements -> (n, length, 4) copy.
     x = np.ascontiguousarray(sliding_window_view(features, length, axis=0).transpose(0, 2, 1))
@@ -258,6 +280,25 @@ def make_windows(
             for c in LABELS
             if c in columns
         },
+    )
+
+
+def _patch_windows(columns, config, features, keep, idx, label, with_targets) -> Windows:
+    """One patch sample per kept voxel (:mod:`oefray.ml.patches`)."""
+    x, rows = gather_patches(ijk_of(columns), features, keep, patch_side(config.length))
+    y = None
+    if with_targets:
+        with np.errstate(over="ignore"):
+            y = np.stack([np.asarray(columns[c], dtype=np.float32)[rows] for c in TARGETS], axis=1)
+    return Windows(
+        x=x,
+        y=y,
+        subject=np.full(len(rows), label),
+        idx=np.ascontiguousarray(idx[rows]),
+        n_voxels=len(idx),
+        n_excluded=len(idx) - len(rows),
+        n_no_window=0,
+        labels={c: np.asarray(columns[c])[rows] for c in LABELS if c in columns},
     )
 
 
@@ -319,6 +360,8 @@ def make_windows_table(
         raise ValueError(f"subject(s) not in the table: {', '.join(absent)}")
 
     needed = ("idx", "status") + FEATURES + (TARGETS if with_targets else ())
+    if config.shape == "patch":
+        needed += patch_columns_needed()
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise ValueError(f"the table lacks column(s): {', '.join(missing)}")

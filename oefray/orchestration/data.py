@@ -75,7 +75,7 @@ def prepare_data(features: str | Path, config) -> PreparedData:
     """
     from oefray.io import features as fio
     from oefray.ml.scaling import Standardizer
-    from oefray.ml.windows import WindowConfig, make_windows_table
+    from oefray.ml.windows import make_windows_table
 
     features = Path(features).resolve()
     manifest = load_training_manifest(features)
@@ -83,7 +83,7 @@ def prepare_data(features: str | Path, config) -> PreparedData:
         features, config.train_subjects, config.test_subjects
     )
     table = fio.read_features(features, train_subjects + test_subjects)
-    window = WindowConfig(length=config.window, anchor=config.anchor)
+    window = config.window_config()
     train_w = make_windows_table(table, window, train_subjects)
     test_w = make_windows_table(table, window, test_subjects)
     tr, va = _split_windows(len(train_w), config)
