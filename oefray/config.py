@@ -276,6 +276,10 @@ class TrainConfig:
         (:mod:`oefray.ml.patches`, :func:`oefray.ml.model.build_patch_net`).
     patch : int
         Side of the ``patch`` model's cube (odd; 3: 27 voxels).
+    oversample : int
+        Repeat each training sample whose target lies in a lesion (the lesion mask, or a
+        segmentation class named infarct core, penumbra or lesion) this many times (1: as the
+        paper; validation and test are never resampled).
     val_fraction : float
         Share of the training subjects' windows held out for validation (seeded split).
     seed : int
@@ -310,6 +314,7 @@ class TrainConfig:
     anchor: str = "centre"
     model: str = "lstm"
     patch: int = 3
+    oversample: int = 1
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 1
@@ -341,6 +346,8 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.max_train_windows is not None and self.max_train_windows < 1:
             raise ValueError(f"max_train_windows must be >= 1, got {self.max_train_windows}")
+        if self.oversample < 1:
+            raise ValueError(f"oversample must be >= 1, got {self.oversample}")
         if self.model not in ("lstm", "patch"):
             raise ValueError(f"model must be lstm or patch, got {self.model!r}")
         self.window_config()  # raises ValueError, named
@@ -679,6 +686,7 @@ SEARCHABLE: tuple[str, ...] = (
     "anchor",
     "model",
     "patch",
+    "oversample",
     "val_fraction",
     "max_train_windows",
     "seed",

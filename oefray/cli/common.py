@@ -265,6 +265,9 @@ TRAINING_OPTIONS: tuple[_TrainingOption, ...] = (
     ),
     _TrainingOption("patch", int, "Side of the patch model's cube of voxels (odd; 3 = 27)."),
     _TrainingOption(
+        "oversample", int, "Repeat training samples inside lesions this many times (1: none)."
+    ),
+    _TrainingOption(
         "train_subjects",
         str,
         "Comma-separated training subjects (default: the manifest's split).",

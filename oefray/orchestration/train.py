@@ -304,6 +304,7 @@ def _run_params(features: Path, config, mc, data) -> dict[str, Any]:
         "gpus": config.gpus,
         "val_fraction": config.val_fraction,
         "max_train_windows": config.max_train_windows,
+        "oversample": config.oversample,
         "echo_times_s": data.manifest.echo_times_s,
         "features": str(features),
         "features_checksums": data.manifest.checksums,
@@ -319,7 +320,9 @@ def _open_run(tracker, config, params, *, resume, parent_run_id, tags):
         return tracker.resumed_run(resume)
     return tracker.tracked_run(
         config.experiment,
-        run_name=f"train-{config.preset}-seed{config.seed}",
+        run_name=f"train-{config.preset}"
+        + ("" if config.model == "lstm" else f"-{config.model}")
+        + f"-seed{config.seed}",
         params=params,
         tags={
             COMMAND_TAG: "train",
