@@ -207,6 +207,9 @@ class PreprocessConfig:
         None: the one derivative with a QSM for the scan, and the QSM's.
     truth : str
         The derivative of the ground-truth / reference maps (``qq``; absent: none).
+    dseg, lesions : str or None
+        The derivative of a tissue segmentation (``_dseg``) and of lesion masks
+        (``_label-lesion_mask``); None: the one derivative that has them, if any.
     """
 
     workers: int = 2
@@ -220,6 +223,8 @@ class PreprocessConfig:
     qsm: str | None = None
     mask: str | None = None
     truth: str = "qq"
+    dseg: str | None = None
+    lesions: str | None = None
 
     @property
     def selection(self):
@@ -227,7 +232,13 @@ class PreprocessConfig:
         from oefray.io.scans import ScanSelection
 
         return ScanSelection(
-            acq=self.acq, run=self.run, qsm=self.qsm, mask=self.mask, truth=self.truth
+            acq=self.acq,
+            run=self.run,
+            qsm=self.qsm,
+            mask=self.mask,
+            truth=self.truth,
+            dseg=self.dseg,
+            lesions=self.lesions,
         )
 
     def __post_init__(self) -> None:
@@ -258,7 +269,17 @@ class TrainConfig:
     lstm_units, dense_units : tuple of int, optional
         Overrides of the preset's widths.
     window, anchor : int, str
-        Window length and target anchor (``centre`` or ``last``).
+        Window length and target anchor (``centre`` or ``last``) of the ``lstm``.
+    model : {"lstm", "patch"}
+        ``lstm``: the paper's network over line windows (the default, unchanged); ``patch``: a
+        network over the ``patch``-sided cube of voxels around each target
+        (:mod:`oefray.ml.patches`, :func:`oefray.ml.model.build_patch_net`).
+    patch : int
+        Side of the ``patch`` model's cube (odd; 3: 27 voxels).
+    oversample : int
+        Repeat each training sample whose target lies in a lesion (the lesion mask, or a
+        segmentation class named infarct core, penumbra or lesion) this many times (1: as the
+        paper; validation and test are never resampled).
     val_fraction : float
         Share of the training subjects' windows held out for validation (seeded split).
     seed : int
@@ -291,6 +312,9 @@ class TrainConfig:
     dense_units: tuple[int, ...] | None = None
     window: int = 5
     anchor: str = "centre"
+    model: str = "lstm"
+    patch: int = 3
+    oversample: int = 1
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 1
@@ -322,9 +346,19 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.max_train_windows is not None and self.max_train_windows < 1:
             raise ValueError(f"max_train_windows must be >= 1, got {self.max_train_windows}")
+        if self.oversample < 1:
+            raise ValueError(f"oversample must be >= 1, got {self.oversample}")
+        if self.model not in ("lstm", "patch"):
+            raise ValueError(f"model must be lstm or patch, got {self.model!r}")
+        self.window_config()  # raises ValueError, named
+
+    def window_config(self):
+        """The samples of the model (:class:`oefray.ml.windows.WindowConfig`)."""
         from oefray.ml.windows import WindowConfig
 
-        WindowConfig(length=self.window, anchor=self.anchor)  # raises ValueError, named
+        if self.model == "patch":
+            return WindowConfig(length=self.patch**3, anchor="centre", shape="patch")
+        return WindowConfig(length=self.window, anchor=self.anchor)
 
     def model_overrides(self) -> dict[str, object]:
         """The preset overrides that are set, keyed as ``ModelConfig`` fields."""
@@ -332,7 +366,8 @@ class TrainConfig:
         out: dict[str, object] = {
             n: getattr(self, n) for n in names if getattr(self, n) is not None
         }
-        out["window"] = self.window
+        out["window"] = self.window_config().length
+        out["family"] = self.model
         return out
 
 
@@ -425,6 +460,8 @@ class PredictConfig:
     qsm: str | None = None
     mask: str | None = None
     truth: str = "qq"
+    dseg: str | None = None
+    lesions: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -442,6 +479,8 @@ class PredictConfig:
             qsm=self.qsm,
             mask=self.mask,
             truth=self.truth,
+            dseg=self.dseg,
+            lesions=self.lesions,
         )
 
 
@@ -645,6 +684,9 @@ SEARCHABLE: tuple[str, ...] = (
     "dense_units",
     "window",
     "anchor",
+    "model",
+    "patch",
+    "oversample",
     "val_fraction",
     "max_train_windows",
     "seed",

@@ -187,9 +187,33 @@ TruthOption = Annotated[
 ]
 
 
-def selection_overrides(acq, run, qsm, mask, truth) -> dict[str, Any]:
+DsegOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Derivative with a tissue segmentation *_dseg (default: the one that has it).",
+    ),
+]
+LesionsOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Derivative with lesion masks *_label-lesion_mask (default: the one that has them).",
+    ),
+]
+
+
+def selection_overrides(acq, run, qsm, mask, truth, dseg=None, lesions=None) -> dict[str, Any]:
     """The config overrides of the scan-selection flags."""
-    return {"acq": acq, "run": run, "qsm": qsm, "mask": mask, "truth": truth}
+    return {
+        "acq": acq,
+        "run": run,
+        "qsm": qsm,
+        "mask": mask,
+        "truth": truth,
+        "dseg": dseg,
+        "lesions": lesions,
+    }
 
 
 StorageOption = Annotated[
@@ -234,6 +258,15 @@ TRAINING_OPTIONS: tuple[_TrainingOption, ...] = (
     ),
     _TrainingOption("window", int, "Voxels per sequence (the paper: 5)."),
     _TrainingOption("anchor", str, "Target voxel of a window: centre or last."),
+    _TrainingOption(
+        "model",
+        str,
+        "lstm (the paper's network over 5-voxel lines) or patch (3-D neighbourhoods).",
+    ),
+    _TrainingOption("patch", int, "Side of the patch model's cube of voxels (odd; 3 = 27)."),
+    _TrainingOption(
+        "oversample", int, "Repeat training samples inside lesions this many times (1: none)."
+    ),
     _TrainingOption(
         "train_subjects",
         str,

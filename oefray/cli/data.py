@@ -14,6 +14,8 @@ from oefray.cli.common import (
     AcqOption,
     AddressOption,
     ConfigOption,
+    DsegOption,
+    LesionsOption,
     MaskOption,
     OutResultsOption,
     QsmOption,
@@ -186,6 +188,8 @@ def preprocess(
     qsm: QsmOption = None,
     mask: MaskOption = None,
     truth: TruthOption = None,
+    dseg: DsegOption = None,
+    lesions: LesionsOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Redo scans that are already complete.")
     ] = False,
@@ -214,7 +218,7 @@ def preprocess(
             "address": address,
             "force": force or None,
             "keep_going": keep_going or None,
-            **selection_overrides(acq, run_label, qsm, mask, truth),
+            **selection_overrides(acq, run_label, qsm, mask, truth, dseg, lesions),
         },
     )
     logging.getLogger("ray").setLevel(logging.WARNING)

@@ -14,7 +14,9 @@ from oefray.cli.common import (
     AcqOption,
     AddressOption,
     ConfigOption,
+    DsegOption,
     ExperimentOption,
+    LesionsOption,
     MaskOption,
     OutResultsOption,
     QsmOption,
@@ -51,6 +53,8 @@ def predict(
     qsm: QsmOption = None,
     mask: MaskOption = None,
     truth: TruthOption = None,
+    dseg: DsegOption = None,
+    lesions: LesionsOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
     config: ConfigOption = None,
     results: OutResultsOption = None,
@@ -68,7 +72,7 @@ def predict(
             "address": address,
             "tracking_uri": tracking_uri,
             "force": force or None,
-            **selection_overrides(acq, run_label, qsm, mask, truth),
+            **selection_overrides(acq, run_label, qsm, mask, truth, dseg, lesions),
         },
     )
     logging.getLogger("ray").setLevel(logging.WARNING)

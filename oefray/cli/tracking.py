@@ -29,16 +29,27 @@ def compare(
     config: ConfigOption = None,
     results: ResultsOption = Path("results.json"),
 ) -> None:
-    """Per-parameter and OEF test RMSE of runs and experiments side by side (with the floor)."""
+    """Per-parameter and OEF test RMSE of runs and experiments side by side (with the floor);
+    where the test scans had a segmentation, OEF RMSE per tissue class and lesion contrast too."""
     from oefray.config import CompareConfig
-    from oefray.orchestration.compare import compare_runs, format_rows
+    from oefray.orchestration.compare import (
+        compare_runs,
+        format_region_rows,
+        format_rows,
+        region_rows,
+    )
 
     options = load(
         CompareConfig, "compare", config, {"format": format, "tracking_uri": tracking_uri}
     )
     rows = run(lambda: compare_runs(refs, tracking_uri=options.tracking_uri))
+    regions = run(lambda: region_rows(refs, tracking_uri=options.tracking_uri))
     text = format_rows(rows, options.format)
-    write_results(results, {"command": "compare", "refs": list(refs), "rows": rows})
+    if regions:  # per tissue class and lesion contrast, where the test scans had labels
+        text += "\n" + format_region_rows(regions, options.format)
+    write_results(
+        results, {"command": "compare", "refs": list(refs), "rows": rows, "regions": regions}
+    )
     sys.stdout.write(text)
 
 

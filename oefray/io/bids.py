@@ -36,7 +36,7 @@ import logging
 import textwrap
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -228,6 +228,9 @@ def write_subject(
     b0_t: float = 3.0,
     sidecar: Mapping[str, object] | None = None,
     suffix: str = ".nii.gz",
+    labels: np.ndarray | None = None,
+    label_names: Mapping[int, str] | None = None,
+    lesion_codes: Sequence[int] = (),
 ) -> None:
     """Write one subject following the data contract.
 
@@ -264,6 +267,14 @@ def write_subject(
         Extra sidecar entries of the echoes.
     suffix : {".nii.gz", ".nii"}
         Compressed or plain NIfTI.
+    labels : (X, Y, Z) array of int, optional
+        Tissue segmentation, written beside the ground truth as ``sub-<L>_dseg`` with its
+        ``sub-<L>_dseg.tsv`` lookup (``index``, ``name``: ``label_names``) and, where a voxel's
+        code is one of ``lesion_codes``, the lesion mask ``sub-<L>_label-lesion_mask``.
+    label_names : mapping of int to str, optional
+        The classes of ``labels`` by code.
+    lesion_codes : sequence of int
+        The codes of ``labels`` that are the lesion (an infarct core).
     """
     if suffix not in _NIFTI_SUFFIXES:
         raise ValueError(f"suffix must be one of {_NIFTI_SUFFIXES}, got {suffix!r}")
@@ -274,6 +285,43 @@ def write_subject(
     _write_qsm(root, label, affine, chi, mask, outside, suffix)
     if truth:
         _write_truth(root, label, affine, truth, outside, suffix)
+    if labels is not None:
+        _write_labels(root, label, affine, labels, label_names or {}, lesion_codes, suffix)
+
+
+#: The ``dseg.tsv`` columns oefray writes and reads (BIDS: ``index`` and ``name`` required).
+DSEG_COLUMNS: tuple[str, ...] = ("index", "name")
+
+
+def _write_labels(root, label, affine, labels, label_names, lesion_codes, suffix) -> None:
+    """``derivatives/qq``: the segmentation (``_dseg`` + ``.tsv`` + ``.json``) and, if any voxel is
+    lesion, the lesion mask (``_label-lesion_mask`` + ``.json``)."""
+    qq = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
+    codes = np.asarray(labels).astype(np.uint8)
+    _save(codes, affine, qq / f"sub-{label}_dseg{suffix}", dtype=np.uint8)
+    rows = "".join(f"{code}\t{name}\n" for code, name in sorted(label_names.items()))
+    (qq / f"sub-{label}_dseg.tsv").write_text("\t".join(DSEG_COLUMNS) + "\n" + rows)
+    echo1 = f"bids:raw:sub-{label}/anat/sub-{label}_echo-1_part-mag_MEGRE{suffix}"
+    _write_json(
+        qq / f"sub-{label}_dseg.json",
+        {
+            "Description": "Tissue classes of the simulation's anatomy (dseg.tsv: the lookup).",
+            "Sources": [echo1],
+            "SkullStripped": False,
+        },
+    )
+    lesion = np.isin(codes, np.asarray(list(lesion_codes), dtype=np.uint8))
+    if lesion.any():
+        _save(lesion, affine, qq / f"sub-{label}_label-lesion_mask{suffix}", dtype=np.uint8)
+        _write_json(
+            qq / f"sub-{label}_label-lesion_mask.json",
+            {
+                "Description": "Lesion mask (1 = infarct core, 0 elsewhere).",
+                "Type": "Lesion",
+                "Sources": [echo1],
+                "SpatialReference": echo1,
+            },
+        )
 
 
 def _write_echoes(root, label, affine, magnitude, te_s, b0_t, sidecar, suffix) -> None:
@@ -375,6 +423,11 @@ class ScanFiles:
     volumes : tuple of int
         For echoes in one 4-D file: each echo's volume (fourth index); empty when every echo is a
         3-D file.
+    labels : dict of str to str
+        Label images on the grid: ``tissue`` (a segmentation, ``_dseg``) and ``lesion`` (a
+        ``label-lesion`` mask), each where found.
+    label_names : dict of int to str
+        The segmentation's class names by code (its ``dseg.tsv``; empty without one).
     """
 
     label: str
@@ -389,6 +442,8 @@ class ScanFiles:
     session: str = ""
     entities: tuple[tuple[str, str], ...] = ()
     volumes: tuple[int, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    label_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
@@ -423,6 +478,7 @@ class Slab:
     chi : (X, Y, z1-z0) float32 array
     mask : (X, Y, z1-z0) bool array
     truth : dict of str to (X, Y, z1-z0) float32 arrays (empty when absent)
+    labels : dict of str to (X, Y, z1-z0) int16 arrays (:attr:`ScanFiles.labels`)
     """
 
     z0: int
@@ -431,6 +487,7 @@ class Slab:
     chi: np.ndarray
     mask: np.ndarray
     truth: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def load_image(path: str | Path, *, volumes: bool = False) -> nib.Nifti1Image:
@@ -556,6 +613,7 @@ def read_slab(subject: ScanFiles, z0: int, z1: int) -> Slab:
         chi=_read_planes(subject.chi, z0, z1),
         mask=_read_planes(subject.mask, z0, z1) >= MASK_THRESHOLD,
         truth={name: _read_planes(p, z0, z1) for name, p in subject.truth.items()},
+        labels={name: label_values(_read_planes(p, z0, z1)) for name, p in subject.labels.items()},
     )
 
 
@@ -571,6 +629,7 @@ class BrainVoxels:
         Magnitude of every brain voxel at each echo.
     chi : (n,) float32 array
     truth : dict of str to (n,) float32 arrays (empty when absent)
+    labels : dict of str to (n,) int16 arrays (:attr:`ScanFiles.labels`)
     """
 
     z0: int
@@ -579,6 +638,7 @@ class BrainVoxels:
     signal: np.ndarray
     chi: np.ndarray
     truth: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def read_brain_voxels(subject: ScanFiles, z0: int, z1: int) -> BrainVoxels:
@@ -597,4 +657,12 @@ def read_brain_voxels(subject: ScanFiles, z0: int, z1: int) -> BrainVoxels:
         signal=signal,
         chi=_read_planes(subject.chi, z0, z1)[mask],
         truth={name: _read_planes(p, z0, z1)[mask] for name, p in subject.truth.items()},
+        labels={
+            name: label_values(_read_planes(p, z0, z1)[mask]) for name, p in subject.labels.items()
+        },
     )
+
+
+def label_values(planes: np.ndarray) -> np.ndarray:
+    """A label image's values as int16 codes (stored as floats or integers; rounded)."""
+    return np.rint(np.nan_to_num(planes, nan=0.0)).astype(np.int16)

@@ -78,7 +78,7 @@ class ModelBundle:
         return {
             "bundle": {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION},
             "scalers": {"x": self.x_scaler.to_dict(), "y": self.y_scaler.to_dict()},
-            "window": {"length": self.window.length, "anchor": self.window.anchor},
+            "window": self.window.to_dict(),
             "model_config": dict(self.model_config),
             "targets": {"names": list(self.targets)},
             "features": {

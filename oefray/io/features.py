@@ -11,7 +11,8 @@ Layout (format version 3, :mod:`oefray.io.manifest`)::
 Columns: ``subject`` (:func:`read_features`: the scan key, ``<L>`` or ``<L>_ses-<S>``,
 :mod:`oefray.io.keys`; a hive reader gets ``subject`` and ``session`` from the path),
 ``i, j, k, idx, A, B, E, S, status`` and, when the dataset carries ground truth,
-``Y, v, R2, S0, chi_nb``. ``i, j, k`` are the voxel indices (NIfTI
+``Y, v, R2, S0, chi_nb``, and, where the scans have a segmentation or lesion masks,
+``tissue`` and ``lesion`` (:data:`LABEL_COLUMNS`). ``i, j, k`` are the voxel indices (NIfTI
 order) and ``idx`` the C-order flat index of ``(i, j, k)`` in the subject's grid. Rows of a file
 are sorted by ``idx``. Side files start with ``_`` (and temporaries with ``.``), which Parquet
 readers skip: ``pyarrow.dataset.dataset(FEATURES, format="parquet", partitioning="hive")`` and
@@ -76,21 +77,38 @@ _BASE_FIELDS = [
 ]
 
 
-def file_schema(with_truth: bool, format_version: int = FORMAT_VERSION) -> pa.Schema:
+#: Label columns, each present when every scan has (tissue) or any scan has (lesion) the image:
+#: ``tissue`` the segmentation's class code, ``lesion`` 1 inside a lesion mask.
+LABEL_COLUMNS: tuple[str, ...] = ("tissue", "lesion")
+
+
+def file_schema(
+    with_truth: bool, format_version: int = FORMAT_VERSION, labels: tuple[str, ...] = ()
+) -> pa.Schema:
     """Schema of one Parquet file (``subject`` lives in the partition path, not in the file);
-    ``format_version`` 2 names the voxel indices ``x, y, z``."""
+    ``format_version`` 2 names the voxel indices ``x, y, z``; ``labels``: the
+    :data:`LABEL_COLUMNS` present."""
     fields = list(_BASE_FIELDS)
     if format_version < 3:
         legacy = dict(zip(INDEX_COLUMNS, LEGACY_INDEX_COLUMNS, strict=True))
         fields = [f.with_name(legacy.get(f.name, f.name)) for f in fields]
     if with_truth:
         fields += [pa.field(c, pa.float32()) for c in TRUTH_COLUMNS]
+    unknown = [c for c in labels if c not in LABEL_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown label column(s) {unknown}; expected {LABEL_COLUMNS}")
+    fields += [pa.field(c, pa.int16()) for c in LABEL_COLUMNS if c in labels]
     return pa.schema(fields)
 
 
-def columns(with_truth: bool) -> tuple[str, ...]:
+def columns(with_truth: bool, labels: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Column names of the dataset as read, in order."""
-    return ("subject",) + tuple(file_schema(with_truth).names)
+    return ("subject",) + tuple(file_schema(with_truth, labels=labels).names)
+
+
+def label_columns(manifest: FeaturesManifest) -> tuple[str, ...]:
+    """The :data:`LABEL_COLUMNS` a features folder holds."""
+    return tuple(c for c in LABEL_COLUMNS if c in manifest.columns)
 
 
 def scan_dir(root: Path, key: str) -> Path:
@@ -116,9 +134,11 @@ def write_slab_table(directory: Path, table: pa.Table, z0: int, z1: int) -> Path
     return final
 
 
-def table_from_columns(cols: Mapping[str, np.ndarray], with_truth: bool) -> pa.Table:
+def table_from_columns(
+    cols: Mapping[str, np.ndarray], with_truth: bool, labels: tuple[str, ...] = ()
+) -> pa.Table:
     """A Parquet-ready table from numpy columns (cast to the file schema)."""
-    schema = file_schema(with_truth)
+    schema = file_schema(with_truth, labels=labels)
     return pa.table(
         {f.name: pa.array(np.asarray(cols[f.name]), type=f.type) for f in schema}, schema=schema
     )
@@ -213,18 +233,23 @@ def read_features(root: str | Path, subjects: list[str] | None = None) -> pa.Tab
         if missing:
             raise FeaturesError(root, f"subject(s) not in the features: {', '.join(missing)}")
         with_truth = manifest.has_truth
-        stored = file_schema(with_truth, manifest.format_version)
+        labels = label_columns(manifest)
+        stored = file_schema(with_truth, manifest.format_version, labels)
         parts = []
         for label in wanted:
             files = subject_files(root, label, manifest)
             if not files:
                 continue
-            t = _read_files(files, stored).rename_columns(file_schema(with_truth).names)
+            t = _read_files(files, stored).rename_columns(
+                file_schema(with_truth, labels=labels).names
+            )
             t = t.sort_by("idx")
             label_column = pa.array([label] * t.num_rows, type=pa.string())
             parts.append(t.add_column(0, "subject", label_column))
     if not parts:
-        schema = pa.schema([pa.field("subject", pa.string())] + list(file_schema(with_truth)))
+        schema = pa.schema(
+            [pa.field("subject", pa.string())] + list(file_schema(with_truth, labels=labels))
+        )
         return schema.empty_table()
     return pa.concat_tables(parts)
 
@@ -277,7 +302,7 @@ def verify_features(root: str | Path, progress=None) -> VerifyReport:
     report = VerifyReport(root=str(root))
     with reading(root):
         manifest = FeaturesManifest.load(root)
-        schema = file_schema(manifest.has_truth, manifest.format_version)
+        schema = file_schema(manifest.has_truth, manifest.format_version, label_columns(manifest))
         for n, (label, record) in enumerate(manifest.subjects.items(), start=1):
             report.subjects += 1
             try:

@@ -107,6 +107,8 @@ class SubjectRecord:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The chosen acquisition's entities other than sub and ses (``acq``, ``run``, ...).
     entities: dict[str, str] = field(default_factory=dict)
+    #: The segmentation's class names by code (as strings: JSON keys), from its ``dseg.tsv``.
+    label_names: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +123,7 @@ class SubjectRecord:
             "created": self.created,
             "files": {name: dict(rec) for name, rec in self.files.items()},
             "entities": dict(self.entities),
+            "label_names": dict(self.label_names),
         }
 
     @classmethod
@@ -137,6 +140,7 @@ class SubjectRecord:
             created=str(data.get("created", "")),
             files={_file_name(k): dict(v) for k, v in data["files"].items()},
             entities={_entity(k): _entity(v) for k, v in data.get("entities", {}).items()},
+            label_names={str(int(k)): str(v) for k, v in data.get("label_names", {}).items()},
         )
 
     @staticmethod

@@ -32,6 +32,9 @@ equal the scan's: QSMxT keeps ``acq``/``run``, many pipelines drop them):
   :attr:`ScanSelection.mask` or else the QSM's derivative.
 * ground truth (optional): the maps named by :mod:`oefray.io.names` in the derivative
   :attr:`ScanSelection.truth` (``qq`` by default; absent is fine unless named explicitly).
+* labels (optional): a tissue segmentation ``_dseg`` (class names from its ``dseg.tsv``) and a
+  lesion mask ``_label-lesion_mask`` (as a clinician draws one), from :attr:`ScanSelection.dseg`
+  and :attr:`ScanSelection.lesions` or else the one derivative that has such a file.
 
 A scan that cannot be read is an error naming its folder and what was found there: the near
 misses (a wrong entity, a 4-D file among 3-D ones, a missing sidecar ...), each with the reason it
@@ -93,6 +96,10 @@ class ScanSelection:
     truth : str
         The derivative holding ground-truth / reference QQ maps (absent: no ground truth, unless
         named explicitly, other than the default ``qq``).
+    dseg, lesions : str, optional
+        The derivative holding a tissue segmentation (``_dseg``, with its ``dseg.tsv``), and the
+        one holding lesion masks (``_label-lesion_mask``); None: the one derivative that has
+        such a file for the scan, if any.
     """
 
     acq: str | None = None
@@ -100,6 +107,8 @@ class ScanSelection:
     qsm: str | None = None
     mask: str | None = None
     truth: str = names.TRUTH_KIND
+    dseg: str | None = None
+    lesions: str | None = None
 
     def __post_init__(self) -> None:
         for what in ("acq", "run"):
@@ -108,7 +117,7 @@ class ScanSelection:
                 raise ValueError(
                     f"--{what} must be a BIDS label (letters and digits), got {value!r}"
                 )
-        for what in ("qsm", "mask", "truth"):
+        for what in ("qsm", "mask", "truth", "dseg", "lesions"):
             value = getattr(self, what)
             # a folder name under derivatives/: never a path
             if value is not None and (
@@ -447,7 +456,7 @@ def _matches(f: _File, scan: ScanKey, acquisition: tuple[tuple[str, str], ...]) 
         return f"ses-{f.get('ses')}" if f.get("ses") else "no ses-"
     mine = dict(acquisition)
     for k, v in f.entities.items():
-        if k in _ACQUISITION_SKIP or k in ("desc",):
+        if k in _ACQUISITION_SKIP or k in ("desc", "label"):
             continue
         if not _same(k, mine.get(k), v):
             return f"{k}-{v}, not the scan's {k}-{mine[k]}" if k in mine else f"{k}-{v}"
@@ -529,6 +538,8 @@ def _find_mask(
             f"no such derivative (--mask); derivatives/ holds {', '.join(derivatives_of(root)) or 'none'}",
         )
     masks = _derivative_files(root, pipeline, scan, acquisition, "mask", seen)
+    seen += [f"{pipeline}/{f.name} (label-{f.get('label')})" for f in masks if f.get("label")]
+    masks = [f for f in masks if not f.get("label")]
     for desc in ("brain", None):
         chosen = [f for f in masks if f.get("desc") == desc]
         if len(chosen) > 1:
@@ -576,6 +587,105 @@ def _find_truth(
         missing = sorted(set(TRUTH_DESC) - set(truth))
         raise DatasetError(folder / scan.bids_dir, f"ground truth is incomplete, missing {missing}")
     return truth
+
+
+def _find_label_image(
+    root: Path,
+    scan: ScanKey,
+    acquisition,
+    named: str | None,
+    what: str,
+    pick,
+) -> Path | None:
+    """The one file ``pick`` chooses for the scan, in derivative ``named`` or else in the one
+    derivative that has it (None where none has; several: one line listing them)."""
+    folder = root / "derivatives"
+    if named and not (folder / named).is_dir():
+        raise DatasetError(
+            folder / named,
+            f"no such derivative (--{what}); derivatives/ holds {', '.join(derivatives_of(root)) or 'none'}",
+        )
+    found: dict[str, list[_File]] = {}
+    for pipeline in [named] if named else derivatives_of(root):
+        files = pick(_derivative_files(root, pipeline, scan, acquisition, "", []))
+        if files:
+            found[pipeline] = files
+    if len(found) > 1:
+        listed = ", ".join(f"{p}/{fs[0].name}" for p, fs in found.items())
+        raise DatasetError(
+            folder,
+            f"several {what} images for {scan.name}: {listed}; choose one with --{what} NAME",
+        )
+    if not found:
+        return None
+    files = next(iter(found.values()))
+    if len(files) > 1:
+        raise DatasetError(
+            files[0].path.parent,
+            f"several {what} images for {scan.name}: {', '.join(f.name for f in files)}",
+        )
+    return files[0].path
+
+
+def _find_labels(
+    root: Path, scan: ScanKey, acquisition, selection: ScanSelection
+) -> dict[str, Path]:
+    """The scan's tissue segmentation (``_dseg``) and lesion mask (``_label-lesion_mask``)."""
+    labels: dict[str, Path] = {}
+    dseg = _find_label_image(
+        root,
+        scan,
+        acquisition,
+        selection.dseg,
+        "dseg",
+        lambda fs: [f for f in fs if f.suffix == "dseg"],
+    )
+    if dseg is not None:
+        labels["tissue"] = dseg
+    elif selection.dseg:
+        raise DatasetError(
+            root / "derivatives" / selection.dseg / scan.bids_dir,
+            f"no segmentation (_dseg) of {scan.name} (--dseg {selection.dseg})",
+        )
+    lesion = _find_label_image(
+        root,
+        scan,
+        acquisition,
+        selection.lesions,
+        "lesions",
+        lambda fs: [f for f in fs if f.suffix == "mask" and f.get("label") == "lesion"],
+    )
+    if lesion is not None:
+        labels["lesion"] = lesion
+    return labels
+
+
+def read_dseg_names(image: str | Path) -> dict[int, str]:
+    """A segmentation's class names by code, from its ``dseg.tsv`` (beside it, or inherited: the
+    nearest ``*dseg.tsv`` up to the dataset root); empty without one.
+
+    Raises
+    ------
+    DatasetError
+        Naming a ``dseg.tsv`` without ``index`` and ``name`` columns or with a bad row.
+    """
+    image = Path(image)
+    own = image.with_name(image.name.split(".nii")[0] + ".tsv")
+    candidates = [own] + [p / "dseg.tsv" for p in image.parents[:4]]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        return {}
+    lines = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line]
+    if not lines or "index" not in lines[0] or "name" not in lines[0]:
+        raise DatasetError(path, f"a dseg.tsv needs index and name columns, found {lines[:1]}")
+    i, n = lines[0].index("index"), lines[0].index("name")
+    names: dict[int, str] = {}
+    for row in lines[1:]:
+        try:
+            names[int(row[i])] = row[n]
+        except (ValueError, IndexError):
+            raise DatasetError(path, f"bad row {row!r} (index must be an integer)") from None
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,6 +793,9 @@ def scan_subject(
     truth = _find_truth(root, scan, acquisition, selection)
     for truth_path in truth.values():
         check_grid(truth_path, load_image(truth_path), ref, shape, affine)
+    labels = _find_labels(root, scan, acquisition, selection)
+    for label_path in labels.values():
+        check_grid(label_path, load_image(label_path), ref, shape, affine)
     return ScanFiles(
         label=label,
         session=session,
@@ -693,6 +806,8 @@ def scan_subject(
         chi=str(chi),
         mask=str(mask),
         truth={k: str(v) for k, v in truth.items()},
+        labels={k: str(v) for k, v in labels.items()},
+        label_names=read_dseg_names(labels["tissue"]) if "tissue" in labels else {},
         shape=shape,
         affine=tuple(tuple(float(v) for v in row) for row in affine),
         n_brain=n_brain,

@@ -33,7 +33,7 @@ from nibabel.arrayproxy import ArrayProxy
 from nibabel.filebasedimages import ImageFileError
 
 from oefray.errors import DatasetError
-from oefray.io.bids import MASK_THRESHOLD, BrainVoxels, ScanFiles
+from oefray.io.bids import MASK_THRESHOLD, BrainVoxels, ScanFiles, label_values
 
 _gzip: types.ModuleType
 try:  # ISA-L's inflate: the same bytes, faster than zlib's
@@ -153,7 +153,13 @@ class PlaneReader:
 
 def is_compressed(subject: ScanFiles) -> bool:
     """Whether any image of the subject is gzipped (its slabs are best read as one stream)."""
-    paths = [*subject.echoes, subject.chi, subject.mask, *subject.truth.values()]
+    paths = [
+        *subject.echoes,
+        subject.chi,
+        subject.mask,
+        *subject.truth.values(),
+        *subject.labels.values(),
+    ]
     return any(str(p).endswith(".gz") for p in paths)
 
 
@@ -175,6 +181,7 @@ class _SubjectReader:
             self.echoes = [self._open(p, subject.volume(k)) for k, p in enumerate(subject.echoes)]
             self.chi = self._open(subject.chi)
             self.truth = {name: self._open(p) for name, p in subject.truth.items()}
+            self.labels = {name: self._open(p) for name, p in subject.labels.items()}
         except BaseException:
             self.close()
             raise
@@ -194,7 +201,7 @@ class _SubjectReader:
             mask = self.mask.read(z0, z1) >= MASK_THRESHOLD
         except DatasetError as exc:
             return _PendingSlab(z0, z1, np.zeros((0, 0, 0), bool), [_Done(exc)], self)
-        images = [*self.echoes, self.chi, *self.truth.values()]
+        images = [*self.echoes, self.chi, *self.truth.values(), *self.labels.values()]
         if not mask.any():  # nothing to gather: a later read skips these planes
             empty = np.empty(0, dtype=np.float32)
             return _PendingSlab(z0, z1, mask, [_Done(empty) for _ in images], self)
@@ -243,6 +250,7 @@ class _PendingSlab:
     def result(self) -> BrainVoxels:
         values = [job.result() for job in self.jobs]  # the first error raises, naming its file
         n_echoes = len(self.scan.echoes)
+        labels = n_echoes + 1 + len(self.scan.truth)
         signal = np.empty((int(self.mask.sum()), n_echoes), dtype=np.float32)
         for k in range(n_echoes):
             signal[:, k] = values[k]
@@ -252,7 +260,10 @@ class _PendingSlab:
             mask=self.mask,
             signal=signal,
             chi=values[n_echoes],
-            truth=dict(zip(self.scan.truth, values[n_echoes + 1 :], strict=True)),
+            truth=dict(zip(self.scan.truth, values[n_echoes + 1 : labels], strict=True)),
+            labels={
+                k: label_values(v) for k, v in zip(self.scan.labels, values[labels:], strict=True)
+            },
         )
 
     def cancel(self) -> None:

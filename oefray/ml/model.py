@@ -20,10 +20,19 @@ __all__ = [
     "PRESETS",
     "model_config",
     "build_lstm",
+    "build_model",
+    "build_patch_net",
     "huber_loss",
     "make_optimizer",
     "compile_for_fit",
 ]
+
+
+#: Model families :func:`build_model` builds.
+FAMILIES: tuple[str, ...] = ("lstm", "patch")
+
+#: Width of the per-voxel embedding of the patch network.
+PATCH_EMBEDDING = 16
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,10 @@ class ModelConfig:
         Early-stopping patience on the validation loss, epochs (the paper: 10).
     huber_delta : float
         Huber loss threshold, in units of the standardised targets.
+    family : {"lstm", "patch"}
+        ``lstm``: the paper's network over line windows (:func:`build_lstm`); ``patch``: a
+        per-voxel embedding over a 3-D patch then the same Dense blocks
+        (:func:`build_patch_net`; ``lstm_units`` unused, ``window`` = voxels per patch).
     """
 
     lstm_units: tuple[int, ...]
@@ -69,8 +82,11 @@ class ModelConfig:
     epochs: int = 100
     patience: int = 10
     huber_delta: float = 1.0
+    family: str = "lstm"
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"model family must be one of {FAMILIES}, got {self.family!r}")
         object.__setattr__(self, "lstm_units", tuple(int(u) for u in self.lstm_units))
         object.__setattr__(self, "dense_units", tuple(int(u) for u in self.dense_units))
         if not self.lstm_units:
@@ -131,6 +147,46 @@ def model_config(preset: str, **overrides: Any) -> ModelConfig:
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 
+def build_model(config: ModelConfig) -> keras.Model:
+    """The network of ``config.family``: :func:`build_lstm` or :func:`build_patch_net`."""
+    return build_patch_net(config) if config.family == "patch" else build_lstm(config)
+
+
+def _dense_blocks(h, config: ModelConfig):
+    for i, units in enumerate(config.dense_units, start=1):
+        # Normalise before the nonlinearity (the paper's Dense → LayerNorm → LeakyReLU order).
+        h = keras.layers.Dense(units, name=f"dense_{i}")(h)
+        h = keras.layers.LayerNormalization(name=f"layer_norm_{i}")(h)
+        h = keras.layers.LeakyReLU(negative_slope=config.leaky_relu_slope, name=f"leaky_relu_{i}")(
+            h
+        )
+    return keras.layers.Dense(config.n_outputs, name="output")(h)
+
+
+def build_patch_net(config: ModelConfig) -> keras.Model:
+    """A network over 3-D patches (:mod:`oefray.ml.patches`), uncompiled.
+
+    Layers::
+
+        windows        Input (window, n_features): the patch's voxels in C order of offsets
+        embed          Dense(PATCH_EMBEDDING) on every voxel, shared (one 1x1x1 convolution)
+        embed_act      LeakyReLU(slope)
+        flatten        Flatten: each position keeps its own weights next (where in the cube)
+        dense_i ...    the Dense → LayerNormalization → LeakyReLU blocks of ``dense_units``
+        output         Dense(n_outputs), linear
+
+    Parameters
+    ----------
+    config : ModelConfig
+        ``family`` "patch"; ``window`` the voxels per patch (27 for 3x3x3).
+    """
+    inputs = keras.Input(shape=(config.window, config.n_features), name="windows")
+    h = keras.layers.Dense(PATCH_EMBEDDING, name="embed")(inputs)
+    h = keras.layers.LeakyReLU(negative_slope=config.leaky_relu_slope, name="embed_act")(h)
+    h = keras.layers.Flatten(name="flatten")(h)
+    return keras.Model(inputs, _dense_blocks(h, config), name="oefray_patch")
+
+
 def build_lstm(config: ModelConfig) -> keras.Model:
     """The LSTM model of the paper (Fig. 2), uncompiled.
 
@@ -163,15 +219,7 @@ def build_lstm(config: ModelConfig) -> keras.Model:
             units, activation="tanh", return_sequences=i < last, name=f"lstm_{i}"
         )(h)
     h = keras.layers.Flatten(name="flatten")(h)
-    for i, units in enumerate(config.dense_units, start=1):
-        # Normalise before the nonlinearity (the paper's Dense → LayerNorm → LeakyReLU order).
-        h = keras.layers.Dense(units, name=f"dense_{i}")(h)
-        h = keras.layers.LayerNormalization(name=f"layer_norm_{i}")(h)
-        h = keras.layers.LeakyReLU(negative_slope=config.leaky_relu_slope, name=f"leaky_relu_{i}")(
-            h
-        )
-    outputs = keras.layers.Dense(config.n_outputs, name="output")(h)
-    return keras.Model(inputs, outputs, name="oefray_lstm")
+    return keras.Model(inputs, _dense_blocks(h, config), name="oefray_lstm")
 
 
 def huber_loss(

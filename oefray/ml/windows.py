@@ -23,12 +23,13 @@ element ``k + length // 2`` (centre) or ``k + length - 1`` (last).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from oefray.ml.patches import gather_patches, ijk_of, patch_columns_needed, patch_side
 from oefray.physics.constants import PARAMETERS
 
 if TYPE_CHECKING:  # pyarrow is only needed for the annotation; a Table brings its own methods
@@ -51,7 +52,13 @@ FEATURES: tuple[str, ...] = ("A", "B", "E", "S")
 #: Target columns, in the order of the last axis of ``Windows.y`` (= the network outputs).
 TARGETS: tuple[str, ...] = PARAMETERS
 
+#: Label columns carried to each window's anchor when the features have them (not inputs).
+LABELS: tuple[str, ...] = ("tissue", "lesion")
+
 _ANCHORS = ("centre", "last")
+#: ``line``: the paper's consecutive voxels of the C-order sequence; ``patch``: the cube of
+#: voxels around the target (:mod:`oefray.ml.patches`).
+SHAPES: tuple[str, ...] = ("line", "patch")
 
 
 @dataclass(frozen=True)
@@ -64,10 +71,14 @@ class WindowConfig:
         Elements per window, >= 1 (the paper uses 5).
     anchor : {"centre", "last"}
         Which element's parameters are the window's target; "centre" needs an odd `length`.
+    shape : {"line", "patch"}
+        ``line``: `length` consecutive voxels of the sequence (the paper); ``patch``: the cube
+        of `length` = side**3 voxels around the target (side odd; anchor ``centre``).
     """
 
     length: int = 5
     anchor: str = "centre"
+    shape: str = "line"
 
     def __post_init__(self) -> None:
         if isinstance(self.length, bool) or not isinstance(self.length, int | np.integer):
@@ -78,6 +89,16 @@ class WindowConfig:
             raise ValueError(f"window anchor must be one of {_ANCHORS}, got {self.anchor!r}")
         if self.anchor == "centre" and self.length % 2 == 0:
             raise ValueError(f"a centre-anchored window needs an odd length, got {self.length}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"window shape must be one of {SHAPES}, got {self.shape!r}")
+        if self.shape == "patch":
+            patch_side(self.length)
+            if self.anchor != "centre":
+                raise ValueError("a patch's target is its centre voxel (anchor 'centre')")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form (a bundle's ``window``)."""
+        return {"length": int(self.length), "anchor": self.anchor, "shape": self.shape}
 
     @property
     def offset(self) -> int:
@@ -108,6 +129,9 @@ class Windows:
     n_no_window : int
         Eligible voxels that got no window because they lie within the window's reach of their
         subject's sequence ends. ``n == n_voxels - n_excluded - n_no_window``.
+    labels : dict of str to ndarray of shape (n,)
+        The anchor voxels' label columns (``tissue``, ``lesion``) where the features have them
+        (for per-region evaluation; the network never sees them).
     """
 
     x: np.ndarray
@@ -117,6 +141,7 @@ class Windows:
     n_voxels: int
     n_excluded: int
     n_no_window: int
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -146,6 +171,11 @@ class Windows:
             n_voxels=sum(p.n_voxels for p in parts),
             n_excluded=sum(p.n_excluded for p in parts),
             n_no_window=sum(p.n_no_window for p in parts),
+            labels={
+                k: np.concatenate([p.labels[k] for p in parts])
+                for k in parts[0].labels
+                if all(k in p.labels for p in parts)
+            },
         )
 
 
@@ -197,6 +227,8 @@ def make_windows(
         increasing, or the ``subject`` column holds more than one label.
     """
     needed = ("idx", "status") + FEATURES + (TARGETS if with_targets else ())
+    if config.shape == "patch":
+        needed += patch_columns_needed()
     missing = [c for c in needed if c not in columns]
     if missing:
         raise ValueError(f"missing column(s): {', '.join(missing)}")
@@ -224,6 +256,8 @@ def make_windows(
             n_no_window=n_kept,
         )
 
+    if config.shape == "patch":
+        return _patch_windows(columns, config, features, keep, idx, label, with_targets)
     features = features[keep]
     # (n, 4, length) view of all runs of `length` consecutive elements -> (n, length, 4) copy.
     x = np.ascontiguousarray(sliding_window_view(features, length, axis=0).transpose(0, 2, 1))
@@ -241,6 +275,30 @@ def make_windows(
         n_voxels=m,
         n_excluded=n_excluded,
         n_no_window=n_kept - n,
+        labels={
+            c: np.ascontiguousarray(np.asarray(columns[c])[keep][anchors])
+            for c in LABELS
+            if c in columns
+        },
+    )
+
+
+def _patch_windows(columns, config, features, keep, idx, label, with_targets) -> Windows:
+    """One patch sample per kept voxel (:mod:`oefray.ml.patches`)."""
+    x, rows = gather_patches(ijk_of(columns), features, keep, patch_side(config.length))
+    y = None
+    if with_targets:
+        with np.errstate(over="ignore"):
+            y = np.stack([np.asarray(columns[c], dtype=np.float32)[rows] for c in TARGETS], axis=1)
+    return Windows(
+        x=x,
+        y=y,
+        subject=np.full(len(rows), label),
+        idx=np.ascontiguousarray(idx[rows]),
+        n_voxels=len(idx),
+        n_excluded=len(idx) - len(rows),
+        n_no_window=0,
+        labels={c: np.asarray(columns[c])[rows] for c in LABELS if c in columns},
     )
 
 
@@ -302,10 +360,13 @@ def make_windows_table(
         raise ValueError(f"subject(s) not in the table: {', '.join(absent)}")
 
     needed = ("idx", "status") + FEATURES + (TARGETS if with_targets else ())
+    if config.shape == "patch":
+        needed += patch_columns_needed()
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise ValueError(f"the table lacks column(s): {', '.join(missing)}")
-    arrays = {c: table[c].combine_chunks().to_numpy(zero_copy_only=False) for c in needed}
+    carried = tuple(c for c in LABELS if c in table.column_names)
+    arrays = {c: table[c].combine_chunks().to_numpy(zero_copy_only=False) for c in needed + carried}
     parts = []
     for label in wanted:
         rows = np.flatnonzero(codes == dictionary.index(label))

@@ -114,8 +114,11 @@ def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[st
         log_features_inputs(run, root, manifest, train, test)
         tmp_path = Path(tmp)
         idx = test_table["idx"].to_numpy()
+        labels = {
+            c: test_table[c].to_numpy() for c in fio.LABEL_COLUMNS if c in test_table.column_names
+        }
         table, logged = log_evaluation(
-            run, pred, true, subject, idx, test, manifest, params.mean(axis=0), tmp_path
+            run, pred, true, subject, idx, test, manifest, params.mean(axis=0), tmp_path, labels
         )
         (tmp_path / "ccm_library.json").write_text(json.dumps(libraries))
         run.log_artifact_file(tmp_path / "ccm_library.json")

@@ -145,3 +145,135 @@ def _md_cell(text: str) -> str:
     """A markdown table cell showing ``text`` as it is: markup characters and pipes escaped,
     line breaks as spaces."""
     return " ".join(str(text).split()).translate(_MD_SPECIAL)
+
+
+# --------------------------------------------------------------------------------------------
+# Per region: OEF RMSE per tissue class and lesion contrast, beside the floor and the truth
+# --------------------------------------------------------------------------------------------
+
+_OEF_PREFIX = {split: rmse_metric_name(split, "OEF") + "_" for split in ("test", "floor")}
+
+
+def _region_metrics(tracker: Any, run: Any) -> list[dict[str, float]]:
+    """The metrics of a run, or of each child of a repeats parent (its region metrics live there)."""
+    m = run.data.metrics
+    if any(k.startswith(_OEF_PREFIX["test"]) and k not in _plain() for k in m):
+        return [m]
+    child_ids = [c for c in run.data.tags.get(CHILD_RUNS_TAG, "").split(",") if c]
+    return [tracker.get_run(c).data.metrics for c in child_ids]
+
+
+def _plain() -> set[str]:
+    return {rmse_metric_name("test", "OEF", s) for s in ("patient_mean", "mean", "std")}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    import numpy as np
+
+    if len(values) == 1:
+        return values[0], None
+    return float(np.mean(values)), float(np.std(values, ddof=1))
+
+
+def region_rows(refs: Sequence[str], *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """One row per run with per-region metrics, then the floor and the truth:
+    ``{"run", "kind", "regions": {region: (OEF RMSE, std)}, "contrast_recovered": (v, std),
+    "cnr": (v, std)}`` (a repeats parent: mean ± std over its repeats). Empty when no run
+    logged regions (its test scans had no segmentation)."""
+    from oefray.tracking import Tracker
+    from oefray.tracking.names import LESION_CONTRAST_METRICS
+
+    tracker = Tracker.for_reading(tracking_uri)
+    runs = _runs(tracker, refs)
+    rows: list[dict[str, Any]] = []
+    floor = truth = None
+    for run in runs:
+        per_run = [m for m in _region_metrics(tracker, run) if m]
+        regions = sorted(
+            {k[len(_OEF_PREFIX["test"]) :] for m in per_run for k in m}
+            - {"patient_mean", "mean", "std"}
+            if per_run
+            else set()
+        )
+        regions = [r for r in regions if all(_OEF_PREFIX["test"] + r in m for m in per_run)]
+        if not regions:
+            continue
+        name = run.info.run_name or run.info.run_id[:8]
+        row: dict[str, Any] = {
+            "run": f"{name} ({run.info.run_id[:8]})",
+            "kind": run.data.tags.get(COMMAND_TAG, "run"),
+            "regions": {
+                r: _mean_std([m[_OEF_PREFIX["test"] + r] for m in per_run]) for r in regions
+            },
+        }
+        for key in ("contrast_recovered", "cnr"):
+            metric = LESION_CONTRAST_METRICS[key]
+            if all(metric in m for m in per_run):
+                row[key] = _mean_std([m[metric] for m in per_run])
+        rows.append(row)
+        first = per_run[0]
+        if floor is None and all(_OEF_PREFIX["floor"] + r in first for r in regions):
+            floor = {
+                "run": "floor: training mean",
+                "kind": "floor",
+                "regions": {r: (first[_OEF_PREFIX["floor"] + r], None) for r in regions},
+                "contrast_recovered": (0.0, None),
+            }
+        if truth is None and LESION_CONTRAST_METRICS["cnr_true"] in first:
+            truth = {
+                "run": "truth",
+                "kind": "truth",
+                "regions": {},
+                "contrast_recovered": (1.0, None),
+                "cnr": (first[LESION_CONTRAST_METRICS["cnr_true"]], None),
+            }
+    return rows + [r for r in (floor, truth) if r is not None]
+
+
+def _runs(tracker: Any, refs: Sequence[str]) -> list[Any]:
+    runs = []
+    for ref in refs:
+        if tracker.client.get_experiment_by_name(ref) is not None:
+            runs += tracker.experiment_runs(ref, status="FINISHED")
+        else:
+            runs.append(tracker.get_run(ref))
+    return runs
+
+
+def format_region_rows(rows: list[dict[str, Any]], fmt: str = "md") -> str:
+    """The per-region comparison: OEF RMSE (%) of each region, lesion contrast recovered, CNR."""
+    regions = list(dict.fromkeys(r for row in rows for r in row["regions"]))
+    headers = ["run", "kind", *[f"OEF {r}" for r in regions], "contrast recovered", "lesion CNR"]
+
+    def cell(v: tuple[float, float | None] | None) -> str:
+        if v is None:
+            return "–"
+        value, std = v
+        return f"{value:.4g}" if std is None else f"{value:.4g} ± {std:.2g}"
+
+    body = [
+        [
+            row["run"],
+            row["kind"],
+            *[cell(row["regions"].get(r)) for r in regions],
+            cell(row.get("contrast_recovered")),
+            cell(row.get("cnr")),
+        ]
+        for row in rows
+    ]
+    if fmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([headers, *body])
+        return buffer.getvalue()
+    if fmt == "html":
+        from html import escape
+
+        head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+        trs = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in b) + "</tr>" for b in body)
+        return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{trs}</tbody>\n</table>\n"
+    out = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_md_cell(c) for c in b) + " |" for b in body]
+    return "\n".join(out) + "\n"

@@ -63,6 +63,42 @@ def _split_windows(n: int, config) -> tuple[np.ndarray, np.ndarray]:
     return tr, va
 
 
+def in_lesion(windows, manifest: FeaturesManifest) -> np.ndarray:
+    """Which samples' targets lie in a lesion: the lesion mask, or a segmentation class named
+    as abnormal (:data:`oefray.ml.regions.ABNORMAL_CLASSES`)."""
+    from oefray.ml.regions import ABNORMAL_CLASSES
+
+    hit = np.zeros(len(windows), dtype=bool)
+    if "lesion" in windows.labels:
+        hit |= np.asarray(windows.labels["lesion"]) > 0
+    if "tissue" in windows.labels:
+        codes = {
+            int(c)
+            for r in manifest.subjects.values()
+            for c, name in r.label_names.items()
+            if name in ABNORMAL_CLASSES
+        }
+        hit |= np.isin(np.asarray(windows.labels["tissue"]), sorted(codes))
+    return hit
+
+
+def _oversample(
+    tr: np.ndarray, windows, manifest, factor: int, seed: int, features: Path
+) -> np.ndarray:
+    """Training rows with each lesion sample repeated ``factor`` times, reshuffled (seeded)."""
+    if factor == 1:
+        return tr
+    lesion = in_lesion(windows, manifest)[tr]
+    if not lesion.any():
+        raise FeaturesError(
+            Path("."),
+            "--oversample needs lesions among the training samples (a lesion mask or a "
+            "segmentation with lesion classes); none were found",
+        )
+    extra = np.repeat(tr[lesion], factor - 1)
+    return np.random.default_rng(seed).permutation(np.concatenate([tr, extra]))
+
+
 def prepare_data(features: str | Path, config) -> PreparedData:
     """Read the features, cut windows, split 8:2, fit the scalers on the training part only.
 
@@ -75,7 +111,7 @@ def prepare_data(features: str | Path, config) -> PreparedData:
     """
     from oefray.io import features as fio
     from oefray.ml.scaling import Standardizer
-    from oefray.ml.windows import WindowConfig, make_windows_table
+    from oefray.ml.windows import make_windows_table
 
     features = Path(features).resolve()
     manifest = load_training_manifest(features)
@@ -83,10 +119,11 @@ def prepare_data(features: str | Path, config) -> PreparedData:
         features, config.train_subjects, config.test_subjects
     )
     table = fio.read_features(features, train_subjects + test_subjects)
-    window = WindowConfig(length=config.window, anchor=config.anchor)
+    window = config.window_config()
     train_w = make_windows_table(table, window, train_subjects)
     test_w = make_windows_table(table, window, test_subjects)
     tr, va = _split_windows(len(train_w), config)
+    tr = _oversample(tr, train_w, manifest, config.oversample, config.seed, features)
     if len(tr) == 0 or len(va) == 0 or len(test_w) == 0:
         raise FeaturesError(
             features, f"too few windows (train {len(tr)}, validation {len(va)}, test {len(test_w)})"
@@ -114,6 +151,7 @@ def prepare_data(features: str | Path, config) -> PreparedData:
             "test_windows": len(test_w),
             "excluded_train_voxels": train_w.n_excluded,
             "excluded_test_voxels": test_w.n_excluded,
+            "train_lesion_samples": int(in_lesion(train_w, manifest)[tr].sum()),
         },
     )
 

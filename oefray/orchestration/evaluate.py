@@ -8,6 +8,7 @@ Every method is evaluated the same way (:func:`log_evaluation`): the LSTM after 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,10 @@ def log_evaluation(
     manifest: FeaturesManifest,
     train_mean: np.ndarray,
     out_dir: Path,
+    labels: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[Any, dict[str, float]]:
-    """Log any method's test predictions the same way: metrics, Table 1 CSV, maps, Fig. 4.
+    """Log any method's test predictions the same way: metrics, Table 1 CSV, maps, Fig. 4, and,
+    with ``labels``, the per-region table and lesion contrast (:func:`log_regions`).
 
     Parameters
     ----------
@@ -88,6 +91,8 @@ def log_evaluation(
         Each voxel's subject and C-order index in that subject's grid.
     train_mean : (5,) array
         The training subjects' mean parameters: the floor predicts it for every voxel.
+    labels : mapping of str to (n,) arrays, optional
+        The test voxels' ``tissue`` and ``lesion`` labels (:attr:`Windows.labels`).
 
     Returns
     -------
@@ -113,7 +118,76 @@ def log_evaluation(
     run.log_artifact_dir(out_dir / "maps", "maps")
     figure = [(label, truth, guess, rmse_oef[label]) for label, truth, guess in panels]
     run.log_artifact_file(reports.plot_oef_maps(figure, out_dir / "oef_maps.png"))
+    if labels:
+        logged.update(
+            log_regions(run, pred, true, train_mean, subject, idx, labels, manifest, out_dir)
+        )
     return table, logged
+
+
+def log_regions(
+    run,
+    pred: np.ndarray,
+    true: np.ndarray,
+    train_mean: np.ndarray,
+    subject: np.ndarray,
+    idx: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+    manifest: FeaturesManifest,
+    out_dir: Path,
+) -> dict[str, float]:
+    """RMSE per tissue class and lesion contrast (:func:`oefray.ml.regions.evaluate_regions`),
+    beside the floor and the truth: metrics, ``rmse_per_region.csv`` and ``lesion_contrast.csv``.
+
+    Returns
+    -------
+    dict of str to float
+        The logged metrics by name.
+    """
+    from oefray.tracking.names import LESION_CONTRAST_METRICS, region_metrics
+
+    report = region_report(pred, true, train_mean, subject, idx, labels, manifest)
+    logged = {**region_metrics("test", report.rmse), **region_metrics("floor", report.floor)}
+    summary = report.contrast_summary()
+    logged.update({LESION_CONTRAST_METRICS[k]: v for k, v in summary.items() if np.isfinite(v)})
+    run.log_metrics(logged)
+    for path in write_region_tables(report, out_dir):
+        run.log_artifact_file(path)
+    return logged
+
+
+def region_report(pred, true, train_mean, subject, idx, labels, manifest: FeaturesManifest):
+    """:func:`oefray.ml.regions.evaluate_regions` with each scan's grid and class names from
+    the features' manifest."""
+    from oefray.ml.regions import evaluate_regions
+
+    keys = list(dict.fromkeys(np.asarray(subject).astype(str)))
+    grids = {k: (manifest.subjects[k].shape, manifest.subjects[k].affine) for k in keys}
+    names: dict[int, str] = {}
+    for k in keys:
+        names.update({int(c): n for c, n in manifest.subjects[k].label_names.items()})
+    return evaluate_regions(pred, true, train_mean, subject, idx, labels, grids, names)
+
+
+def write_region_tables(report, out_dir: Path) -> list[Path]:
+    """``rmse_per_region.csv`` (region, method = model or floor, each quantity's RMSE, voxels)
+    and, where a test scan has a lesion, ``lesion_contrast.csv`` (one row per scan)."""
+    import pandas as pd
+
+    rows = [
+        {"region": region, "method": method, **values}
+        for method, by_region in (("model", report.rmse), ("floor", report.floor))
+        for region, values in by_region.items()
+    ]
+    columns = ["region", "method", "S0", "R2", "Y", "v", "chi_nb", "OEF", "voxels"]
+    frame = pd.DataFrame(rows, columns=columns).sort_values(["region", "method"], kind="stable")
+    written = [out_dir / "rmse_per_region.csv"]
+    frame.to_csv(written[0], index=False, float_format="%.6g")
+    if report.contrast:
+        contrast = pd.DataFrame([{"scan": k, **c.to_dict()} for k, c in report.contrast.items()])
+        written.append(out_dir / "lesion_contrast.csv")
+        contrast.to_csv(written[1], index=False, float_format="%.6g")
+    return written
 
 
 def _write_maps(
@@ -175,6 +249,7 @@ def evaluate_model(
         manifest,
         bundle.y_scaler.mean,
         out_dir,
+        labels=test.labels,
     )
 
 

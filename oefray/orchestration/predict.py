@@ -29,6 +29,8 @@ class PredictResult:
     subjects: dict[str, dict[str, Any]] = field(default_factory=dict)
     rmse: dict[str, float] | None = None
     seconds: float = 0.0
+    #: With ground truth and labels: RMSE per region (model and floor) and lesion contrast.
+    regions: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,11 +39,19 @@ class PredictResult:
             "model": self.model,
             "subjects": self.subjects,
             "rmse": self.rmse,
+            "regions": self.regions,
             "seconds": round(self.seconds, 2),
         }
 
 
-def _write_maps(folder: Path, manifest, windows, pred: np.ndarray, result: PredictResult) -> None:
+def _write_maps(
+    folder: Path,
+    manifest,
+    windows,
+    pred: np.ndarray,
+    result: PredictResult,
+    train_mean: np.ndarray | None = None,
+) -> None:
     """Every subject's maps into ``folder``, plus the per-patient RMSE table with ground truth."""
     from oefray.io.manifest import scan_prefix
     from oefray.io.maps import subject_dir, write_prediction_maps
@@ -71,6 +81,18 @@ def _write_maps(folder: Path, manifest, windows, pred: np.ndarray, result: Predi
         frame = rmse_table_frame(rows[:-1], {k: v[:-1] for k, v in columns.items()})
         write_rmse_csv(frame, folder / "rmse_per_patient.csv")
         result.rmse = pooled_rmse(pred, windows.y)
+        if windows.labels and train_mean is not None:  # per tissue class, lesion contrast
+            from oefray.orchestration.evaluate import region_report, write_region_tables
+
+            report = region_report(
+                pred, windows.y, train_mean, windows.subject, windows.idx, windows.labels, manifest
+            )
+            write_region_tables(report, folder)
+            result.regions = {
+                "rmse": report.rmse,
+                "floor": report.floor,
+                "contrast": {k: c.to_dict() for k, c in report.contrast.items()},
+            }
 
 
 def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -> PredictResult:
@@ -131,8 +153,13 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
                 partial,
                 f"Maps predicted by oefray {__version__} (oefray predict) with the model "
                 f"{model_uri} from the BIDS dataset {Path(dataset).resolve()}.",
-                other_files=("results.json", "rmse_per_patient.csv"),
+                other_files=(
+                    "results.json",
+                    "rmse_per_patient.csv",
+                    "rmse_per_region.csv",
+                    "lesion_contrast.csv",
+                ),
             )
-            _write_maps(partial, manifest, windows, pred, result)
+            _write_maps(partial, manifest, windows, pred, result, bundle.y_scaler.mean)
             result.seconds = time.perf_counter() - t0
     return result

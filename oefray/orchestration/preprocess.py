@@ -68,7 +68,13 @@ ProgressFn = Callable[[int, int, str], None]
 
 
 def slab_features(
-    subject: ScanFiles, z0: int, z1: int, *, normalize: str = "none", with_truth: bool = False
+    subject: ScanFiles,
+    z0: int,
+    z1: int,
+    *,
+    normalize: str = "none",
+    with_truth: bool = False,
+    labels: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Decay-fit features of the brain voxels in planes ``z0:z1`` of one subject.
 
@@ -85,7 +91,9 @@ def slab_features(
     the ground-truth S0, so S0 stays the amplitude of the normalised signal at TE = 0.
     """
     voxels = read_brain_voxels(subject, z0, z1)
-    return voxel_features(subject, voxels, normalize=normalize, with_truth=with_truth)
+    return voxel_features(
+        subject, voxels, normalize=normalize, with_truth=with_truth, labels=labels
+    )
 
 
 def voxel_features(
@@ -94,6 +102,7 @@ def voxel_features(
     *,
     normalize: str = "none",
     with_truth: bool = False,
+    labels: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """:func:`slab_features` of a slab already read (``voxels``, planes ``voxels.z0:z1``)."""
     z0 = voxels.z0
@@ -132,6 +141,8 @@ def voxel_features(
         if first is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 cols["S0"] = cols["S0"] / first[:, 0]
+    for name in labels:  # a scan without the lesion image: no lesion voxel
+        cols[name] = voxels.labels.get(name, np.zeros(len(z), dtype=np.int16))
     return cols
 
 
@@ -147,6 +158,7 @@ def _fit_slabs(
     normalize: str,
     with_truth: bool,
     read_threads: int = 1,
+    labels: tuple[str, ...] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
     """``map_batches`` body: fit and write each slab of each item of the batch (an item is one
     slab, or a gzipped subject's run of slabs, streamed); yield one summary row per slab, as it
@@ -156,7 +168,7 @@ def _fit_slabs(
         bounds = slab_bounds(int(z0), int(z1), slab)
         t0 = time.perf_counter()
         for a, b, voxels in _read_slabs(subject, bounds, read_threads):
-            row = _fit_slab(subject, a, b, voxels, staging, normalize, with_truth)
+            row = _fit_slab(subject, a, b, voxels, staging, normalize, with_truth, labels)
             # once per slab, inside the task (oefray/orchestration/metrics.py)
             t1 = time.perf_counter()
             ray_metrics.record_slab(
@@ -200,6 +212,7 @@ def _fit_slab(
     staging: str,
     normalize: str,
     with_truth: bool,
+    labels: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Fit and write one slab; its summary: ``subject, z0, z1``, ``rows``, content
     ``checksum``, ``status`` counts and the written ``file``'s record (JSON), ``error``."""
@@ -207,10 +220,12 @@ def _fit_slab(
     try:
         if isinstance(voxels, OefrayError):
             raise voxels
-        cols = voxel_features(subject, voxels, normalize=normalize, with_truth=with_truth)
+        cols = voxel_features(
+            subject, voxels, normalize=normalize, with_truth=with_truth, labels=labels
+        )
         rows = len(cols["idx"])
         if rows:
-            table = fio.table_from_columns(cols, with_truth)
+            table = fio.table_from_columns(cols, with_truth, labels)
             path = fio.write_slab_table(fio.scan_dir(Path(staging), subject.key), table, z0, z1)
             file = json.dumps({path.name: file_record(path)})
             xsum = fio.checksum(table)
@@ -394,6 +409,20 @@ def _options(config: PreprocessConfig) -> dict[str, Any]:
     return {"normalize": config.normalize}
 
 
+def _label_columns(index: DatasetIndex) -> tuple[str, ...]:
+    """The label columns of the run: ``tissue`` when every scan has a segmentation, ``lesion``
+    when any has a lesion mask (a scan without one has no lesion)."""
+    scans = list(index.scans.values())
+    found = []
+    if scans and all("tissue" in s.labels for s in scans):
+        found.append("tissue")
+    elif any("tissue" in s.labels for s in scans):
+        log.warning("a segmentation (_dseg) for some scans only; tissue is left out for all")
+    if any("lesion" in s.labels for s in scans):
+        found.append("lesion")
+    return tuple(found)
+
+
 def _new_manifest(
     index: DatasetIndex, config: PreprocessConfig, with_truth: bool
 ) -> FeaturesManifest:
@@ -401,7 +430,7 @@ def _new_manifest(
         source={"dataset": str(index.root), "name": index.name},
         options=_options(config),
         has_truth=with_truth,
-        columns=list(fio.columns(with_truth)),
+        columns=list(fio.columns(with_truth, _label_columns(index))),
         oefray_version=__version__,
     )
 
@@ -415,6 +444,10 @@ def _difference(
         return f"holds features of the dataset {made_from}, not of {index.root}"
     if manifest.options != _options(config):
         return f"was made with options {manifest.options}, not {_options(config)}"
+    had, has = fio.label_columns(manifest), _label_columns(index)
+    # a run of scans without lesion masks fits a folder with a lesion column (all 0 for them)
+    if ("tissue" in had) != ("tissue" in has) or ("lesion" in has and "lesion" not in had):
+        return f"holds the label columns {list(had)}, and this run makes {list(has)}"
     if manifest.has_truth != with_truth:
         return (
             f"was made {'with' if manifest.has_truth else 'without'} ground truth, and this "
@@ -707,6 +740,7 @@ def _run(
                     "slab": config.slab,
                     "normalize": config.normalize,
                     "with_truth": with_truth,
+                    "labels": fio.label_columns(manifest),
                     "read_threads": read_threads(cpus, streams),
                 },
             )
@@ -807,6 +841,7 @@ def _commit(
         created=SubjectRecord.now(),
         files=dict(sorted(tally.files.items())),
         entities=dict(scan.entities),
+        label_names={str(k): v for k, v in scan.label_names.items()},
     )
     manifest.add_subject(scan.key, record, __version__)
     manifest.save(out)

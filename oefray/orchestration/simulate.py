@@ -24,6 +24,7 @@ from oefray.io import bids
 from oefray.io.files import atomic_folder
 from oefray.io.locks import replacing
 from oefray.io.outputs import check_output
+from oefray.physics.anatomy import TISSUE_NAMES, Tissue
 from oefray.physics.phantom import simulate_subject
 
 #: Called as ``progress(subjects_done, subjects_total, message)``.
@@ -195,6 +196,9 @@ def _write_cohort(
             b0_t=config.b0_t,
             sidecar={"Manufacturer": "oefray simulator", "oefray_seed": config.seed},
             suffix=suffix,
+            labels=sim.labels,
+            label_names=TISSUE_NAMES,
+            lesion_codes=(int(Tissue.INFARCT_CORE),),
         )
         result.subjects[label] = {
             "split": split[label],

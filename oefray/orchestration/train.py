@@ -72,7 +72,7 @@ def _build_replica(config: dict[str, Any]) -> _Replica:
     import ray.train
     import tensorflow as tf
 
-    from oefray.ml.model import ModelConfig, build_lstm, huber_loss, make_optimizer
+    from oefray.ml.model import ModelConfig, build_model, huber_loss, make_optimizer
     from oefray.ml.training import make_steps
 
     tf.get_logger().setLevel("ERROR")  # per-step collective INFO lines drown the progress
@@ -82,7 +82,7 @@ def _build_replica(config: dict[str, Any]) -> _Replica:
     keras.utils.set_random_seed(int(config["seed"]))  # same initial weights on every replica
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model = build_lstm(mc)
+        model = build_model(mc)
         optimizer = make_optimizer(mc)
         loss_fn = huber_loss(mc, reduction="none")
     per_worker_rows = int(config["n_train"]) // world
@@ -298,12 +298,13 @@ def _run_params(features: Path, config, mc, data) -> dict[str, Any]:
     return {
         "preset": config.preset,
         "model": mc.to_dict(),
-        "window": {"length": data.window.length, "anchor": data.window.anchor},
+        "window": data.window.to_dict(),
         "seed": config.seed,
         "workers": config.workers,
         "gpus": config.gpus,
         "val_fraction": config.val_fraction,
         "max_train_windows": config.max_train_windows,
+        "oversample": config.oversample,
         "echo_times_s": data.manifest.echo_times_s,
         "features": str(features),
         "features_checksums": data.manifest.checksums,
@@ -319,7 +320,9 @@ def _open_run(tracker, config, params, *, resume, parent_run_id, tags):
         return tracker.resumed_run(resume)
     return tracker.tracked_run(
         config.experiment,
-        run_name=f"train-{config.preset}-seed{config.seed}",
+        run_name=f"train-{config.preset}"
+        + ("" if config.model == "lstm" else f"-{config.model}")
+        + f"-seed{config.seed}",
         params=params,
         tags={
             COMMAND_TAG: "train",
@@ -375,7 +378,7 @@ def make_loop_config(
 def _fit(run, tracker, config, mc, data, storage: str, callbacks) -> tuple[Any, dict[str, Any]]:
     """Fit on Ray Train; returns the best-epoch Keras model and the final training state."""
     from oefray.io.locks import writing
-    from oefray.ml.model import build_lstm
+    from oefray.ml.model import build_model
     from oefray.orchestration.data import to_ray_dataset
 
     loop_config = make_loop_config(
@@ -404,7 +407,7 @@ def _fit(run, tracker, config, mc, data, storage: str, callbacks) -> tuple[Any, 
         result = build_trainer(loop_config, datasets, spec).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint ({result.error})")
-    model = build_lstm(mc)
+    model = build_model(mc)
     with result.checkpoint.as_directory() as d:
         weights, state = ckpt.read_best(Path(d))
     model.set_weights(weights)

@@ -48,7 +48,7 @@ from oefray.physics.grid import (
     voxel_axes,
 )
 
-__all__ = ["BRAIN_TISSUES", "Tissue", "make_tissue_labels"]
+__all__ = ["BRAIN_TISSUES", "TISSUE_NAMES", "Tissue", "make_tissue_labels"]
 
 
 class Tissue(enum.IntEnum):
@@ -66,6 +66,18 @@ class Tissue(enum.IntEnum):
     INFARCT_CORE = 6
     PENUMBRA = 7
 
+
+#: The name of each tissue class (a segmentation's ``dseg.tsv``).
+TISSUE_NAMES: Final[dict[int, str]] = {
+    int(Tissue.BACKGROUND): "background",
+    int(Tissue.EXTRACEREBRAL): "extracerebral",
+    int(Tissue.CSF): "CSF",
+    int(Tissue.CORTICAL_GM): "cortical GM",
+    int(Tissue.WM): "WM",
+    int(Tissue.DEEP_GM): "deep GM",
+    int(Tissue.INFARCT_CORE): "infarct core",
+    int(Tissue.PENUMBRA): "penumbra",
+}
 
 #: Tissue codes that form the brain mask (ground truth is meaningful only there).
 BRAIN_TISSUES: Final[tuple[Tissue, ...]] = tuple(t for t in Tissue if t >= Tissue.CORTICAL_GM)

@@ -9,8 +9,10 @@ Metrics
     ``test_rmse_<P>_std`` over its repeats (:data:`REPEATS_METRICS`). P runs over
     ``S0, R2, Y, v, chi_nb, OEF`` (:data:`~oefray.physics.constants.RMSE_QUANTITIES`).
     :func:`rmse_metric_name` spells one of them; :func:`final_metrics`, :func:`floor_metrics` and
-    :func:`repeats_metrics` key a mapping by quantity into logged names. (No helper is named
-    ``test_*``: pytest would collect it.)
+    :func:`repeats_metrics` key a mapping by quantity into logged names. Where the test scans
+    have a segmentation or lesion masks, also per region ``test_rmse_<P>_<region>`` and
+    ``floor_rmse_<P>_<region>`` (:func:`region_metrics`) and the lesion contrast
+    (:data:`LESION_CONTRAST_METRICS`). (No helper is named ``test_*``: pytest would collect it.)
 
 Tags
     Run tags ``oefray.<what>`` (``*_TAG``), MLflow's own ``mlflow.parentRunId``, the experiment
@@ -148,6 +150,31 @@ def final_metrics(
 def floor_metrics(pooled: Mapping[str, float]) -> dict[str, float]:
     """The floor's RMSEs (keyed by quantity) under their logged names, ``floor_rmse_<P>``."""
     return _by_name("floor", pooled)
+
+
+def region_slug(region: str) -> str:
+    """A region's name as a metric-name part: ``infarct core`` -> ``infarct_core``."""
+    slug = "".join(c if c.isalnum() else "_" for c in region.strip()).strip("_")
+    return "_".join(part for part in slug.split("_") if part) or "region"
+
+
+def region_metrics(split: str, by_region: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Per-region RMSEs under their logged names, ``<split>_rmse_<P>_<region>`` (``split``:
+    ``test`` or ``floor``; ``region`` as :func:`region_slug` spells it)."""
+    return {
+        f"{rmse_metric_name(split, q)}_{region_slug(region)}": float(row[q])
+        for region, row in by_region.items()
+        for q in RMSE_QUANTITIES
+    }
+
+
+#: Lesion contrast of a method's OEF map and of the truth, averaged over the test scans with a
+#: lesion (:class:`oefray.ml.regions.RegionReport`).
+LESION_CONTRAST_METRICS: dict[str, str] = {
+    "cnr": "test_lesion_cnr",
+    "contrast_recovered": "test_lesion_contrast_recovered",
+    "cnr_true": "truth_lesion_cnr",
+}
 
 
 def repeats_metrics(mean: Mapping[str, float], std: Mapping[str, float]) -> dict[str, float]:
