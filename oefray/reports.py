@@ -301,6 +301,7 @@ def plot_oef_maps(
     vmin: float = 0.0,
     vmax: float = 60.0,
     cmap: str = "jet",
+    outlines: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """OEF maps in the style of the paper's Fig. 4: truth vs prediction per test subject, as PNG.
 
@@ -320,6 +321,9 @@ def plot_oef_maps(
         Colour scale limits, percent.
     cmap : str
         Matplotlib colour map name.
+    outlines : mapping of str to (M, N) bool array, optional
+        A lesion mask on the slice of a subject (by label), drawn as a white outline on both of
+        its panels.
 
     Returns
     -------
@@ -332,6 +336,7 @@ def plot_oef_maps(
         On no panels, or a slice that is not 2-D or whose truth and prediction shapes differ.
     """
     slices = _check_map_panels(panels)
+    outlines = outlines or {}
     import matplotlib as mpl
 
     colours = mpl.colormaps[cmap].with_extremes(bad="black")
@@ -343,6 +348,13 @@ def plot_oef_maps(
     for row, (label, t, p, rmse) in enumerate(slices):
         for col, (data, title) in enumerate(((t, "truth"), (p, "prediction"))):
             image = _draw_slice(axes[row, col], data, colours, vmin, vmax, f"{label} {title}", 9)
+            outline = outlines.get(label)
+            if outline is not None and np.any(outline):
+                # the mask's edge, in the slice's drawing convention (transposed, origin lower)
+                axes[row, col].contour(
+                    np.asarray(outline, dtype=float).T, levels=[0.5], colors="white",
+                    linewidths=0.8, origin="lower",
+                )  # fmt: skip
         _print_rmse(axes[row, 1], rmse)
     assert image is not None  # at least one panel was drawn
     _place_maps(fig, layout, image)

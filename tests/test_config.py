@@ -133,13 +133,15 @@ def test_preprocess_config_checks():
 
 
 def test_train_config_passes_only_the_overrides_that_are_set():
-    assert TrainConfig().model_overrides() == {"window": 5}
+    assert TrainConfig().model_overrides() == {"window": 5, "family": "lstm"}
+    assert TrainConfig(model="patch").model_overrides() == {"window": 27, "family": "patch"}
     config = TrainConfig(epochs=7, learning_rate=3e-4, lstm_units=(8, 4), window=3, anchor="last")
     assert config.model_overrides() == {
         "epochs": 7,
         "learning_rate": 3e-4,
         "lstm_units": (8, 4),
         "window": 3,
+        "family": "lstm",
     }
     for bad, message in [
         ({"max_train_windows": 0}, "max_train_windows must be >= 1"),

@@ -135,3 +135,19 @@ def test_import_selects_no_backend_and_loads_no_frameworks():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0"] * 6
+
+
+def test_oef_maps_outline_a_lesion_in_white(tmp_path):
+    """A lesion outline is drawn (white pixels appear where none were), and only where asked."""
+    rng = np.random.default_rng(4)
+    truth, pred = _brain_slice(rng)
+    lesion = np.zeros(truth.shape, bool)
+    lesion[10:20, 20:30] = True
+    plain = mpimg.imread(reports.plot_oef_maps([("P31", truth, pred, 5.0)], tmp_path / "a.png"))
+    drawn = mpimg.imread(
+        reports.plot_oef_maps(
+            [("P31", truth, pred, 5.0)], tmp_path / "b.png", outlines={"P31": lesion}
+        )
+    )
+    white = lambda image: (image[..., :3].min(axis=-1) > 0.95).sum()  # noqa: E731
+    assert white(drawn) > white(plain) + 50

@@ -114,10 +114,16 @@ def log_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     run.log_artifact_file(reports.write_rmse_csv(table, out_dir / "rmse_per_patient.csv"))
     rmse_oef = {label: float(columns["OEF"][rows.index(label)]) for label in test_subjects}
-    panels = _write_maps(pred, true, subject, idx, test_subjects, manifest, out_dir / "maps")
+    lesion = None if not labels or "lesion" not in labels else np.asarray(labels["lesion"]) > 0
+    panels = _write_maps(
+        pred, true, subject, idx, test_subjects, manifest, out_dir / "maps", lesion
+    )
     run.log_artifact_dir(out_dir / "maps", "maps")
-    figure = [(label, truth, guess, rmse_oef[label]) for label, truth, guess in panels]
-    run.log_artifact_file(reports.plot_oef_maps(figure, out_dir / "oef_maps.png"))
+    figure = [(label, truth, guess, rmse_oef[label]) for label, truth, guess, _ in panels]
+    outlines = {label: outline for label, _, _, outline in panels if outline is not None}
+    run.log_artifact_file(
+        reports.plot_oef_maps(figure, out_dir / "oef_maps.png", outlines=outlines)
+    )
     if labels:
         logged.update(
             log_regions(run, pred, true, train_mean, subject, idx, labels, manifest, out_dir)
@@ -198,8 +204,11 @@ def _write_maps(
     labels: list[str],
     manifest: FeaturesManifest,
     maps_dir: Path,
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Predicted NIfTI maps of every subject; returns its mid-slice OEF, truth and prediction."""
+    lesion: np.ndarray | None = None,
+) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Predicted NIfTI maps of every subject; returns a slice of OEF truth and prediction of
+    each (the mid slice, or the slice with the most lesion voxels where ``lesion`` marks some),
+    with the lesion's outline on it (None without a lesion)."""
     from oefray.io.manifest import scan_prefix
     from oefray.io.maps import scatter_map, write_prediction_maps
     from oefray.ml.metrics import oef_percent
@@ -215,10 +224,14 @@ def _write_maps(
         values["OEF"] = oef_percent(pred[sel, y])
         stem = scan_prefix(label, record).removeprefix("sub-")
         write_prediction_maps(maps_dir, stem, values, idx[sel], shape, affine)
-        z = shape[2] // 2
+        z, outline = shape[2] // 2, None
+        if lesion is not None and lesion[sel].any():
+            mask = scatter_map(lesion[sel].astype(np.float32), idx[sel], shape, fill=0.0) > 0
+            z = int(np.argmax(mask.sum(axis=(0, 1))))
+            outline = mask[:, :, z]
         truth = scatter_map(oef_percent(true[sel, y]), idx[sel], shape)[:, :, z]
         guess = scatter_map(values["OEF"], idx[sel], shape)[:, :, z]
-        panels.append((label, truth, guess))
+        panels.append((label, truth, guess, outline))
     return panels
 
 

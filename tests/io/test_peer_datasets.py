@@ -171,6 +171,14 @@ def test_qsmxt_layout_holds_exactly_these_names(qsmxt_cohort, tiny_cohort):
         for name in TRUTH_NAMES:
             stem = f"derivatives/qq/sub-{label}/ses-01/anat/{e}_{name}"
             expected |= {f"{stem}.nii", f"{stem}.json"}
+        # the segmentation beside the truth (and its lookup), and the lesion mask where there
+        # is a lesion
+        stem = f"derivatives/qq/sub-{label}/ses-01/anat/{e}_dseg"
+        expected |= {f"{stem}.nii", f"{stem}.json", f"{stem}.tsv"}
+        qq = tiny_cohort / "derivatives" / "qq" / f"sub-{label}" / "anat"
+        if (qq / f"sub-{label}_label-lesion_mask.nii.gz").is_file():
+            stem = f"derivatives/qq/sub-{label}/ses-01/anat/{e}_label-lesion_mask"
+            expected |= {f"{stem}.nii", f"{stem}.json"}
     found = _files(qsmxt_cohort)
     assert found == expected
     assert not any("desc-brain" in f or f.endswith(".gz") for f in found)
