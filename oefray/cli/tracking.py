@@ -9,11 +9,13 @@ from typing import Annotated
 import typer
 
 from oefray.cli.common import (
+    FAILED,
     ConfigOption,
     ResultsOption,
     TrackingOption,
     app,
     err_console,
+    fail,
     load,
     run,
     say,
@@ -25,6 +27,14 @@ from oefray.cli.common import (
 def compare(
     refs: Annotated[list[str], typer.Argument(help="MLflow run ids and/or experiment names.")],
     format: Annotated[str | None, typer.Option("--format", help="md, csv or html.")] = None,
+    regions_only: Annotated[
+        bool,
+        typer.Option(
+            "--regions",
+            help="Print only the per-region table (OEF RMSE per tissue class, lesion contrast); "
+            "md and html print it after the RMSE table anyway, csv only with this flag.",
+        ),
+    ] = False,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
     results: ResultsOption = Path("results.json"),
@@ -44,9 +54,14 @@ def compare(
     )
     rows = run(lambda: compare_runs(refs, tracking_uri=options.tracking_uri))
     regions = run(lambda: region_rows(refs, tracking_uri=options.tracking_uri))
-    text = format_rows(rows, options.format)
-    if regions:  # per tissue class and lesion contrast, where the test scans had labels
-        text += "\n" + format_region_rows(regions, options.format)
+    if regions_only:
+        if not regions:
+            fail("no run among these logged per-region metrics (no segmentation)", FAILED)
+        text = format_region_rows(regions, options.format)
+    else:
+        text = format_rows(rows, options.format)
+        if regions and options.format != "csv":  # one table per CSV stream
+            text += "\n" + format_region_rows(regions, options.format)
     write_results(
         results, {"command": "compare", "refs": list(refs), "rows": rows, "regions": regions}
     )

@@ -151,3 +151,10 @@ def test_compare_prints_regions_beside_the_floor_and_the_truth(ccm_run, tmp_path
     header = next(line for line in out.splitlines() if "contrast recovered" in line)
     assert "OEF infarct\\_core" in header and "OEF penumbra" in header and "OEF WM" in header
     assert out.count("| floor: training mean | floor |") == 2  # the RMSE table and this one
+    # CSV: one table per stream; --regions gives this one
+    args = ["compare", run_id, "--tracking-uri", ccm_run["uri"], "--format", "csv"]
+    assert main([*args, "--results", str(results)]) == 0
+    assert "contrast recovered" not in capsys.readouterr().out
+    assert main([*args, "--regions", "--results", str(results)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].startswith("run,kind,OEF WM,") and rows[-1].startswith("truth,truth,")
