@@ -123,6 +123,7 @@ def prepare_data(features: str | Path, config) -> PreparedData:
     train_w = make_windows_table(table, window, train_subjects)
     test_w = make_windows_table(table, window, test_subjects)
     tr, va = _split_windows(len(train_w), config)
+    plain = tr  # the scalers (and so the floor, the training mean) see each sample once
     tr = _oversample(tr, train_w, manifest, config.oversample, config.seed, features)
     if len(tr) == 0 or len(va) == 0 or len(test_w) == 0:
         raise FeaturesError(
@@ -130,8 +131,8 @@ def prepare_data(features: str | Path, config) -> PreparedData:
         )
     y = train_w.y
     assert y is not None  # made with targets
-    x_scaler = Standardizer.fit(train_w.x[tr])
-    y_scaler = Standardizer.fit(y[tr])
+    x_scaler = Standardizer.fit(train_w.x[plain])
+    y_scaler = Standardizer.fit(y[plain])
     return PreparedData(
         x_train=x_scaler.transform(train_w.x[tr]),
         y_train=y_scaler.transform(y[tr]),
