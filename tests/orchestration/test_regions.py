@@ -158,3 +158,33 @@ def test_compare_prints_regions_beside_the_floor_and_the_truth(ccm_run, tmp_path
     assert main([*args, "--regions", "--results", str(results)]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].startswith("run,kind,OEF WM,") and rows[-1].startswith("truth,truth,")
+
+
+def test_oversampling_repeats_lesion_samples_and_leaves_the_floor_alone(tiny_features):
+    """--oversample 3: each training sample in a lesion three times (validation and test as
+    they were), the scalers and so the floor fitted on every sample once."""
+    from oefray.config import TrainConfig
+    from oefray.orchestration.data import in_lesion, prepare_data
+
+    once = prepare_data(
+        tiny_features, TrainConfig(seed=1, train_subjects=("P3", "P11"), test_subjects=("P6",))
+    )
+    thrice = prepare_data(
+        tiny_features,
+        TrainConfig(seed=1, train_subjects=("P3", "P11"), test_subjects=("P6",), oversample=3),
+    )
+    n_lesion = once.counts["train_lesion_samples"]
+    assert n_lesion > 10  # P11 has an infarct
+    assert thrice.counts["train_windows"] == once.counts["train_windows"] + 2 * n_lesion
+    assert thrice.counts["train_lesion_samples"] == 3 * n_lesion
+    assert thrice.counts["val_windows"] == once.counts["val_windows"]
+    np.testing.assert_array_equal(thrice.x_val, once.x_val)
+    np.testing.assert_array_equal(thrice.y_scaler.mean, once.y_scaler.mean)
+    assert (
+        in_lesion(thrice.test, thrice.manifest).sum() == in_lesion(once.test, once.manifest).sum()
+    )
+    with pytest.raises(Exception, match="--oversample needs lesions"):
+        prepare_data(
+            tiny_features,
+            TrainConfig(train_subjects=("P3", "P4"), test_subjects=("P6",), oversample=2),
+        )
