@@ -322,6 +322,7 @@ def _open_run(tracker, config, params, *, resume, parent_run_id, tags):
         config.experiment,
         run_name=f"train-{config.preset}"
         + ("" if config.model == "lstm" else f"-{config.model}")
+        + ("" if config.oversample == 1 else f"-os{config.oversample}")
         + f"-seed{config.seed}",
         params=params,
         tags={
