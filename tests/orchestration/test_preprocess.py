@@ -39,6 +39,8 @@ EXPECTED_COLUMNS = [
     "R2",
     "S0",
     "chi_nb",
+    "tissue",  # the cohort's segmentation (derivatives/qq/*_dseg) and lesion masks
+    "lesion",
 ]
 
 
