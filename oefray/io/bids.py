@@ -307,6 +307,7 @@ def _write_labels(root, label, affine, labels, label_names, lesion_codes, suffix
         {
             "Description": "Tissue classes of the simulation's anatomy (dseg.tsv: the lookup).",
             "Sources": [echo1],
+            "SpatialReference": echo1,
             "SkullStripped": False,
         },
     )

@@ -102,6 +102,12 @@ def test_simulate_force_onto_a_file_is_refused_and_the_file_kept(tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def sub_has_labels(root, label: str) -> bool:
+    """The scan's segmentation is found, with the simulation's class names."""
+    scan = scans.scan_subject(root, label)
+    return "tissue" in scan.labels and scan.label_names.get(6) == "infarct core"
+
+
 @pytest.mark.parametrize("plain", [False, True], ids=["nii.gz", "nii"])
 def test_simulated_dataset_passes_the_bids_validator(tmp_path, plain):
     """The raw dataset, and each derivative validated on its own, have no error; the warnings
@@ -124,13 +130,18 @@ def test_simulated_dataset_passes_the_bids_validator(tmp_path, plain):
     # the ground truth under its BIDS names (and Y, v under oefray's, ignored), read back
     anat = out / "derivatives" / "qq" / "sub-X1" / "anat"
     ext = ".nii" if plain else ".nii.gz"
-    assert sorted(p.name for p in anat.glob(f"*{ext}")) == [
+    names = sorted(p.name for p in anat.glob(f"*{ext}"))
+    lesion = [f"sub-X1_label-lesion_mask{ext}"] if f"sub-X1_label-lesion_mask{ext}" in names else []
+    assert names == [
         f"sub-X1_R2map{ext}",
         f"sub-X1_S0map{ext}",
         f"sub-X1_desc-Y_qq{ext}",
         f"sub-X1_desc-nb_Chimap{ext}",
         f"sub-X1_desc-v_qq{ext}",
+        f"sub-X1_dseg{ext}",  # the segmentation (and, with a lesion, its mask)
+        *lesion,
     ]
+    assert sub_has_labels(out, "X1")
     sub = scans.scan_subject(out, "X1")
     assert {k: p.rsplit("/", 1)[1] for k, p in sub.truth.items()} == {
         "Y": f"sub-X1_desc-Y_qq{ext}",
