@@ -178,9 +178,53 @@ def split_of(labels: tuple[str, ...]) -> dict[str, str]:
     return {s: split[s] for s in labels}
 
 
+#: The fields of :class:`ScanOptions`, in order.
+SCAN_OPTIONS: tuple[str, ...] = ("acq", "run", "qsm", "mask", "truth", "dseg", "lesions")
+
+
 @dataclass(frozen=True)
-class PreprocessConfig:
-    """What ``oefray preprocess`` does.
+class ScanOptions:
+    """Which files of a BIDS dataset make a scan, where the dataset offers a choice (the
+    options every command that reads a dataset takes: ``preprocess``, ``predict``).
+
+    Parameters
+    ----------
+    acq, run : str or None
+        The ``acq``/``run`` label of the magnitude echoes where a scan has several
+        acquisitions (:class:`oefray.io.scans.ScanSelection`).
+    qsm, mask : str or None
+        The derivative (folder under ``derivatives/``) of the QSM map, and of the brain mask;
+        None: the one derivative with a QSM for the scan, and the QSM's.
+    truth : str
+        The derivative of the ground-truth / reference maps (``qq``; absent: none).
+    dseg, lesions : str or None
+        The derivative of a tissue segmentation (``_dseg``) and of lesion masks
+        (``_label-lesion_mask``); None: the one derivative that has them, if any.
+    """
+
+    acq: str | None = None
+    run: str | None = None
+    qsm: str | None = None
+    mask: str | None = None
+    truth: str = "qq"
+    dseg: str | None = None
+    lesions: str | None = None
+
+    @property
+    def selection(self):
+        """Which acquisition and derivatives make a scan (:class:`oefray.io.scans.ScanSelection`)."""
+        from oefray.io.scans import ScanSelection
+
+        return ScanSelection(**self.scan_options())
+
+    def scan_options(self) -> dict[str, str | None]:
+        """The scan options by name (to hand on to another command's config)."""
+        return {name: getattr(self, name) for name in SCAN_OPTIONS}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig(ScanOptions):
+    """What ``oefray preprocess`` does (and which files make a scan: :class:`ScanOptions`).
 
     Parameters
     ----------
@@ -199,17 +243,6 @@ class PreprocessConfig:
         Redo scans that are already complete.
     keep_going : bool
         Let the other scans complete when one fails (the exit code still reports it).
-    acq, run : str or None
-        The ``acq``/``run`` label of the magnitude echoes where a scan has several
-        acquisitions (:class:`oefray.io.scans.ScanSelection`).
-    qsm, mask : str or None
-        The derivative (folder under ``derivatives/``) of the QSM map, and of the brain mask;
-        None: the one derivative with a QSM for the scan, and the QSM's.
-    truth : str
-        The derivative of the ground-truth / reference maps (``qq``; absent: none).
-    dseg, lesions : str or None
-        The derivative of a tissue segmentation (``_dseg``) and of lesion masks
-        (``_label-lesion_mask``); None: the one derivative that has them, if any.
     """
 
     workers: int = 2
@@ -218,28 +251,6 @@ class PreprocessConfig:
     address: str | None = None
     force: bool = False
     keep_going: bool = False
-    acq: str | None = None
-    run: str | None = None
-    qsm: str | None = None
-    mask: str | None = None
-    truth: str = "qq"
-    dseg: str | None = None
-    lesions: str | None = None
-
-    @property
-    def selection(self):
-        """Which acquisition and derivatives make a scan (:class:`oefray.io.scans.ScanSelection`)."""
-        from oefray.io.scans import ScanSelection
-
-        return ScanSelection(
-            acq=self.acq,
-            run=self.run,
-            qsm=self.qsm,
-            mask=self.mask,
-            truth=self.truth,
-            dseg=self.dseg,
-            lesions=self.lesions,
-        )
 
     def __post_init__(self) -> None:
         self.selection  # noqa: B018 - validates the labels and derivative names
@@ -434,8 +445,9 @@ def config_from_mapping(
 
 
 @dataclass(frozen=True)
-class PredictConfig:
-    """What ``oefray predict`` does besides the model and the data.
+class PredictConfig(ScanOptions):
+    """What ``oefray predict`` does besides the model and the data (and which files make a
+    scan: :class:`ScanOptions`).
 
     Parameters
     ----------
@@ -447,21 +459,12 @@ class PredictConfig:
         MLflow store holding the model.
     force : bool
         Replace the output folder if it exists.
-    acq, run, qsm, mask, truth
-        Which files of the dataset make a scan, as for :class:`PreprocessConfig`.
     """
 
     workers: int = 2
     address: str | None = None
     tracking_uri: str | None = None
     force: bool = False
-    acq: str | None = None
-    run: str | None = None
-    qsm: str | None = None
-    mask: str | None = None
-    truth: str = "qq"
-    dseg: str | None = None
-    lesions: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -470,17 +473,9 @@ class PredictConfig:
 
     def preprocess_config(self, normalize: str = "none") -> PreprocessConfig:
         """The preprocessing step's config (normalisation: the model's)."""
+        options: dict[str, Any] = self.scan_options()
         return PreprocessConfig(
-            workers=self.workers,
-            normalize=normalize,
-            address=self.address,
-            acq=self.acq,
-            run=self.run,
-            qsm=self.qsm,
-            mask=self.mask,
-            truth=self.truth,
-            dseg=self.dseg,
-            lesions=self.lesions,
+            workers=self.workers, normalize=normalize, address=self.address, **options
         )
 
 

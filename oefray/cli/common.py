@@ -203,17 +203,12 @@ LesionsOption = Annotated[
 ]
 
 
-def selection_overrides(acq, run, qsm, mask, truth, dseg=None, lesions=None) -> dict[str, Any]:
-    """The config overrides of the scan-selection flags."""
-    return {
-        "acq": acq,
-        "run": run,
-        "qsm": qsm,
-        "mask": mask,
-        "truth": truth,
-        "dseg": dseg,
-        "lesions": lesions,
-    }
+def selection_overrides(*values: str | None) -> dict[str, Any]:
+    """The config overrides of the scan-selection flags, given in the order of
+    :data:`oefray.config.SCAN_OPTIONS` (acq, run, qsm, mask, truth, dseg, lesions)."""
+    from oefray.config import SCAN_OPTIONS
+
+    return dict(zip(SCAN_OPTIONS, values, strict=True))
 
 
 StorageOption = Annotated[
