@@ -230,7 +230,7 @@ def test_ui_serves_the_store_and_a_training_logs_to_it_over_http(
 
         # Tracker over http:// reads the logged model (with its side files) back
         model, meta = Tracker(url).load_model_bundle(run_id)
-        assert meta["window"] == {"length": 5, "anchor": "centre"}
+        assert meta["window"] == {"length": 5, "anchor": "centre", "shape": "line"}
         assert model.input_shape == (None, 5, 4)
 
         # and the report reads the experiment through the server
