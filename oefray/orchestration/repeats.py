@@ -130,6 +130,35 @@ def _uncertainty_figure(maps: Path, path: Path) -> Path:
     return plot_uncertainty_maps(panels, path)
 
 
+def region_summary(children: list[dict[str, float]]) -> dict[str, float]:
+    """The repeats' per-region metrics on the parent: ``<name>_mean`` and ``<name>_std``
+    (sample) of each ``test_rmse_<P>_<region>`` and lesion contrast metric every child logged,
+    and the floor's per-region values (the same in every repeat: one split, one training mean)."""
+    from oefray.tracking.names import (
+        FLOOR_METRICS,
+        LESION_CONTRAST_METRICS,
+        TEST_METRICS,
+    )
+
+    if len(children) < 2:
+        return {}
+    common = set(children[0]).intersection(*children[1:])
+    plain = set(TEST_METRICS) | set(FLOOR_METRICS)
+    per_region = {
+        k for k in common if k.startswith(("test_rmse_", "floor_rmse_")) and k not in plain
+    }
+    contrast = common & set(LESION_CONTRAST_METRICS.values())
+    out: dict[str, float] = {}
+    for name in sorted(per_region | contrast):
+        values = np.array([c[name] for c in children], dtype=np.float64)
+        if name.startswith("floor_"):
+            out[name] = float(values[0])
+        else:
+            out[f"{name}_mean"] = float(values.mean())
+            out[f"{name}_std"] = float(values.std(ddof=1))
+    return out
+
+
 def _summarize(parent, tracker, trials, state) -> RepeatsResult:
     """Table 2/3 on the parent run, the representative repeat, the ensemble maps."""
     failed = [t.error for t in trials if t.error is not None]
@@ -143,6 +172,9 @@ def _summarize(parent, tracker, trials, state) -> RepeatsResult:
         {q: float(summary.loc[q, "std"]) for q in RMSE_QUANTITIES},
     )
     parent.log_metrics(metrics)
+    regions = region_summary([tracker.get_run(c).data.metrics for c in child_ids])
+    parent.log_metrics(regions)
+    metrics = {**metrics, **regions}
     oef = np.array([m[rmse_metric_name("test", "OEF")] for m in results])
     representative = child_ids[int(np.argmin(np.abs(oef - oef.mean())))]
     parent.set_tags({REPRESENTATIVE_RUN_TAG: representative, CHILD_RUNS_TAG: ",".join(child_ids)})

@@ -77,6 +77,19 @@ def test_parent_summarises_the_children(repeats, tmp_path):
         assert parent.data.metrics[f"test_rmse_{q}_std"] == pytest.approx(
             values.std(ddof=1), rel=1e-9
         )
+    # per region (the tiny cohort has a segmentation, and P11 an infarct): mean and std too
+    for name in (
+        "test_rmse_OEF_infarct_core",
+        "test_rmse_OEF_WM",
+        "test_lesion_contrast_recovered",
+    ):
+        values = np.array([c[name] for c in children])
+        assert parent.data.metrics[f"{name}_mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert parent.data.metrics[f"{name}_std"] == pytest.approx(values.std(ddof=1), rel=1e-9)
+    assert (
+        parent.data.metrics["floor_rmse_OEF_infarct_core"]
+        == children[0]["floor_rmse_OEF_infarct_core"]
+    )
     art = tracker.download_artifacts(res["parent_run_id"], "", tmp_path)
     table = pd.read_csv(art / "repeats_summary.csv", index_col=0)
     assert list(table.index) == list(QUANTITIES)
