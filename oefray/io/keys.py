@@ -75,11 +75,6 @@ def parse_key(key: object) -> ScanKey:
     return ScanKey(m["subject"], m["session"] or "")
 
 
-def subject_of(key: str) -> str:
-    """The subject label of a scan key."""
-    return parse_key(key).subject
-
-
 def natural_key(label: str) -> list[object]:
     """Sort key that puts ``P10`` after ``P9`` (and ``P3_ses-02`` after ``P3_ses-01``)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", label)]

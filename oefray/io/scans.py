@@ -756,7 +756,8 @@ def scan_subject(
         raise DatasetError(anat, "missing anat folder")
     seen: list[str] = []
     megre = []
-    for f in _niftis(anat):
+    files = _niftis(anat)  # listed and parsed once
+    for f in files:
         if f.suffix != "MEGRE":
             continue
         if f.get("sub") != label or (f.get("ses") or "") != session:
@@ -765,9 +766,7 @@ def scan_subject(
             continue
         megre.append(f)
     if not megre:
-        others = [
-            f"{f.name} (suffix {f.suffix or 'none'})" for f in _niftis(anat) if f.suffix != "MEGRE"
-        ]
+        others = [f"{f.name} (suffix {f.suffix or 'none'})" for f in files if f.suffix != "MEGRE"]
         raise DatasetError(
             anat,
             "found 0 magnitude echo(es) (*_echo-<k>[_part-mag]_MEGRE.nii[.gz]); need at least 2"

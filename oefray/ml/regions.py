@@ -213,11 +213,6 @@ def lesion_contrast(
     )
 
 
-def region_names(codes: Sequence[int], labels: Mapping[int, str]) -> dict[int, str]:
-    """The ``labels`` of the codes present, in code order (for :func:`per_region_rmse`)."""
-    return {int(c): labels[int(c)] for c in sorted(set(int(c) for c in codes)) if int(c) in labels}
-
-
 #: Segmentation classes that are not normal tissue (left out of the mirror region).
 ABNORMAL_CLASSES: frozenset[str] = frozenset({"infarct core", "penumbra", "lesion"})
 

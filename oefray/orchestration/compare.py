@@ -78,18 +78,7 @@ def compare_runs(refs: Sequence[str], *, tracking_uri: str | None = None) -> lis
     from oefray.tracking import Tracker
 
     tracker = Tracker.for_reading(tracking_uri)
-    client = tracker.client
-    runs = []
-    for ref in refs:
-        if client.get_experiment_by_name(ref) is not None:
-            runs += tracker.experiment_runs(ref, status="FINISHED")
-            continue
-        try:
-            runs.append(tracker.get_run(ref))
-        except OefrayError:
-            raise OefrayError(
-                None, f"{ref!r} is neither an MLflow run id nor an experiment name"
-            ) from None
+    runs = _runs(tracker, refs)
     rows = rmse_rows(runs)
     if not rows:
         raise OefrayError(None, "no run with test metrics among: " + ", ".join(refs))
@@ -231,12 +220,18 @@ def region_rows(refs: Sequence[str], *, tracking_uri: str | None = None) -> list
 
 
 def _runs(tracker: Any, refs: Sequence[str]) -> list[Any]:
+    """The runs the references name: a run id, or an experiment's FINISHED top-level runs."""
     runs = []
     for ref in refs:
         if tracker.client.get_experiment_by_name(ref) is not None:
             runs += tracker.experiment_runs(ref, status="FINISHED")
-        else:
+            continue
+        try:
             runs.append(tracker.get_run(ref))
+        except OefrayError:
+            raise OefrayError(
+                None, f"{ref!r} is neither an MLflow run id nor an experiment name"
+            ) from None
     return runs
 
 
