@@ -231,6 +231,7 @@ def write_subject(
     labels: np.ndarray | None = None,
     label_names: Mapping[int, str] | None = None,
     lesion_codes: Sequence[int] = (),
+    lesion: np.ndarray | None = None,
 ) -> None:
     """Write one subject following the data contract.
 
@@ -275,6 +276,8 @@ def write_subject(
         The classes of ``labels`` by code.
     lesion_codes : sequence of int
         The codes of ``labels`` that are the lesion (an infarct core).
+    lesion : (X, Y, Z) array of bool, optional
+        The lesion mask itself (instead of ``lesion_codes``), e.g. one read from a dataset.
     """
     if suffix not in _NIFTI_SUFFIXES:
         raise ValueError(f"suffix must be one of {_NIFTI_SUFFIXES}, got {suffix!r}")
@@ -286,14 +289,17 @@ def write_subject(
     if truth:
         _write_truth(root, label, affine, truth, outside, suffix)
     if labels is not None:
-        _write_labels(root, label, affine, labels, label_names or {}, lesion_codes, suffix)
+        if lesion is None:
+            codes = np.asarray(list(lesion_codes), dtype=np.int64)
+            lesion = np.isin(np.asarray(labels).astype(np.int64), codes)
+        _write_labels(root, label, affine, labels, label_names or {}, lesion, suffix)
 
 
 #: The ``dseg.tsv`` columns oefray writes and reads (BIDS: ``index`` and ``name`` required).
 DSEG_COLUMNS: tuple[str, ...] = ("index", "name")
 
 
-def _write_labels(root, label, affine, labels, label_names, lesion_codes, suffix) -> None:
+def _write_labels(root, label, affine, labels, label_names, lesion, suffix) -> None:
     """``derivatives/qq``: the segmentation (``_dseg`` + ``.tsv`` + ``.json``) and, if any voxel is
     lesion, the lesion mask (``_label-lesion_mask`` + ``.json``)."""
     qq = root / "derivatives" / "qq" / f"sub-{label}" / "anat"
@@ -311,7 +317,7 @@ def _write_labels(root, label, affine, labels, label_names, lesion_codes, suffix
             "SkullStripped": False,
         },
     )
-    lesion = np.isin(codes, np.asarray(list(lesion_codes), dtype=np.uint8))
+    lesion = np.asarray(lesion, dtype=bool)
     if lesion.any():
         _save(lesion, affine, qq / f"sub-{label}_label-lesion_mask{suffix}", dtype=np.uint8)
         _write_json(

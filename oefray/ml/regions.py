@@ -8,6 +8,9 @@ what a reader of the map sees:
 - :func:`per_region_rmse`: RMSE of every parameter and of OEF within each tissue class.
 - :func:`mirror_region`: the lesion reflected across the mid-sagittal plane (world ``x`` =
   the brain's midline), restricted to normal tissue: the contralateral reference region.
+- :func:`scan_mirror`: the same for one scan's voxels given as C-order indices.
+- :func:`region_means`: mean and median of a per-voxel quantity (e.g. the spread of the seed
+  repeats' OEF) within each region.
 - :func:`lesion_contrast`: for a map and the truth on the same regions,
   ``CNR = |mean(lesion) - mean(mirror)| / sd(mirror)`` and the **contrast recovered**
   ``(mean_pred(lesion) - mean_pred(mirror)) / (mean_true(lesion) - mean_true(mirror))`` (1: the
@@ -35,6 +38,8 @@ __all__ = [
     "lesion_contrast",
     "mirror_region",
     "per_region_rmse",
+    "region_means",
+    "scan_mirror",
 ]
 
 
@@ -134,6 +139,74 @@ def mirror_region(
     hit[inside] = les[tuple(back[inside].T)]
     out = np.zeros_like(les)
     out[tuple(ijk[hit].T)] = True
+    return out
+
+
+def scan_mirror(
+    idx: npt.ArrayLike,
+    lesion: npt.ArrayLike,
+    abnormal: npt.ArrayLike,
+    shape: Sequence[int],
+    affine: npt.ArrayLike,
+) -> np.ndarray:
+    """:func:`mirror_region` of one scan whose voxels are given by their C-order indices.
+
+    Parameters
+    ----------
+    idx : array_like of shape (n,), int
+        The voxels' flat indices in the scan's grid ``shape``.
+    lesion, abnormal : array_like of shape (n,), bool
+        Which voxels are the lesion, and which are not normal tissue (the lesion included).
+    shape : sequence of 3 int
+    affine : array_like of shape (4, 4)
+
+    Returns
+    -------
+    ndarray of shape (n,), bool
+        Which of the voxels lie in the lesion's mirror region.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    les, bad = np.asarray(lesion, dtype=bool), np.asarray(abnormal, dtype=bool)
+    volume = tuple(int(n) for n in shape)
+    les_vol = np.zeros(volume, bool).ravel()
+    normal_vol = np.zeros(volume, bool).ravel()
+    les_vol[idx[les]] = True
+    normal_vol[idx[~(bad | les)]] = True
+    mirror = mirror_region(les_vol.reshape(volume), normal_vol.reshape(volume), affine)
+    return mirror.ravel()[idx]
+
+
+def region_means(
+    values: npt.ArrayLike, region: npt.ArrayLike, names: Mapping[int, str]
+) -> dict[str, dict[str, float]]:
+    """Mean and median of ``values`` within each region, NaNs left out.
+
+    Parameters
+    ----------
+    values : array_like of shape (n,)
+    region : array_like of shape (n,), int
+        Each voxel's region code.
+    names : mapping of int to str
+        The regions to report, by code; a region without finite values is left out.
+
+    Returns
+    -------
+    dict of str to dict
+        ``{region name: {"mean": ..., "median": ..., "voxels": n}}`` in the order of ``names``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    codes = np.asarray(region)
+    if v.ndim != 1 or codes.shape != v.shape:
+        raise ValueError(f"values and region must be (n,) of one n, got {v.shape}, {codes.shape}")
+    out: dict[str, dict[str, float]] = {}
+    for code, name in names.items():
+        sel = (codes == code) & np.isfinite(v)
+        if sel.any():
+            out[name] = {
+                "mean": float(v[sel].mean()),
+                "median": float(np.median(v[sel])),
+                "voxels": int(sel.sum()),
+            }
     return out
 
 
@@ -305,13 +378,7 @@ def evaluate_regions(
         for key in dict.fromkeys(subject[lesion]):
             sel = subject == key
             shape, affine = grids[key]
-            volume = tuple(int(n) for n in shape)
-            les_vol = np.zeros(volume, bool).ravel()
-            normal_vol = np.zeros(volume, bool).ravel()
-            les_vol[idx[sel & lesion]] = True
-            normal_vol[idx[sel & ~abnormal]] = True
-            mirror_vol = mirror_region(les_vol.reshape(volume), normal_vol.reshape(volume), affine)
-            mirror = mirror_vol.ravel()[idx[sel]]
+            mirror = scan_mirror(idx[sel], lesion[sel], abnormal[sel], shape, affine)
             if not mirror.any():
                 continue
             contrast[key] = lesion_contrast(oef_pred[sel], oef_true[sel], lesion[sel], mirror)

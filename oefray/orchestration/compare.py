@@ -170,10 +170,15 @@ def region_rows(refs: Sequence[str], *, tracking_uri: str | None = None) -> list
     "cnr": (v, std)}`` (a repeats parent: mean ± std over its repeats). Empty when no run
     logged regions (its test scans had no segmentation)."""
     from oefray.tracking import Tracker
-    from oefray.tracking.names import LESION_CONTRAST_METRICS
 
     tracker = Tracker.for_reading(tracking_uri)
-    runs = _runs(tracker, refs)
+    return runs_region_rows(tracker, _runs(tracker, refs))
+
+
+def runs_region_rows(tracker: Any, runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """:func:`region_rows` of MLflow runs already fetched from ``tracker``."""
+    from oefray.tracking.names import LESION_CONTRAST_METRICS
+
     rows: list[dict[str, Any]] = []
     floor = truth = None
     for run in runs:

@@ -24,6 +24,7 @@ from oefray.tracking.names import (
     REPRESENTATIVE_RUN_TAG,
     repeats_metrics,
     rmse_metric_name,
+    spread_metric_values,
 )
 from oefray.tracking.store import redact_uri
 
@@ -130,6 +131,59 @@ def _uncertainty_figure(maps: Path, path: Path) -> Path:
     return plot_uncertainty_maps(panels, path)
 
 
+def spread_per_region(maps: Path, features: Path, test: list[str]):
+    """The ensemble spread of OEF (``ensstd`` maps, percentage points) per region of the test
+    scans: each tissue class, the lesion and its mirror region (:mod:`oefray.ml.regions`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per region (``region``, ``mean``, ``median``, ``voxels``); empty when the
+        features carry no labels or no map was written.
+    """
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    from oefray.io import features as fio
+    from oefray.io.manifest import FeaturesManifest
+    from oefray.io.maps import map_path, read_map
+    from oefray.ml.regions import ABNORMAL_CLASSES, region_means, scan_mirror
+
+    manifest = FeaturesManifest.load(features)
+    labels = fio.label_columns(manifest)
+    empty = pd.DataFrame(columns=["region", "mean", "median", "voxels"])
+    if not labels:
+        return empty
+    values, codes, names = [], [], {}
+    lesion_code, mirror_code = -2, -3
+    for key in test:
+        path = map_path(maps, key, "OEF", suffix="ensstd")
+        if not path.is_file():
+            continue
+        rows = fio.read_features(features, [key])
+        rows = rows.filter(pc.equal(rows["status"], 0))
+        idx = rows["idx"].to_numpy()
+        spread = read_map(path).ravel()[idx]
+        record = manifest.subjects[key]
+        tissue = rows["tissue"].to_numpy() if "tissue" in labels else np.full(len(idx), -1)
+        names.update({int(c): n for c, n in record.label_names.items()})
+        values.append(spread)
+        codes.append(tissue.astype(np.int64))
+        if "lesion" in labels:
+            lesion = rows["lesion"].to_numpy() > 0
+            bad = [int(c) for c, n in record.label_names.items() if n in ABNORMAL_CLASSES]
+            abnormal = lesion | np.isin(tissue, bad)
+            mirror = scan_mirror(idx, lesion, abnormal, record.shape, record.affine)
+            # lesion and mirror voxels are counted again under their own region codes
+            values += [spread[lesion], spread[mirror]]
+            codes += [np.full(lesion.sum(), lesion_code), np.full(mirror.sum(), mirror_code)]
+    if not values:
+        return empty
+    names.update({lesion_code: "lesion", mirror_code: "lesion mirror"})
+    means = region_means(np.concatenate(values), np.concatenate(codes), names)
+    return pd.DataFrame([{"region": r, **m} for r, m in means.items()])
+
+
 def region_summary(children: list[dict[str, float]]) -> dict[str, float]:
     """The repeats' per-region metrics on the parent: ``<name>_mean`` and ``<name>_std``
     (sample) of each ``test_rmse_<P>_<region>`` and lesion contrast metric every child logged,
@@ -190,6 +244,16 @@ def _summarize(parent, tracker, trials, state) -> RepeatsResult:
         _ensemble_maps(tracker, child_ids, ens)
         parent.log_artifact_dir(ens / "maps", "maps")
         parent.log_artifact_file(_uncertainty_figure(ens / "maps", tmp_path / "uncertainty.png"))
+        test = tracker.get_run(child_ids[0]).data.params.get("test_subjects", "")
+        spread = spread_per_region(ens / "maps", Path(state["features"]), test.split(","))
+        if len(spread):
+            spread.to_csv(tmp_path / "ensemble_spread_per_region.csv", index=False)
+            parent.log_artifact_file(tmp_path / "ensemble_spread_per_region.csv")
+            spread_metrics = spread_metric_values(
+                dict(zip(spread["region"], spread["mean"], strict=True))
+            )
+            parent.log_metrics(spread_metrics)
+            metrics = {**metrics, **spread_metrics}
     return RepeatsResult(
         parent_run_id=parent.run_id,
         child_run_ids=child_ids,

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from oefray.errors import OefrayError
-from oefray.orchestration.compare import floor_row, format_rows, rmse_rows
+from oefray.orchestration.compare import (
+    floor_row,
+    format_region_rows,
+    format_rows,
+    rmse_rows,
+    runs_region_rows,
+)
 from oefray.tracking.store import redact_uri
 
 #: Figures a run may have logged, in page order: (run-relative artifact path, caption).
@@ -40,8 +46,12 @@ FIGURES: tuple[tuple[str, str], ...] = (
 #: Tables a run may have logged: (run-relative artifact path, caption).
 TABLES: tuple[tuple[str, str], ...] = (
     ("rmse_per_patient.csv", "Test RMSE per patient (Table 1 layout; OEF in %)"),
+    ("rmse_per_region.csv", "Test RMSE per tissue class and in the lesion, beside the floor"),
+    ("lesion_contrast.csv", "OEF lesion contrast per test scan (lesion vs mirror region)"),
     ("repeats_summary.csv", "Test RMSE over the seed repeats (Tables 2/3 layout)"),
+    ("ensemble_spread_per_region.csv", "Spread of OEF across the seed repeats, per region"),
     ("te_shift.csv", "Test RMSE when the test data come with other echo schemes"),
+    ("te_shift_regions.csv", "Per region, when the test data come with other echo schemes"),
     ("trials.json", "Search trials"),
 )
 
@@ -442,6 +452,12 @@ def _page_head(tracker: Any, exp: Any, runs: list[Any], notes: list[str]) -> lis
         if rows
         else '<p class="note">no finished run with test metrics</p>',
     ]
+    regions = runs_region_rows(tracker, finished)
+    if regions:
+        head += [
+            "<h2>Where the disease is: OEF RMSE (%) per region and lesion contrast</h2>",
+            format_region_rows(regions, "html"),
+        ]
     if runs:
         head.append(_runs_index(runs))
     if notes:

@@ -6,7 +6,9 @@ ground-truth maps under each echo scheme (qBOLD magnitude with Rician noise, QSM
 noise, the same mask and grid), sent through ``preprocess``, and predicted by a trained LSTM
 (unchanged) and by CCM (its library re-simulated at each scheme, as the method prescribes), beside
 the floor. The table (method × scheme, test RMSE per parameter and OEF) is written as CSV and
-markdown and logged to MLflow.
+markdown and logged to MLflow; where the dataset has a tissue segmentation (and a lesion mask), a
+second table gives each method's OEF RMSE per tissue class and its lesion contrast
+(:mod:`oefray.ml.regions`) at each scheme, beside the floor and the truth.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def _resimulate(
                 dataset, f"sub-{label} has no ground truth (derivatives/qq): cannot re-simulate"
             )
         slab = bids.read_slab(sub, 0, sub.depth)
+        tissue, lesion = slab.labels.get("tissue"), slab.labels.get("lesion")
         measured = simulate_measurement(
             slab.truth,
             slab.mask,
@@ -75,6 +78,9 @@ def _resimulate(
             measured.chi,
             slab.mask,
             dict(slab.truth),
+            labels=tissue,
+            label_names=sub.label_names,
+            lesion=None if lesion is None else lesion > 0,
         )
 
 
@@ -117,45 +123,84 @@ def _reference_params(index, train: list[str]) -> np.ndarray:
     return np.concatenate(reference)
 
 
-def _lstm_rmse(bundles, table) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean and std over the models of the pooled test RMSE of each quantity."""
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (NaN for one value) over the models."""
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return float(np.mean(values)), std
+
+
+def _region_row(reports, method: str, name: str) -> dict[str, Any]:
+    """One row of the per-region table: OEF RMSE of each region and the lesion contrast, mean
+    (and std) over ``reports`` (one :class:`oefray.ml.regions.RegionReport` per model)."""
+    row: dict[str, Any] = {"method": method, "scheme": name}
+    regions = list(dict.fromkeys(r for rep in reports for r in rep.rmse))
+    for region in regions:
+        values = [rep.rmse[region]["OEF"] for rep in reports if region in rep.rmse]
+        row[f"OEF {region}"], row[f"OEF {region}_std"] = _mean_std(values)
+    summaries = [rep.contrast_summary() for rep in reports]
+    if all(summaries):
+        for key in ("contrast_recovered", "cnr"):
+            row[key], row[f"{key}_std"] = _mean_std([s_[key] for s_ in summaries])
+    return row
+
+
+def _lstm_rows(bundles, table, train_mean, manifest):
+    """Mean and std over the models of the pooled test RMSE of each quantity, and the models'
+    :class:`oefray.ml.regions.RegionReport` (empty without labels)."""
     from oefray.ml.metrics import pooled_rmse
     from oefray.ml.windows import make_windows_table
-    from oefray.orchestration.evaluate import predict_windows
+    from oefray.orchestration.evaluate import predict_windows, region_report
 
-    per_model = []
+    per_model, reports = [], []
     for bundle in bundles:
         windows = make_windows_table(table, bundle.window)
         assert windows.y is not None  # re-simulated with ground truth
-        per_model.append(pooled_rmse(predict_windows(bundle, windows.x), windows.y))
-    mean = {q: float(np.mean([r[q] for r in per_model])) for q in RMSE_QUANTITIES}
-    std = {
-        f"{q}_std": float(np.std([r[q] for r in per_model], ddof=1))
-        if len(per_model) > 1
-        else float("nan")
-        for q in RMSE_QUANTITIES
-    }
-    return mean, std
+        pred = predict_windows(bundle, windows.x)
+        per_model.append(pooled_rmse(pred, windows.y))
+        if windows.labels:
+            reports.append(
+                region_report(
+                    pred,
+                    windows.y,
+                    train_mean,
+                    windows.subject,
+                    windows.idx,
+                    windows.labels,
+                    manifest,
+                )
+            )
+    mean, std = {}, {}
+    for q in RMSE_QUANTITIES:
+        mean[q], std[f"{q}_std"] = _mean_std([r[q] for r in per_model])
+    return mean, std, reports
 
 
-def _scheme_rows(name, scheme, table, bundles, params, config, lstm_name) -> list[dict[str, Any]]:
-    """The LSTM, CCM and floor rows of one echo scheme."""
+def _scheme_rows(name, scheme, feats, bundles, params, config, lstm_name):
+    """The LSTM, CCM and floor rows of one echo scheme: pooled RMSE rows, and per-region rows
+    (with the truth's lesion CNR) where the features carry labels."""
+    from oefray.io import features as fio
+    from oefray.io.manifest import FeaturesManifest
     from oefray.ml.ccm import CCMConfig, build_library, predict
     from oefray.ml.metrics import pooled_rmse
+    from oefray.orchestration.evaluate import region_report
     from oefray.physics.constants import PARAMETERS
 
-    lstm, lstm_std = _lstm_rmse(bundles, table)
+    table = fio.read_features(feats)
+    manifest = FeaturesManifest.load(feats)
+    train_mean = params.mean(axis=0)
+    lstm, lstm_std, lstm_regions = _lstm_rows(bundles, table, train_mean, manifest)
     good = table.filter(table["status"].to_numpy() == 0)
     x = np.column_stack([good[c].to_numpy() for c in ("A", "B", "E", "S")])
     true = np.column_stack([good[p].to_numpy() for p in PARAMETERS])
     clusters = {} if config.clusters is None else {"clusters": config.clusters}
     ccm_config = CCMConfig(**clusters, seed=config.seed, snr=config.snr)
     library = build_library(params, np.asarray(scheme.te_s), ccm_config)
-    ccm = pooled_rmse(predict(library, x), true)
-    floor = pooled_rmse(np.broadcast_to(params.mean(axis=0), true.shape), true)
+    ccm_pred = predict(library, x)
+    ccm = pooled_rmse(ccm_pred, true)
+    floor = pooled_rmse(np.broadcast_to(train_mean, true.shape), true)
     te_ms = ", ".join(f"{t * 1e3:g}" for t in scheme.te_s)
     nan_std = {f"{q}_std": float("nan") for q in RMSE_QUANTITIES}
-    return [
+    rows = [
         {
             "method": method,
             "scheme": name,
@@ -169,6 +214,34 @@ def _scheme_rows(name, scheme, table, bundles, params, config, lstm_name) -> lis
             ("floor", floor, nan_std),
         )
     ]
+    labels = {c: good[c].to_numpy() for c in fio.LABEL_COLUMNS if c in good.column_names}
+    if not labels:
+        return rows, []
+    subject, idx = good["subject"].to_numpy(), good["idx"].to_numpy()
+    ccm_report = region_report(ccm_pred, true, train_mean, subject, idx, labels, manifest)
+    floor_row = {
+        "method": "floor",
+        "scheme": name,
+        **{f"OEF {r}": v["OEF"] for r, v in ccm_report.floor.items()},
+    }
+    if ccm_report.contrast:
+        floor_row["contrast_recovered"] = 0.0
+    region_rows = [
+        _region_row(lstm_regions, lstm_name, name),
+        _region_row([ccm_report], "CCM", name),
+        floor_row,
+    ]
+    summary = ccm_report.contrast_summary()
+    if summary:
+        region_rows.append(
+            {
+                "method": "truth",
+                "scheme": name,
+                "contrast_recovered": 1.0,
+                "cnr": summary["cnr_true"],
+            }
+        )
+    return rows, region_rows
 
 
 def te_shift(
@@ -202,7 +275,6 @@ def te_shift(
     """
     import pandas as pd
 
-    from oefray.io import features as fio
     from oefray.orchestration.evaluate import load_bundle
     from oefray.orchestration.preprocess import preprocess
     from oefray.tracking import Tracker
@@ -216,7 +288,7 @@ def te_shift(
     all_schemes = _schemes(bundles[0], schemes)
     params = _reference_params(index, train)
     lstm_name = f"LSTM ({len(bundles)} seeds)" if children else "LSTM"
-    rows = []
+    rows, region_rows = [], []
     with tempfile.TemporaryDirectory(prefix="oefray-te-shift-") as tmp:
         for i, (name, scheme) in enumerate(all_schemes.items()):
             ds = Path(tmp) / f"scheme{i}" / "bids"
@@ -233,16 +305,21 @@ def te_shift(
             result = preprocess(ds, feats, PreprocessConfig(workers=config.workers))
             if not result.ok:
                 raise DatasetError(ds, next(iter(result.failed.values())))
-            table = fio.read_features(feats)
-            rows += _scheme_rows(name, scheme, table, bundles, params, config, lstm_name)
+            pooled, by_region = _scheme_rows(
+                name, scheme, feats, bundles, params, config, lstm_name
+            )
+            rows += pooled
+            region_rows += by_region
     frame = pd.DataFrame(rows)
-    markdown = _markdown(frame)
-    run_id = _log_study(tracker, config, model, dataset, all_schemes, frame, markdown, out)
-    return {"rows": rows, "markdown": markdown, "run_id": run_id}
+    regions = pd.DataFrame(region_rows)
+    markdown = _markdown(frame) + (("\n" + _regions_markdown(regions)) if region_rows else "")
+    run_id = _log_study(tracker, config, model, dataset, all_schemes, frame, regions, markdown, out)
+    return {"rows": rows, "region_rows": region_rows, "markdown": markdown, "run_id": run_id}
 
 
-def _log_study(tracker, config, model, dataset, schemes, frame, markdown, out) -> str:
-    """The study's MLflow run with the table as CSV and markdown (also written to ``out``)."""
+def _log_study(tracker, config, model, dataset, schemes, frame, regions, markdown, out) -> str:
+    """The study's MLflow run with the tables as CSV (``te_shift.csv``, and
+    ``te_shift_regions.csv`` where there are regions) and markdown (also written to ``out``)."""
     with (
         tracker.tracked_run(
             config.experiment,
@@ -265,6 +342,9 @@ def _log_study(tracker, config, model, dataset, schemes, frame, markdown, out) -
         write_text_atomic(target / "te_shift.md", markdown)
         run.log_artifact_file(target / "te_shift.csv")
         run.log_artifact_file(target / "te_shift.md")
+        if len(regions):
+            regions.to_csv(target / "te_shift_regions.csv", index=False)
+            run.log_artifact_file(target / "te_shift_regions.csv")
     return run.run_id
 
 
@@ -297,5 +377,33 @@ def _markdown(frame) -> str:
                 for q in RMSE_QUANTITIES
             )
             + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _regions_markdown(frame) -> str:
+    """Per region: OEF RMSE (%) of each tissue class, lesion contrast recovered and CNR, per
+    method and scheme (``–`` where a row has no value)."""
+    regions = [c[4:] for c in frame.columns if c.startswith("OEF ") and not c.endswith("_std")]
+    keys = [f"OEF {r}" for r in regions] + [c for c in ("contrast_recovered", "cnr") if c in frame]
+    heads = [f"OEF {r} (%)" for r in regions] + [
+        {"contrast_recovered": "contrast recovered", "cnr": "lesion CNR"}[k]
+        for k in keys[len(regions) :]
+    ]
+
+    def cell(r, key: str) -> str:
+        value = r.get(key, float("nan"))
+        if value is None or not np.isfinite(value):
+            return "–"
+        std = r.get(f"{key}_std", float("nan"))
+        return f"{value:.4g}" if std is None or not np.isfinite(std) else f"{value:.4g} ± {std:.2g}"
+
+    lines = [
+        "| method | echo scheme | " + " | ".join(heads) + " |",
+        "|" + "---|" * (len(heads) + 2),
+    ]
+    for _, r in frame.iterrows():
+        lines.append(
+            f"| {r['method']} | {r['scheme']} | " + " | ".join(cell(r, k) for k in keys) + " |"
         )
     return "\n".join(lines) + "\n"

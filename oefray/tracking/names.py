@@ -168,6 +168,16 @@ def region_metrics(split: str, by_region: Mapping[str, Mapping[str, float]]) -> 
     }
 
 
+def spread_metric_values(means: Mapping[str, float]) -> dict[str, float]:
+    """A repeats parent's ensemble spread of OEF per region (the mean over each region's voxels,
+    percentage points, by region name) under its logged names: ``ensemble_oef_std_<region>``
+    and, with a lesion, ``ensemble_oef_std_lesion_over_mirror``."""
+    out = {f"ensemble_oef_std_{region_slug(r)}": float(v) for r, v in means.items()}
+    if means.get("lesion mirror", 0) > 0 and "lesion" in means:
+        out["ensemble_oef_std_lesion_over_mirror"] = float(means["lesion"] / means["lesion mirror"])
+    return out
+
+
 #: Lesion contrast of a method's OEF map and of the truth, averaged over the test scans with a
 #: lesion (:class:`oefray.ml.regions.RegionReport`).
 LESION_CONTRAST_METRICS: dict[str, str] = {

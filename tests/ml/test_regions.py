@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from oefray.ml.metrics import oef_percent
-from oefray.ml.regions import lesion_contrast, mirror_region, per_region_rmse
+from oefray.ml.regions import (
+    lesion_contrast,
+    mirror_region,
+    per_region_rmse,
+    region_means,
+    scan_mirror,
+)
 
 
 def test_per_region_rmse_is_the_rmse_of_each_region_alone():
@@ -129,3 +135,34 @@ def test_evaluate_regions_of_two_scans():
     floor_core = report.floor["infarct core"]["OEF"]
     assert report.rmse["infarct core"]["OEF"] == pytest.approx(0.5 * floor_core, rel=0.02)
     assert report.contrast_summary()["contrast_recovered"] == pytest.approx(0.5)
+
+
+def test_region_means_leave_out_nans_and_empty_regions():
+    values = np.array([1.0, 2.0, np.nan, 4.0, 10.0, 20.0, 30.0])
+    region = np.array([1, 1, 1, 1, 2, 2, 2])
+    got = region_means(values, region, {2: "b", 1: "a", 5: "none"})
+    assert list(got) == ["b", "a"]
+    assert got["a"] == {"mean": pytest.approx(7 / 3), "median": 2.0, "voxels": 3}
+    assert got["b"] == {"mean": 20.0, "median": 20.0, "voxels": 3}
+    with pytest.raises(ValueError, match="values and region"):
+        region_means(values, region[:-1], {1: "a"})
+
+
+def test_scan_mirror_is_the_mirror_region_of_the_scan_volume():
+    """The voxel-index form gives the volume form's region at the voxels given (only the
+    given voxels exist: those left out are neither lesion nor normal tissue)."""
+    shape, affine = _grid()
+    rng = np.random.default_rng(3)
+    idx = np.sort(rng.choice(int(np.prod(shape)), size=300, replace=False))
+    ijk = np.column_stack(np.unravel_index(idx, shape))
+    lesion = (ijk[:, 0] < 5) & (ijk[:, 1] >= 2)
+    abnormal = lesion | ((ijk[:, 0] == 15) & (ijk[:, 2] == 0))  # a penumbra-like strip
+    got = scan_mirror(idx, lesion, abnormal, shape, affine)
+    les_vol, normal_vol = np.zeros(shape, bool), np.zeros(shape, bool)
+    les_vol[tuple(ijk[lesion].T)] = True
+    normal_vol[tuple(ijk[~abnormal].T)] = True
+    expected = mirror_region(les_vol, normal_vol, affine)[tuple(ijk.T)]
+    np.testing.assert_array_equal(got, expected)
+    assert got.any() and not (got & abnormal).any()
+    # mirrored x of a lesion voxel (i < 5) is 19 - i: the mirror lies at i >= 15
+    assert (ijk[got, 0] >= 15).all()

@@ -103,6 +103,18 @@ def test_report_holds_runs_numbers_and_figures_from_mlflow(experiment, report):
     )
     avg = table1.read_text().splitlines()[-1].split(",")
     assert avg[0] == "Avg." and f"<td>{float(avg[-1]):.4g}</td>" in section
+    # where the disease is: the per-region table of the runs (OEF RMSE per tissue class, lesion
+    # contrast) beside the floor and the truth, and each run's per-region tables
+    regions = html[html.index("<h2>Where the disease is") :]
+    regions = regions[: regions.index("</table>")]
+    for data in (lstm, ccm):
+        for metric in ("test_rmse_OEF_infarct_core", "test_rmse_OEF_WM"):
+            assert f"<td>{data.metrics[metric]:.4g}</td>" in regions
+        assert f"<td>{data.metrics['test_lesion_contrast_recovered']:.4g}</td>" in regions
+    assert f"<td>{lstm.metrics['floor_rmse_OEF_infarct_core']:.4g}</td>" in regions
+    assert f"<td>{lstm.metrics['truth_lesion_cnr']:.4g}</td>" in regions
+    assert "Test RMSE per tissue class and in the lesion" in section
+    assert "OEF lesion contrast per test scan" in section
 
     # every figure the runs logged is embedded, and decodes to the very PNG in MLflow
     expected = [

@@ -7,9 +7,12 @@ import json
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pytest
 
 from oefray.cli import main
+from oefray.io import features as fio
+from oefray.physics.anatomy import Tissue
 from oefray.tracking import Tracker
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -44,7 +47,12 @@ def repeats(tiny_features, ray_local, tmp_path_factory):
         ]
     )
     assert code == 0
-    return {"uri": uri, "results": json.loads((root / "results.json").read_text()), "root": root}
+    return {
+        "uri": uri,
+        "results": json.loads((root / "results.json").read_text()),
+        "root": root,
+        "features": tiny_features,
+    }
 
 
 def test_children_differ_only_in_seed(repeats):
@@ -111,6 +119,29 @@ def test_parent_summarises_the_children(repeats, tmp_path):
     np.testing.assert_allclose(mean[inside], stack.mean(axis=0)[inside], rtol=1e-6)
     np.testing.assert_allclose(std[inside], stack.std(axis=0, ddof=1)[inside], rtol=1e-5, atol=1e-7)
     assert np.isnan(mean[~inside]).all()
+    # the ensemble spread of OEF per region, recomputed from the ensstd maps and the features
+    spread = pd.read_csv(art / "ensemble_spread_per_region.csv").set_index("region")
+    test = fio.read_features(repeats["features"], ["P6", "P11"])
+    test = test.filter(pc.equal(test["status"], 0))
+    values, tissue, lesion = [], [], []
+    for label in ("P6", "P11"):
+        rows = test.filter(pc.equal(test["subject"], label))
+        volume = np.asarray(nib.load(art / "maps" / f"sub-{label}_desc-OEF_ensstd.nii.gz").dataobj)
+        values.append(volume.ravel()[rows["idx"].to_numpy()])
+        tissue.append(rows["tissue"].to_numpy())
+        lesion.append(rows["lesion"].to_numpy() > 0)
+    values, tissue, lesion = (np.concatenate(a) for a in (values, tissue, lesion))
+    for region, sel in (("WM", tissue == Tissue.WM), ("lesion", lesion)):
+        ok = sel & np.isfinite(values)
+        assert spread.loc[region, "voxels"] == ok.sum() > 0
+        assert spread.loc[region, "mean"] == pytest.approx(values[ok].mean(), rel=1e-6)
+        slug = region.replace(" ", "_")
+        assert parent.data.metrics[f"ensemble_oef_std_{slug}"] == pytest.approx(
+            spread.loc[region, "mean"], rel=1e-9
+        )
+    assert spread.loc["lesion mirror", "voxels"] > 0
+    ratio = spread.loc["lesion", "mean"] / spread.loc["lesion mirror", "mean"]
+    assert parent.data.metrics["ensemble_oef_std_lesion_over_mirror"] == pytest.approx(ratio)
 
 
 def test_te_shift_of_a_repeats_parent_gives_mean_and_std_over_the_repeats(
@@ -130,13 +161,18 @@ def test_te_shift_of_a_repeats_parent_gives_mean_and_std_over_the_repeats(
     both = te_shift(tiny_cohort, res["parent_run_id"], **common)
     lstm = [r for r in both["rows"] if r["method"].startswith("LSTM")]
     assert [r["method"] for r in lstm] == ["LSTM (2 seeds)"]
-    alone = [
-        next(r for r in te_shift(tiny_cohort, c, **common)["rows"] if r["method"] == "LSTM")
-        for c in res["child_run_ids"]
-    ]
+    studies = [te_shift(tiny_cohort, c, **common) for c in res["child_run_ids"]]
+    alone = [next(r for r in st["rows"] if r["method"] == "LSTM") for st in studies]
     for q in QUANTITIES:
         values = np.array([r[q] for r in alone])
         assert lstm[0][q] == pytest.approx(values.mean(), rel=1e-9)
         assert lstm[0][f"{q}_std"] == pytest.approx(values.std(ddof=1), rel=1e-6)
+    # per region likewise: the infarct core's OEF RMSE and the lesion contrast recovered
+    region = next(r for r in both["region_rows"] if r["method"].startswith("LSTM"))
+    alone_regions = [next(r for r in st["region_rows"] if r["method"] == "LSTM") for st in studies]
+    for key in ("OEF infarct core", "contrast_recovered"):
+        values = np.array([r[key] for r in alone_regions])
+        assert region[key] == pytest.approx(values.mean(), rel=1e-9)
+        assert region[f"{key}_std"] == pytest.approx(values.std(ddof=1), rel=1e-6)
         assert np.isnan(alone[0][f"{q}_std"])
     assert "±" in both["markdown"].splitlines()[2]
