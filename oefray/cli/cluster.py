@@ -45,6 +45,16 @@ def submit(
             "--no-follow returns once the job is submitted.",
         ),
     ] = None,
+    token: Annotated[
+        bool,
+        typer.Option(
+            "--token",
+            help="Send the Ray token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) "
+            "with every request, an error if there is none. Without it the token goes only to a "
+            "job server that answers 401 (asks for it); RAY_AUTH_MODE=token always sends it, "
+            "RAY_AUTH_MODE=disabled never (--token wins over it).",
+        ),
+    ] = False,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -68,7 +78,7 @@ def submit(
         job_spec = read_job_spec(spec, parse_overrides(set_ or []))
     except OefrayError as exc:
         fail(str(exc), USAGE)
-    job = run(lambda: submit_job(job_spec, options.address))
+    job = run(lambda: submit_job(job_spec, options.address, token=token))
     err_console.print(
         f"submitted {job.submission_id} to {job.address}: {job_spec.entrypoint}",
         markup=False,

@@ -7,12 +7,26 @@ entrypoint runs in a shell on the head node; its paths come from ``runtime_env.e
 ``--set NAME=VALUE`` overrides at submission.
 
 Authentication follows Ray's token scheme (ray 2.60: ``ray start --head`` turns it on when it finds
-a token or ``RAY_AUTH_MODE=token`` is set, as ``cluster.yaml`` does): the token is read from
+a token or ``RAY_AUTH_MODE=token`` is set, as ``cluster.yaml`` does). The token is read from
 ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` names, else ``~/.ray/auth_token`` (Ray's
-own order) and sent as an ``Authorization: Bearer`` header; ``RAY_AUTH_MODE=disabled`` sends none.
-The header is passed to the client explicitly because Ray's client adds one only when
-``RAY_AUTH_MODE=token`` was in the environment before Ray read its configuration (its ``ray job``
-CLI needs that variable; ``oefray submit`` does not).
+own order), and sent as an ``Authorization: Bearer`` header only where it belongs:
+
+- ``RAY_AUTH_MODE`` unset: the first request (``GET /api/version``) goes without it; only if the
+  job server answers 401 (Ray's dashboard: ``Unauthorized: Missing authentication token``, which
+  Ray's client raises as :class:`ray.exceptions.AuthenticationError`) is the connection made again
+  with the token, if one is found. A cluster without authentication never receives it.
+- ``RAY_AUTH_MODE=token``, or ``submit(..., token=True)`` (``oefray submit --token``, which wins
+  over ``RAY_AUTH_MODE=disabled``): sent with every request; no token is an error.
+- ``RAY_AUTH_MODE=disabled``: never sent.
+
+Before the token goes over plain ``http://`` to a host that is not loopback (127.0.0.0/8, ::1,
+``localhost``), a WARNING says so: it travels unencrypted there; forwarding the dashboard to
+localhost (``ray dashboard cluster.yaml``, ``ssh -L``) or an ``https://`` address avoids that.
+
+Oefray decides, not Ray's process state: Ray's client would add the machine's token on its own when
+this process's Ray configuration has token mode (after a ``ray.init()`` here), and would replace
+the address it is given with ``RAY_API_SERVER_ADDRESS`` or ``RAY_ADDRESS``; :func:`connect` stops
+both, so the token reaches exactly the address that was checked.
 """
 
 from __future__ import annotations
@@ -20,12 +34,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import ipaddress
 import logging
 import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +48,8 @@ from urllib.parse import urlsplit
 
 from oefray.errors import OefrayError
 from oefray.orchestration.runtime import probe_tcp
+
+log = logging.getLogger(__name__)
 
 #: Keys of a job spec, each a keyword argument of ``JobSubmissionClient.submit_job``.
 SPEC_KEYS = (
@@ -232,18 +249,50 @@ def resolve_address(address: str | None, environ: Mapping[str, str] = os.environ
     return chosen.rstrip("/")
 
 
-def auth_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The ``Authorization`` header for a token-authenticated cluster, or ``{}``.
+#: Where a token is sent (:func:`token_policy`): with every request, never, or only once the
+#: job server answers 401.
+ALWAYS, NEVER, WHEN_ASKED = "always", "never", "when-asked"
 
-    Ray's sources, in Ray's order: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``,
-    ``~/.ray/auth_token``. ``RAY_AUTH_MODE=disabled`` sends no token; ``RAY_AUTH_MODE=token``
-    without a token is an error (as it is for Ray).
+#: Host names that stay on this machine (besides the 127.0.0.0/8 and ::1 addresses).
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+
+
+@dataclass(frozen=True)
+class Token:
+    """A Ray authentication token and where it was found.
+
+    Parameters
+    ----------
+    value : str
+        The token (never in a repr or a log line).
+    source : str
+        Where it came from, for log lines: ``RAY_AUTH_TOKEN``, ``<path> (RAY_AUTH_TOKEN_PATH)``
+        or ``~/.ray/auth_token``.
     """
-    mode = environ.get("RAY_AUTH_MODE", "").strip().lower()
-    if mode == "disabled":
-        return {}
+
+    value: str = field(repr=False)
+    source: str
+
+    def header(self) -> dict[str, str]:
+        """The ``Authorization`` header that carries it."""
+        return {"Authorization": f"Bearer {self.value}"}
+
+
+def find_token(environ: Mapping[str, str] = os.environ) -> Token | None:
+    """The Ray token, from Ray's sources in Ray's order, or None if there is none.
+
+    ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` names, else ``~/.ray/auth_token``
+    (``HOME`` of ``environ``).
+
+    Raises
+    ------
+    OefrayError
+        One line naming the file: ``RAY_AUTH_TOKEN_PATH`` unreadable or empty.
+    """
     token = environ.get("RAY_AUTH_TOKEN", "").strip()
-    if not token and environ.get("RAY_AUTH_TOKEN_PATH"):
+    if token:
+        return Token(token, "RAY_AUTH_TOKEN")
+    if environ.get("RAY_AUTH_TOKEN_PATH"):
         token_path = Path(environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
         try:
             token = token_path.read_text().strip()
@@ -253,19 +302,54 @@ def auth_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
             ) from None
         if not token:
             raise OefrayError(token_path, "the Ray token file (RAY_AUTH_TOKEN_PATH) is empty")
-    if not token:
-        default = Path(environ.get("HOME", "~")).expanduser() / ".ray" / "auth_token"
-        with contextlib.suppress(OSError):
-            token = default.read_text().strip()
-    if not token:
-        if mode == "token":
-            raise OefrayError(
-                None,
-                "RAY_AUTH_MODE=token but no Ray token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, "
-                "or put the cluster's token in ~/.ray/auth_token",
-            )
-        return {}
-    return {"Authorization": f"Bearer {token}"}
+        return Token(token, f"{token_path} (RAY_AUTH_TOKEN_PATH)")
+    default = Path(environ.get("HOME", "~")).expanduser() / ".ray" / "auth_token"
+    with contextlib.suppress(OSError):
+        token = default.read_text().strip()
+    return Token(token, "~/.ray/auth_token") if token else None
+
+
+def token_policy(environ: Mapping[str, str] = os.environ, *, force: bool = False) -> str:
+    """When the token is sent: :data:`ALWAYS` (``force``, i.e. ``--token``, or
+    ``RAY_AUTH_MODE=token``), :data:`NEVER` (``RAY_AUTH_MODE=disabled``), else
+    :data:`WHEN_ASKED` (after the job server answers 401)."""
+    mode = environ.get("RAY_AUTH_MODE", "").strip().lower()
+    if force or mode == "token":
+        return ALWAYS
+    return NEVER if mode == "disabled" else WHEN_ASKED
+
+
+def cleartext_host(address: str) -> str | None:
+    """The host a token sent to ``address`` would reach unencrypted, or None.
+
+    That is the host of a plain ``http://`` address that is not loopback (127.0.0.0/8, ::1,
+    ``localhost``); None for ``https://`` and for loopback (a ``ray dashboard`` or ``ssh -L``
+    tunnel ends there, and encrypts the way to the head).
+    """
+    parts = urlsplit(address)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "http" or not host or host in _LOOPBACK_NAMES:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name that is not localhost: it may resolve anywhere
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return None if ip.is_loopback else host
+
+
+def warn_cleartext(address: str) -> None:
+    """Log one WARNING line if a token sent to ``address`` travels unencrypted
+    (:func:`cleartext_host`)."""
+    host = cleartext_host(address)
+    if host is not None:
+        log.warning(
+            "sending the Ray token to %s over plain http: it travels unencrypted; forward the "
+            "dashboard to localhost (`ray dashboard cluster.yaml`, or `ssh -L 8265:localhost:8265 "
+            "<head>`) and submit to http://127.0.0.1:8265, or use an https:// address",
+            host,
+        )
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -300,8 +384,9 @@ class SubmittedJob:
         return str(self.client.get_job_info(self.submission_id).message or "")
 
 
-def connect(address: str | None = None, *, timeout_s: float = 5.0) -> Any:
-    """A ``JobSubmissionClient`` on the resolved address with the token header, checked live.
+def connect(address: str | None = None, *, token: bool = False, timeout_s: float = 5.0) -> Any:
+    """A ``JobSubmissionClient`` on the resolved address, checked live, with the token only where
+    :func:`token_policy` says (``token=True``: with every request).
 
     Raises
     ------
@@ -309,29 +394,98 @@ def connect(address: str | None = None, *, timeout_s: float = 5.0) -> Any:
         One line: unreachable server, rejected or missing token, not a Ray job server.
     """
     from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
 
     url = resolve_address(address)
     check_reachable(url, timeout_s)
+    policy = token_policy(force=token)
+    if policy == ALWAYS:
+        found = find_token()
+        if found is None:
+            why = "--token" if token else "RAY_AUTH_MODE=token"
+            raise OefrayError(
+                None,
+                f"{why} but no Ray token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, "
+                "or put the cluster's token in ~/.ray/auth_token",
+            )
+        return _open_client(url, found)
     try:
-        return JobSubmissionClient(url, headers=auth_headers())
+        return _open_client(url, None)
     except AuthenticationError as exc:
+        # Ray's client words a 401 "Authentication required: <body>" and a 403 "Authentication
+        # failed: <body>" (ray._private.authentication.http_token_authentication)
+        asked = exc.message.startswith("Authentication required")
+        found = find_token() if asked and policy == WHEN_ASKED else None
+        if found is None:
+            hint = (
+                "; RAY_AUTH_MODE=disabled sends none (unset it, or add --token)"
+                if policy == NEVER
+                else ""
+            )
+            raise OefrayError(url, _auth_problem(str(exc)) + hint) from None
+    log.info("the cluster asks for a token; sending %s", found.source)
+    return _open_client(url, found)
+
+
+def _open_client(url: str, token: Token | None) -> Any:
+    """``JobSubmissionClient(url)`` with ``token``'s header, or with none at all.
+
+    Raises Ray's ``AuthenticationError`` for a request without a token that the server refused
+    (the caller decides whether to send one); every other failure is one line.
+    """
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    if token is not None:
+        warn_cleartext(url)
+        headers: dict[str, Any] = token.header()
+    else:
+        # a user's Authorization key keeps Ray's client from adding the machine's token itself,
+        # and `requests` sends no header whose value is None
+        headers = {"Authorization": None}
+    try:
+        with _address_as_given():
+            client = JobSubmissionClient(url, headers=headers)
+    except AuthenticationError as exc:
+        if token is None:
+            raise
         raise OefrayError(url, _auth_problem(str(exc))) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise OefrayError(url, f"not a Ray job server ({_first_line(exc)})") from None
+    if token is None:
+        # the log stream (aiohttp) would refuse a None value: no key at all from here on
+        client._headers.pop("Authorization", None)
+    return client
+
+
+@contextlib.contextmanager
+def _address_as_given() -> Iterator[None]:
+    """Hide ``RAY_API_SERVER_ADDRESS`` and ``RAY_ADDRESS`` while Ray's client is built: it would
+    take either over the address it is given (:func:`resolve_address` has weighed them)."""
+    saved = {
+        k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ
+    }
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def submit(
-    spec: JobSpec, address: str | None = None, *, submission_id: str | None = None
+    spec: JobSpec,
+    address: str | None = None,
+    *,
+    token: bool = False,
+    submission_id: str | None = None,
 ) -> SubmittedJob:
     """Submit ``spec``; returns at once with the job's handle.
 
-    The submission id is ``oefray-<stage>-<UTC time>-<4 hex>`` unless given, so the dashboard's
-    job list says which stage each job is.
+    ``token=True`` sends the Ray token with every request (:func:`connect`). The submission id
+    is ``oefray-<stage>-<UTC time>-<4 hex>`` unless given, so the dashboard's job list says which
+    stage each job is.
     """
     from ray.exceptions import AuthenticationError
 
-    client = connect(address)
+    client = connect(address, token=token)
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     submission_id = submission_id or f"oefray-{spec.name}-{stamp}-{uuid.uuid4().hex[:4]}"
     kwargs = spec.submit_kwargs()

@@ -1,15 +1,19 @@
-"""``oefray submit``: job specs, the Ray token, and a real job on a real head started here.
+"""``oefray submit``: job specs, the Ray token, and real jobs on real heads started here.
 
-The end-to-end test starts its own Ray head (``ray start --head``, token authentication on, every
-port chosen free, its own ``--temp-dir`` so no ``ray.init()`` elsewhere attaches to it) in a new
-session, and stops exactly the processes of that session: ``ray stop`` would stop every Ray
-runtime on the machine, the tests' own included.
+The end-to-end tests start their own Ray heads (``ray start --head``, one with token
+authentication, one without; every port chosen free, each its own ``--temp-dir`` so no
+``ray.init()`` elsewhere attaches to it) in a new session each, and stop exactly the processes of
+that session: ``ray stop`` would stop every Ray runtime on the machine, the tests' own included.
+What the client sends is read off the wire by a TCP relay in front of the head (:class:`_Relay`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -17,7 +21,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +34,17 @@ from oefray.errors import OefrayError
 from oefray.io import bids, scans
 from oefray.io import features as fio
 from oefray.orchestration.submit import (
+    ALWAYS,
     DEFAULT_ADDRESS,
-    auth_headers,
+    NEVER,
+    WHEN_ASKED,
+    cleartext_host,
+    find_token,
     parse_overrides,
     read_job_spec,
     resolve_address,
+    token_policy,
+    warn_cleartext,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,9 +56,17 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+    return _free_ports(1)[0]
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` different free ports (all held at once while chosen: one at a time, the system may
+    hand out the same port twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,24 +163,76 @@ def test_resolve_address():
     assert resolve_address("http://x:3", {"RAY_API_SERVER_ADDRESS": "http://h:1"}) == "http://x:3"
 
 
-def test_auth_headers_follow_rays_token_sources(tmp_path):
+def test_find_token_follows_rays_token_sources(tmp_path):
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text("from-home\n")
     token_file = tmp_path / "token"
     token_file.write_text("  from-path \n")
-    assert auth_headers({"HOME": str(home)}) == {"Authorization": "Bearer from-home"}
+    found = find_token({"HOME": str(home)})
+    assert found is not None and (found.value, found.source) == ("from-home", "~/.ray/auth_token")
+    assert found.header() == {"Authorization": "Bearer from-home"}
+    assert "from-home" not in repr(found)  # never in a log line or a traceback
     env = {"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(token_file)}
-    assert auth_headers(env) == {"Authorization": "Bearer from-path"}
-    assert auth_headers({**env, "RAY_AUTH_TOKEN": "from-env"}) == {
-        "Authorization": "Bearer from-env"
-    }
-    assert auth_headers({**env, "RAY_AUTH_MODE": "disabled"}) == {}
-    assert auth_headers({"HOME": str(tmp_path)}) == {}  # no token anywhere: none sent
-    with pytest.raises(OefrayError, match="RAY_AUTH_MODE=token but no Ray token"):
-        auth_headers({"HOME": str(tmp_path), "RAY_AUTH_MODE": "token"})
+    found = find_token(env)
+    assert found is not None and found.value == "from-path"
+    assert found.source == f"{token_file} (RAY_AUTH_TOKEN_PATH)"
+    found = find_token({**env, "RAY_AUTH_TOKEN": "from-env"})
+    assert found is not None and (found.value, found.source) == ("from-env", "RAY_AUTH_TOKEN")
+    assert find_token({"HOME": str(tmp_path)}) is None  # no token anywhere
     with pytest.raises(OefrayError, match=r"missing: cannot read the Ray token"):
-        auth_headers({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+        find_token({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(OefrayError, match=r"empty: the Ray token file .* is empty"):
+        find_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "empty")})
+
+
+def test_token_policy():
+    assert token_policy({}) == WHEN_ASKED
+    assert token_policy({"RAY_AUTH_MODE": ""}) == WHEN_ASKED
+    assert token_policy({"RAY_AUTH_MODE": "token"}) == ALWAYS
+    assert token_policy({"RAY_AUTH_MODE": " Token "}) == ALWAYS
+    assert token_policy({"RAY_AUTH_MODE": "disabled"}) == NEVER
+    # --token: the command line wins over the environment, as --address does
+    assert token_policy({}, force=True) == ALWAYS
+    assert token_policy({"RAY_AUTH_MODE": "disabled"}, force=True) == ALWAYS
+
+
+@pytest.mark.parametrize(
+    ("address", "host"),
+    [
+        ("http://10.1.2.3:8265", "10.1.2.3"),
+        ("http://head.example.org:8265", "head.example.org"),
+        ("http://[2001:db8::5]:8265", "2001:db8::5"),
+        ("http://[::ffff:10.1.2.3]:8265", "::ffff:10.1.2.3"),
+        ("https://10.1.2.3:8265", None),  # encrypted
+        ("https://head.example.org", None),
+        ("http://127.0.0.1:8265", None),  # a `ray dashboard` / `ssh -L` tunnel ends here
+        ("http://127.45.6.7:8265", None),
+        ("http://localhost:8265", None),
+        ("http://LOCALHOST:8265", None),
+        ("http://[::1]:8265", None),
+        ("http://[::ffff:127.0.0.1]:8265", None),
+    ],
+)
+def test_cleartext_host(address, host):
+    assert cleartext_host(address) == host
+
+
+def test_warn_cleartext_is_one_warning_naming_the_host(caplog):
+    caplog.set_level(logging.DEBUG, logger="oefray")
+    warn_cleartext("http://10.1.2.3:8265")
+    (record,) = caplog.records
+    assert record.name == "oefray.orchestration.submit" and record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert "\n" not in message
+    assert message.startswith("sending the Ray token to 10.1.2.3 over plain http: it travels ")
+    assert "unencrypted" in message and "ray dashboard cluster.yaml" in message
+    assert "ssh -L" in message and "https://" in message
+    caplog.clear()
+    for address in ("https://10.1.2.3:8265", "http://127.0.0.1:8265", "http://localhost:8265"):
+        warn_cleartext(address)
+    assert caplog.records == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,40 +275,41 @@ def _stop_session(sid: int) -> None:
             return
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """A Ray head with token authentication, started with this venv's ``ray``; yields
-    ``(dashboard URL, token file)`` and stops only its own processes afterwards."""
-    token = tmp_path_factory.mktemp("auth") / "token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
+@contextlib.contextmanager
+def _start_head(tmp_path_factory, *, token: bool, num_cpus: int) -> Iterator[tuple[str, Path]]:
+    """A Ray head started with this venv's ``ray``, with token authentication or explicitly
+    without (``RAY_AUTH_MODE=disabled``); yields ``(dashboard URL, token file)`` and stops only
+    its own processes afterwards. The token file is written either way: for the head that does
+    not ask for it, it is the one a user has and must not send."""
+    token_file = tmp_path_factory.mktemp("auth") / "token"
+    token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
     # short: Ray's Unix sockets live under it (path limit ~107 characters)
     temp_dir = tempfile.mkdtemp(prefix="oefray-ray-", dir="/tmp")
     bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",  # the job's `oefray` and workers
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(token),
+        RAY_AUTH_MODE="token" if token else "disabled",
         RAY_DISABLE_USAGE_STATS="1",
     )
-    ports = {
-        name: _free_port()
-        for name in (
-            "port",
-            "dashboard-port",
-            "ray-client-server-port",
-            "node-manager-port",
-            "object-manager-port",
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "runtime-env-agent-port",
-            "metrics-export-port",
-        )
-    }
+    if token:
+        env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    names = (
+        "port",
+        "dashboard-port",
+        "ray-client-server-port",
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    )
+    ports = dict(zip(names, _free_ports(len(names)), strict=True))
     worker_min = 20000 + secrets.randbelow(9000)  # below the ephemeral range, away from 10002+
-    args = [str(bin_dir / "ray"), "start", "--head", "--num-cpus", "2", "--temp-dir", temp_dir]
-    args += ["--dashboard-host", "127.0.0.1", "--disable-usage-stats"]
+    args = [str(bin_dir / "ray"), "start", "--head", "--num-cpus", str(num_cpus)]
+    args += ["--temp-dir", temp_dir, "--dashboard-host", "127.0.0.1", "--disable-usage-stats"]
     args += [f"--{name}={port}" for name, port in ports.items()]
     args += [f"--min-worker-port={worker_min}", f"--max-worker-port={worker_min + 200}"]
     proc = subprocess.Popen(
@@ -251,12 +324,252 @@ def ray_head(tmp_path_factory):
         out, _ = proc.communicate(timeout=180)
         if proc.returncode != 0:
             pytest.fail(f"ray start --head failed ({proc.returncode}):\n{out[-3000:]}")
-        yield f"http://127.0.0.1:{ports['dashboard-port']}", token
+        yield f"http://127.0.0.1:{ports['dashboard-port']}", token_file
     finally:
         if proc.poll() is None:
             proc.kill()
         _stop_session(proc.pid)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head with token authentication (2 CPUs); ``(dashboard URL, token file)``."""
+    with _start_head(tmp_path_factory, token=True, num_cpus=2) as head:
+        yield head
+
+
+@pytest.fixture(scope="module")
+def ray_head_open(tmp_path_factory):
+    """A Ray head without authentication (1 CPU); ``(dashboard URL, a token file)``."""
+    with _start_head(tmp_path_factory, token=False, num_cpus=1) as head:
+        yield head
+
+
+class _Relay:
+    """A TCP relay on 127.0.0.1 in front of a job server: every byte each connection sent and
+    received, in the order the connections were opened. Bytes, not parsed requests, so no header
+    passes unseen (the websocket of the log stream included).
+
+    Parameters
+    ----------
+    target : str
+        The job server's URL, ``http://127.0.0.1:<port>``.
+    """
+
+    def __init__(self, target: str) -> None:
+        self._target_port = int(target.rsplit(":", 1)[1])
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self.connections: list[_Connection] = []
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            self._sockets += [client, upstream]
+            connection = _Connection()
+            self.connections.append(connection)
+            for src, dst, record in (
+                (client, upstream, connection.sent),
+                (upstream, client, connection.received),
+            ):
+                threading.Thread(target=self._pump, args=(src, dst, record), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, record: bytearray) -> None:
+        try:
+            while chunk := src.recv(65536):
+                record += chunk
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def requests(self) -> list[_Connection]:
+        """The connections that sent something (not the reachability probe's bare connect)."""
+        return [c for c in self.connections if c.sent]
+
+    def __enter__(self) -> _Relay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+class _Connection:
+    """What one connection through :class:`_Relay` carried."""
+
+    def __init__(self) -> None:
+        self.sent = bytearray()
+        self.received = bytearray()
+
+    @property
+    def request_line(self) -> str:
+        return self.sent.split(b"\r\n", 1)[0].decode()
+
+    @property
+    def authorizations(self) -> list[str]:
+        """The values of every ``Authorization`` header sent on it (any capitalisation)."""
+        return re.findall(r"(?im)^authorization:[ \t]*(.*?)\r$", self.sent.decode("latin-1"))
+
+    @property
+    def status(self) -> int:
+        return int(self.received.split(b" ", 2)[1])
+
+
+def _user_with_token(tmp_path: Path, token: str, monkeypatch) -> None:
+    """A user whose token is in ``~/.ray/auth_token`` (``HOME`` under ``tmp_path``) and whose
+    environment says nothing else about Ray's authentication or address."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(token + "\n")
+    monkeypatch.setenv("HOME", str(home))
+    for name in (
+        "RAY_AUTH_MODE",
+        "RAY_AUTH_TOKEN",
+        "RAY_AUTH_TOKEN_PATH",
+        "RAY_API_SERVER_ADDRESS",
+        "RAY_ADDRESS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _hello_spec(tmp_path: Path) -> Path:
+    spec = tmp_path / "hello.yaml"
+    spec.write_text("entrypoint: python -c \"print('hello from the cluster')\"\n")
+    return spec
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_token_goes_once_the_cluster_asks_for_it(
+    ray_head, tmp_path, monkeypatch, capsys, caplog
+):
+    url, token_file = ray_head
+    token = token_file.read_text().strip()
+    _user_with_token(tmp_path, token, monkeypatch)
+    caplog.set_level(logging.INFO, logger="oefray.orchestration.submit")
+    with _Relay(url) as relay:
+        args = ["submit", str(_hello_spec(tmp_path)), "--address", relay.url]
+        code = main([*args, "--results", str(tmp_path / "submit.json")])
+        captured = capsys.readouterr()
+        # RAY_AUTH_MODE=disabled: not even when asked; one line that says why
+        sent_before = len(relay.requests())
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        assert main(args) == 1
+        assert _error_lines(capsys.readouterr().err) == [
+            f"oefray: error: {relay.url}: the cluster rejected the request (Authentication "
+            "required: Unauthorized: Missing authentication token); give its token through "
+            "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; RAY_AUTH_MODE=disabled "
+            "sends none (unset it, or add --token)"
+        ]
+        refused = relay.requests()[sent_before:]
+        assert [(c.status, c.authorizations) for c in refused] == [(401, [])]
+        monkeypatch.delenv("RAY_AUTH_MODE")
+    assert code == 0, captured.err
+    assert "hello from the cluster" in captured.out  # the job ran and its log was streamed
+    assert json.loads((tmp_path / "submit.json").read_text())["status"] == "SUCCEEDED"
+
+    first, *rest = relay.requests()[:sent_before]
+    # the first request has no token, and the head asks for one
+    assert first.request_line == "GET /api/version HTTP/1.1" and first.authorizations == []
+    assert first.status == 401 and first.received.endswith(b"Missing authentication token")
+    # then every request carries it: the version checks, the submission, the log stream, ...
+    assert len(rest) >= 4
+    assert all(c.authorizations == [f"Bearer {token}"] for c in rest)
+    assert all(c.status in (101, 200) for c in rest)
+    lines = [c.request_line for c in rest]
+    assert "POST /api/jobs/ HTTP/1.1" in lines
+    assert any(line.startswith("GET /api/jobs/oefray-hello-") for line in lines)
+    assert any(line.endswith("/logs/tail HTTP/1.1") for line in lines)  # the websocket
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("oefray")]
+    assert said == [("INFO", "the cluster asks for a token; sending ~/.ray/auth_token")]
+    assert "oefray: warning" not in captured.err  # 127.0.0.1: no cleartext warning
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_no_token_goes_to_a_cluster_that_does_not_ask(
+    ray_head_open, tmp_path, monkeypatch, capsys, caplog
+):
+    url, token_file = ray_head_open
+    token = token_file.read_text().strip()
+    _user_with_token(tmp_path, token, monkeypatch)  # the user has a token, for another cluster
+    caplog.set_level(logging.DEBUG, logger="oefray")
+    spec = _hello_spec(tmp_path)
+    with _Relay(url) as relay:
+        code = main(["submit", str(spec), "--address", relay.url, "--results", str(tmp_path / "r")])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        assert "hello from the cluster" in captured.out
+        # the same after a `ray.init()` in the submitting process, which leaves Ray's own
+        # client in token mode (it would add the machine's token to every request itself)
+        script = (
+            "import os, sys; os.environ['RAY_AUTH_MODE'] = 'token';"
+            "from ray._raylet import Config; Config.initialize('');"
+            "from ray._private.authentication.authentication_utils import is_token_auth_enabled;"
+            "assert is_token_auth_enabled(); del os.environ['RAY_AUTH_MODE'];"
+            "from oefray.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, "submit", str(spec), "--address", relay.url]
+            + ["--no-follow", "--results", str(tmp_path / "r2")],
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    sent = relay.requests()
+    assert len(sent) >= 7  # both submissions went through the relay
+    assert [c for c in sent if c.authorizations] == []
+    assert b"authorization" not in b"".join(c.sent for c in sent).lower()
+    assert token.encode() not in b"".join(c.sent for c in sent)
+    assert sum(c.request_line == "POST /api/jobs/ HTTP/1.1" for c in sent) == 2
+    assert any(c.request_line.endswith("/logs/tail HTTP/1.1") for c in sent)
+    assert all(c.status in (101, 200) for c in sent)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("oefray")] == []
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_token_option_sends_it_from_the_first_request(ray_head_open, tmp_path, monkeypatch, capsys):
+    url, token_file = ray_head_open
+    token = token_file.read_text().strip()
+    _user_with_token(tmp_path, token, monkeypatch)
+    # Ray's client would take these over the address it is given; the token goes to the relay
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_free_port()}")
+    spec = str(_hello_spec(tmp_path))
+    with _Relay(url) as relay:
+        code = main(["submit", spec, "--address", relay.url, "--token", "--no-follow"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        sent = relay.requests()
+        assert sent[0].request_line == "GET /api/version HTTP/1.1"
+        assert len(sent) >= 3 and all(c.authorizations == [f"Bearer {token}"] for c in sent)
+        assert "POST /api/jobs/ HTTP/1.1" in [c.request_line for c in sent]
+        assert "oefray: warning" not in captured.err
+        assert "submitted oefray-hello-" in captured.err and f"to {relay.url}:" in captured.err
+
+        # --token and no token anywhere: one line, and nothing was sent
+        (tmp_path / "home" / ".ray" / "auth_token").unlink()
+        before = len(relay.requests())
+        assert main(["submit", spec, "--address", relay.url, "--token"]) == 1
+        assert _error_lines(capsys.readouterr().err) == [
+            "oefray: error: --token but no Ray token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, "
+            "or put the cluster's token in ~/.ray/auth_token"
+        ]
+        assert len(relay.requests()) == before
 
 
 @pytest.mark.ray
@@ -267,9 +580,8 @@ def test_submit_preprocess_job_end_to_end(ray_head, tiny_cohort, tmp_path, monke
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
 
-    # the cluster refuses a user without its token (a fresh process: a `ray.init()` earlier in
-    # this one leaves Ray's client sending the machine's default token), and one with another
-    # token: one line each
+    # the cluster refuses a user without its token (the command as a user runs it, in a process
+    # of its own), and one with another token: one line each
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token there
     done = subprocess.run(
