@@ -606,6 +606,120 @@ class StudyConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
 
 
+#: Methods of ``oefray qq``: voxel-wise from one prior start, or CAT (cluster starts).
+QQ_METHODS: tuple[str, ...] = ("voxel", "cat")
+
+
+@dataclass(frozen=True)
+class QQConfig(ScanOptions):
+    """What ``oefray qq`` does (and which files make a scan: :class:`ScanOptions`).
+
+    Parameters
+    ----------
+    method : str
+        ``cat`` (the voxel-wise solve starts from each voxel's cluster solution, with the
+        ``shared`` parameters fixed at the cluster's; :mod:`oefray.ml.cat`) or ``voxel`` (all
+        five solved voxel by voxel from one prior start,
+        :data:`oefray.orchestration.qq.PRIOR_START`).
+    shared : tuple of str
+        With ``cat``: the parameters a voxel takes from its cluster (default ``Y, v``: those a
+        voxel's own data do not determine); ``()`` frees all five.
+    w : float
+        Weight of the QSM residual against the qBOLD residuals (echo-1-normalised signal):
+        ``(sigma_S / sigma_chi)^2``. The default 25 is SNR 100 (sigma_S = 0.01) over 0.002 ppm
+        QSM noise, the simulator's defaults; set it from your data's noise.
+    lam : float
+        Weight of the whole-brain prior ``lam * (mean OEF - OEF_wb)^2`` (cost units; ``inf``:
+        the mean is OEF_wb exactly). Used only with an OEF_wb source; 0 leaves it out.
+    oef_wb : float or None
+        Whole-brain OEF, a fraction in (0, 1).
+    oef_wb_source : str
+        Where OEF_wb comes from: ``none``, ``value`` (``oef_wb``), ``sinus`` (the venous-sinus
+        ROI ``sinus_mask``), ``truth`` (a simulated cohort's truth; said so everywhere).
+    sinus_mask : str or None
+        The derivative holding each scan's venous-sinus ROI (``_label-sinus_mask``).
+    sample : int
+        Voxels per scan drawn for the clustering and the prior's outer rounds.
+    slab : int
+        z planes per task.
+    workers, address
+        The Ray runtime (as for ``preprocess``).
+    seed : int
+        Seed of the sample and of k-means.
+    force : bool
+        Redo scans already in the output (only the files ``qq`` writes are replaced).
+    experiment, tracking_uri
+        MLflow experiment and store of the run.
+    """
+
+    method: str = "cat"
+    shared: tuple[str, ...] = ("Y", "v")
+    w: float = 25.0
+    lam: float = float("inf")
+    oef_wb: float | None = None
+    oef_wb_source: str = "none"
+    sinus_mask: str | None = None
+    sample: int = 20000
+    slab: int = 8
+    workers: int = 2
+    address: str | None = None
+    seed: int = 0
+    force: bool = False
+    experiment: str = DEFAULT_EXPERIMENT
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        self.selection  # noqa: B018 - validates the labels and derivative names
+        if self.method not in QQ_METHODS:
+            raise ValueError(f"unknown QQ method {self.method!r}; choose from {QQ_METHODS}")
+        if not (self.w >= 0 and math.isfinite(self.w)):
+            raise ValueError(f"w must be a finite weight >= 0, got {self.w}")
+        shared = tuple(self.shared)
+        object.__setattr__(self, "shared", shared)
+        unknown = [p for p in shared if p not in ("Y", "v", "R2", "S0", "chi_nb")]
+        if unknown:
+            raise ValueError(
+                f"shared: unknown parameter(s) {unknown}; choose from Y, v, R2, S0, chi_nb"
+            )
+        if not self.lam >= 0:
+            raise ValueError(f"lam must be >= 0 (or inf), got {self.lam}")
+        if self.oef_wb_source not in ("none", "value", "sinus", "truth"):
+            raise ValueError(f"unknown OEF_wb source {self.oef_wb_source!r}")
+        if self.oef_wb is not None and not 0.0 < self.oef_wb < 1.0:
+            raise ValueError(
+                f"OEF_wb must be a fraction in (0, 1), got {self.oef_wb}"
+                + (" (a percentage? give it as a fraction)" if 1 <= self.oef_wb < 100 else "")
+            )
+        if self.oef_wb_source == "value" and self.oef_wb is None:
+            raise ValueError("OEF_wb source 'value' needs oef_wb")
+        if self.oef_wb_source == "sinus" and not self.sinus_mask:
+            raise ValueError("OEF_wb source 'sinus' needs sinus_mask")
+        if self.sample < 100:
+            raise ValueError(f"sample must be >= 100 voxels, got {self.sample}")
+        if self.slab < 1 or self.workers < 1:
+            raise ValueError(f"slab and workers must be >= 1, got {self.slab}, {self.workers}")
+
+    @property
+    def uses_prior(self) -> bool:
+        """Whether the whole-brain OEF prior is part of the objective."""
+        return self.oef_wb_source != "none" and self.lam > 0
+
+    def options(self) -> dict[str, Any]:
+        """What makes the maps what they are (recorded in the output; a re-run must match)."""
+        return {
+            "method": self.method,
+            "shared": list(self.shared) if self.method == "cat" else [],
+            "w": self.w,
+            "lam": self.lam if math.isfinite(self.lam) else "inf",
+            "oef_wb": self.oef_wb,
+            "oef_wb_source": self.oef_wb_source,
+            "sinus_mask": self.sinus_mask,
+            "sample": self.sample,
+            "seed": self.seed,
+            **self.scan_options(),
+        }
+
+
 @dataclass(frozen=True)
 class TuneConfig:
     """What ``oefray tune`` runs besides the training options of every trial.

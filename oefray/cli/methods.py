@@ -204,3 +204,129 @@ def study_te_shift(
     write_results(results, {"command": "study te-shift", **result})
     sys.stdout.write(result["markdown"])
     say(f"run id: {result['run_id']}")
+
+
+@app.command()
+def qq(
+    dataset: Annotated[
+        Path, typer.Argument(help="BIDS dataset: multi-echo magnitudes (>= 2 echoes) and QSM.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Derivative to write (default DATASET/derivatives/qq-<method>)."
+        ),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="cat (voxel solves start from cluster solutions) or voxel."),
+    ] = None,
+    shared: Annotated[
+        str | None,
+        typer.Option(
+            help="With cat: the parameters a voxel takes from its cluster (default Y,v; "
+            "'none' frees all five)."
+        ),
+    ] = None,
+    oef_wb: Annotated[
+        str | None,
+        typer.Option(
+            "--oef-wb",
+            help="Whole-brain OEF prior: a fraction in (0, 1), or 'truth' (a simulated "
+            "cohort's truth, said so in the output).",
+        ),
+    ] = None,
+    sinus_mask: Annotated[
+        str | None,
+        typer.Option(
+            help="Derivative with each scan's venous-sinus ROI (_label-sinus_mask): OEF_wb "
+            "from its mean QSM."
+        ),
+    ] = None,
+    w: Annotated[
+        float | None, typer.Option("--w", help="Weight of the QSM residual (sigma_S/sigma_chi)^2.")
+    ] = None,
+    lam: Annotated[
+        float | None,
+        typer.Option("--lam", help="Weight of the OEF_wb prior (inf: the mean equals OEF_wb)."),
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option(help="Voxels per scan for the clustering and the prior.")
+    ] = None,
+    subjects: Annotated[
+        str | None, typer.Option(help="Comma-separated subjects or scan keys (default: all).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray runtime.")] = None,
+    address: AddressOption = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sample and of k-means.")] = None,
+    acq: AcqOption = None,
+    run_label: RunOption = None,
+    qsm: QsmOption = None,
+    mask: MaskOption = None,
+    dseg: DsegOption = None,
+    lesions: LesionsOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo scans already done (only qq's files replaced).")
+    ] = False,
+    experiment: ExperimentOption = None,
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+    results: OutResultsOption = None,
+) -> None:
+    """Reference QQ maps (QQ inversion, voxel-wise or CAT) of a dataset, for preprocess --truth."""
+    from oefray.config import QQConfig
+    from oefray.orchestration.qq import run_qq
+
+    source, value = None, None
+    if oef_wb is not None:
+        if oef_wb.strip().lower() == "truth":
+            source = "truth"
+        else:
+            try:
+                value = float(oef_wb)
+            except ValueError:
+                from oefray.cli.common import USAGE, fail
+
+                fail(f"--oef-wb: expected a fraction in (0, 1) or 'truth', got {oef_wb!r}", USAGE)
+            source = "value"
+    if sinus_mask is not None:
+        source = "sinus"
+    options = load(
+        QQConfig,
+        "qq",
+        config,
+        {
+            "method": method,
+            "shared": None
+            if shared is None
+            else tuple(p.strip() for p in shared.split(",") if p.strip() and p.strip() != "none"),
+            "w": w,
+            "lam": lam,
+            "oef_wb": value,
+            "oef_wb_source": source,
+            "sinus_mask": sinus_mask,
+            "sample": sample,
+            "workers": workers,
+            "address": address,
+            "seed": seed,
+            "force": force or None,
+            "experiment": experiment,
+            "tracking_uri": tracking_uri,
+            **selection_overrides(acq, run_label, qsm, mask, None, dseg, lesions),
+        },
+    )
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    result = run(lambda: run_qq(dataset, out, options, subjects=labels(subjects), progress=say))
+    write_results(results or Path(result.out) / "results.json", result.to_dict())
+    say(
+        f"QQ maps ({options.method}) of {len(result.scans)} scan(s) in {result.out} "
+        f"({len(result.completed)} done, {len(result.skipped)} already there); "
+        f"use them with: oefray preprocess {dataset} --out FEATURES --truth {Path(result.out).name}"
+    )
+    m = result.metrics
+    if "test_rmse_OEF" in m:
+        say(
+            f"OEF RMSE against the dataset's truth: {m['test_rmse_OEF']:.3f} % "
+            f"(floor {m.get('floor_rmse_OEF', float('nan')):.3f} %)"
+        )
+    say(f"run id: {result.run_id}")

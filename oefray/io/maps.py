@@ -236,10 +236,11 @@ def write_named_map(
     affine: np.ndarray | Sequence[Sequence[float]],
     *,
     kind: str = "pred",
+    what: str | None = None,
 ) -> Path:
     """Write map ``name`` of kind ``kind`` at :func:`map_path`, NaN outside ``idx``, with its
     JSON sidecar (:func:`oefray.io.names.map_sidecar`: ``SkullStripped`` true, since only the
-    given voxels carry a value).
+    given voxels carry a value; ``what`` made the map, by default the kind's description).
 
     Returns
     -------
@@ -255,7 +256,7 @@ def write_named_map(
     if not kind or not kind.isalnum():
         raise ValueError(f"suffix must be a non-empty alphanumeric BIDS value, got {kind!r}")
     path = map_path(out_dir, label, name, suffix=kind)
-    meta = names.map_sidecar(name, kind, skull_stripped=True, note=_OUTSIDE)
+    meta = names.map_sidecar(name, kind, skull_stripped=True, note=_OUTSIDE, what=what)
     write_map(path, values, idx, shape, affine)
     write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
     return path

@@ -196,7 +196,9 @@ def bidsignore_patterns(kind: str) -> list[str]:
     return [f"*_{kind}.nii.gz", f"*_{kind}.nii", f"*_{kind}.json"]
 
 
-def map_sidecar(name: str, kind: str, *, skull_stripped: bool, note: str = "") -> dict[str, object]:
+def map_sidecar(
+    name: str, kind: str, *, skull_stripped: bool, note: str = "", what: str | None = None
+) -> dict[str, object]:
     """The JSON sidecar of a map: ``Description``, ``SkullStripped`` and ``Units`` if any.
 
     Parameters
@@ -207,9 +209,11 @@ def map_sidecar(name: str, kind: str, *, skull_stripped: bool, note: str = "") -
         Whether the voxels outside the brain hold no value (BIDS ``SkullStripped``).
     note : str
         Appended to the description (e.g. what the voxels outside the brain hold).
+    what : str, optional
+        What made the map (default: :data:`KIND` of ``kind``).
     """
     _check(name, kind)
-    what = KIND.get(kind, f"{kind} map")
+    what = what or KIND.get(kind, f"{kind} map")
     meta: dict[str, object] = {
         "Description": f"{what}: {QUANTITY[name]}." + (f" {note}" if note else ""),
         "SkullStripped": bool(skull_stripped),

@@ -660,6 +660,34 @@ def _find_labels(
     return labels
 
 
+def find_roi_mask(root: str | Path, scan: ScanFiles, derivative: str, label: str) -> Path:
+    """A scan's region-of-interest mask ``*_label-<label>_mask`` in ``derivatives/<derivative>``
+    (e.g. a venous-sinus ROI: ``label="sinus"``), checked to be on the scan's grid.
+
+    Raises
+    ------
+    DatasetError
+        No such derivative, no such mask for the scan (or several), a mask off the grid.
+    """
+    root = Path(root)
+    option = f"{label}-mask"
+    path = _find_label_image(
+        root,
+        scan.scan,
+        scan.entities,
+        derivative,
+        option,
+        lambda fs: [f for f in fs if f.suffix == "mask" and f.get("label") == label],
+    )
+    if path is None:
+        raise DatasetError(
+            root / "derivatives" / derivative / scan.scan.bids_dir,
+            f"no _label-{label}_mask of {scan.scan.name} (--{option} {derivative})",
+        )
+    check_grid(path, load_image(path), scan.echoes[0], scan.shape, np.asarray(scan.affine))
+    return path
+
+
 def read_dseg_names(image: str | Path) -> dict[int, str]:
     """A segmentation's class names by code, from its ``dseg.tsv`` (beside it, or inherited: the
     nearest ``*dseg.tsv`` up to the dataset root); empty without one.

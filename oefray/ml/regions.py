@@ -9,6 +9,10 @@ what a reader of the map sees:
 - :func:`mirror_region`: the lesion reflected across the mid-sagittal plane (world ``x`` =
   the brain's midline), restricted to normal tissue: the contralateral reference region.
 - :func:`scan_mirror`: the same for one scan's voxels given as C-order indices.
+- :func:`region_sums` / :func:`rmse_from_sums` / :func:`floor_from_sums`: the same RMSEs as
+  :func:`per_region_rmse` from additive sums (squared errors, and the truth's sums and sums of
+  squares), so that scans evaluated apart (on different workers) pool exactly, the floor of any
+  training mean included.
 - :func:`region_means`: mean and median of a per-voxel quantity (e.g. the spread of the seed
   repeats' OEF) within each region.
 - :func:`lesion_contrast`: for a map and the truth on the same regions,
@@ -38,9 +42,16 @@ __all__ = [
     "lesion_contrast",
     "mirror_region",
     "per_region_rmse",
+    "floor_from_sums",
+    "merge_sums",
     "region_means",
+    "region_sums",
+    "rmse_from_sums",
     "scan_mirror",
 ]
+
+#: The quantities of the additive sums, in order: the five parameters, then OEF (percent).
+SUM_QUANTITIES: tuple[str, ...] = (*PARAMETERS, "OEF")
 
 
 def per_region_rmse(
@@ -84,6 +95,102 @@ def per_region_rmse(
         row["OEF"] = float(rmse(oef_percent(p[sel, y]), oef_percent(t[sel, y])))
         row["voxels"] = n
         out[name] = row
+    return out
+
+
+def _with_oef(x: np.ndarray) -> np.ndarray:
+    """(n, 5) parameters -> (n, 6): the parameters, then OEF in percent."""
+    return np.column_stack([x, oef_percent(x[:, PARAMETERS.index("Y")])])
+
+
+def region_sums(
+    pred: npt.ArrayLike,
+    true: npt.ArrayLike,
+    region: npt.ArrayLike,
+    names: Mapping[int, str],
+    *,
+    pooled: str | None = "all",
+) -> dict[str, dict[str, list[float] | int]]:
+    """Additive per-region sums of a method's errors and of the truth (JSON-able).
+
+    Parameters
+    ----------
+    pred, true : array_like of shape (n, 5)
+        Parameters (``PARAMETERS`` order), physical units.
+    region : array_like of shape (n,), int
+        Region codes.
+    names : mapping of int to str
+        The regions to sum, by code; a region without voxels is left out.
+    pooled : str or None
+        Also the sums over every voxel, under this name.
+
+    Returns
+    -------
+    dict
+        ``{region: {"n": voxels, "sse": [...], "sum": [...], "sumsq": [...]}}``, each list over
+        :data:`SUM_QUANTITIES`: squared errors of ``pred``, and the truth's sums and squares.
+    """
+    p, t = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    codes = np.asarray(region)
+    if p.shape != t.shape or p.ndim != 2 or p.shape[1] != len(PARAMETERS):
+        raise ValueError(f"pred and true must be (n, {len(PARAMETERS)}), got {p.shape}, {t.shape}")
+    if codes.shape != (p.shape[0],):
+        raise ValueError(f"region must be (n,) with n = {p.shape[0]}, got {codes.shape}")
+    p6, t6 = _with_oef(p), _with_oef(t)
+    groups = [(name, codes == code) for code, name in names.items()]
+    if pooled is not None:
+        groups.append((pooled, np.ones(len(codes), bool)))
+    out: dict[str, dict[str, list[float] | int]] = {}
+    for name, sel in groups:
+        if not sel.any():
+            continue
+        out[name] = {
+            "n": int(sel.sum()),
+            "sse": ((p6[sel] - t6[sel]) ** 2).sum(axis=0).tolist(),
+            "sum": t6[sel].sum(axis=0).tolist(),
+            "sumsq": (t6[sel] ** 2).sum(axis=0).tolist(),
+        }
+    return out
+
+
+def merge_sums(*parts: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
+    """The sums of disjoint voxel sets (:func:`region_sums` results) added region by region."""
+    out: dict[str, dict[str, object]] = {}
+    for part in parts:
+        for name, s in part.items():
+            if name not in out:
+                out[name] = {k: (list(v) if isinstance(v, list) else v) for k, v in s.items()}
+                continue
+            acc = out[name]
+            acc["n"] = int(acc["n"]) + int(s["n"])  # type: ignore[call-overload]
+            for k in ("sse", "sum", "sumsq"):
+                acc[k] = (np.asarray(acc[k]) + np.asarray(s[k])).tolist()
+    return out
+
+
+def rmse_from_sums(sums: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, float]]:
+    """:func:`per_region_rmse`'s result from :func:`region_sums`."""
+    return {
+        name: {
+            **dict(zip(SUM_QUANTITIES, np.sqrt(np.asarray(s["sse"]) / int(s["n"])), strict=True)),
+            "voxels": int(s["n"]),  # type: ignore[call-overload]
+        }
+        for name, s in sums.items()
+    }
+
+
+def floor_from_sums(
+    sums: Mapping[str, Mapping[str, object]], mean: npt.ArrayLike
+) -> dict[str, dict[str, float]]:
+    """The floor's per-region RMSE (``mean``, (5,) parameters, predicted everywhere) from the
+    truth's sums: ``sum (t - m)^2 = sumsq - 2 m sum + n m^2``."""
+    m = _with_oef(np.asarray(mean, np.float64).reshape(1, -1))[0]
+    out = {}
+    for name, s in sums.items():
+        n = int(s["n"])  # type: ignore[call-overload]
+        sse = np.asarray(s["sumsq"]) - 2 * m * np.asarray(s["sum"]) + n * m**2
+        rmse = np.sqrt(np.clip(sse, 0, None) / n)
+        out[name] = {**dict(zip(SUM_QUANTITIES, rmse.tolist(), strict=True)), "voxels": n}
     return out
 
 

@@ -167,7 +167,7 @@ def _fit_slabs(
         subject = subjects[str(key)]
         bounds = slab_bounds(int(z0), int(z1), slab)
         t0 = time.perf_counter()
-        for a, b, voxels in _read_slabs(subject, bounds, read_threads):
+        for a, b, voxels in read_slabs(subject, bounds, read_threads):
             row = _fit_slab(subject, a, b, voxels, staging, normalize, with_truth, labels)
             # once per slab, inside the task (oefray/orchestration/metrics.py)
             t1 = time.perf_counter()
@@ -181,7 +181,7 @@ def _fit_slabs(
             }
 
 
-def _read_slabs(
+def read_slabs(
     subject: ScanFiles, bounds: list[tuple[int, int]], read_threads: int
 ) -> Iterator[tuple[int, int, BrainVoxels | OefrayError]]:
     """Each slab of ``bounds`` read, or the error that stopped the read (every slab after a
@@ -298,8 +298,9 @@ def read_threads(cpus: int, streams: int) -> int:
 
 
 @contextlib.contextmanager
-def _data_context() -> Iterator[None]:
-    """Ray Data settings for this pipeline, restored afterwards.
+def data_context(summary_blocks: bool = True) -> Iterator[None]:
+    """Ray Data settings for this pipeline (and ``qq``'s, which keeps Ray's block size:
+    ``summary_blocks=False``), restored afterwards.
 
     Measured with ray 2.60 on 2 CPUs: the default backpressure policies (the resource budget with
     per-operator reservations, and the dynamic concurrency cap) let only one fit task run at a
@@ -323,7 +324,8 @@ def _data_context() -> Iterator[None]:
     # (about) every summary row its own block: a task that streams a subject's slabs reports each
     # slab as it is done, not all of them when it ends. A row is ~300 bytes; 1 byte instead cost
     # Ray Data's executor ~20 ms a block (the demo cohort took 2x as long), 256 nothing measurable
-    ctx.target_max_block_size = _SUMMARY_BLOCK_BYTES
+    if summary_blocks:
+        ctx.target_max_block_size = _SUMMARY_BLOCK_BYTES
     try:
         yield
     finally:
@@ -724,7 +726,7 @@ def _run(
     if progress:
         progress(0, total, f"{len(todo)} scan(s), {total} slab(s)")
     try:
-        with ray_runtime(config.address, config.workers), _data_context():
+        with ray_runtime(config.address, config.workers), data_context():
             cpus = int(ray.cluster_resources().get("CPU", config.workers))
             streams = sum(1 for it in items if it["z1"] - it["z0"] > config.slab)
             logging.getLogger("ray.data").setLevel(logging.WARNING)

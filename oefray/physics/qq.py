@@ -24,7 +24,13 @@ from oefray.physics.constants import (
 from oefray.physics.echoes import validate_te
 from oefray.physics.fs import f_s
 
-__all__ = ["characteristic_frequency", "qbold_signal", "qsm_susceptibility", "oef"]
+__all__ = [
+    "characteristic_frequency",
+    "qbold_signal",
+    "qsm_susceptibility",
+    "oef",
+    "venous_oxygenation",
+]
 
 #: Voxels per chunk in ``qbold_signal``: bounds the float64 temporaries to a few MB each.
 CHUNK_VOXELS: int = 1 << 16
@@ -199,3 +205,33 @@ def oef(Y: npt.ArrayLike) -> np.ndarray:
     """
     dtype = _result_dtype(Y)
     return np.asarray(1.0 - np.asarray(Y, dtype=np.float64) / YA, dtype=dtype)
+
+
+def venous_oxygenation(chi_vein: npt.ArrayLike) -> np.ndarray:
+    r"""Venous oxygenation from the susceptibility of pure venous blood (a venous sinus in QSM).
+
+    Parameters
+    ----------
+    chi_vein : array_like of shape (...)
+        Susceptibility of venous blood, ppm, on the QSM scale of the model (water = 0).
+
+    Returns
+    -------
+    Y : ndarray of shape (...)
+        Venous oxygenation, fraction (not clipped: a value outside [0, 1] says the ROI or the
+        QSM reference is off).
+
+    Notes
+    -----
+    Blood of oxygenation ``Y`` has the susceptibility of fully oxygenated blood plus that of its
+    deoxyhaemoglobin (the QSM model of :func:`qsm_susceptibility` with all of a voxel blood,
+    all of it venous):
+
+    .. math::
+
+        \chi_v = \chi_{ba} + \psi_{Hb}\,\Delta\chi_{Hb}\,(1 - Y)
+        \quad\Rightarrow\quad
+        Y = 1 - \frac{\chi_v - \chi_{ba}}{\psi_{Hb}\,\Delta\chi_{Hb}}
+    """
+    chi = np.asarray(chi_vein, dtype=np.float64)
+    return 1.0 - (chi - CHI_BA) / (PSI_HB * DCHI_HB)
