@@ -57,6 +57,8 @@ bench: install
 	$(BIN)/python benchmarks/gzip_reads.py
 	$(BIN)/python benchmarks/features_read.py
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/qq.py
+	$(BIN)/python benchmarks/qq_whole_brain.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -587,6 +587,9 @@ class StudyConfig:
         Seed of the re-simulation noise and of CCM.
     workers : int
         CPUs of the local Ray runtime for preprocessing.
+    qq : tuple of str
+        QQ inversions re-solved at each scheme (:data:`QQ_METHODS`: ``cat`` with the OEF_wb
+        prior from the truth, ``voxel`` without a prior); ``()`` for none.
     experiment, tracking_uri
         MLflow experiment and store.
     """
@@ -596,6 +599,7 @@ class StudyConfig:
     clusters: int | None = None
     seed: int = 0
     workers: int = 2
+    qq: tuple[str, ...] = ("cat",)
     experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
 
@@ -604,6 +608,10 @@ class StudyConfig:
             raise ValueError(f"snr must be positive, got {self.snr}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        object.__setattr__(self, "qq", tuple(self.qq))
+        unknown = [m for m in self.qq if m not in QQ_METHODS]
+        if unknown:
+            raise ValueError(f"qq: unknown QQ method(s) {unknown}; choose from {QQ_METHODS}")
 
 
 #: Methods of ``oefray qq``: voxel-wise from one prior start, or CAT (cluster starts).

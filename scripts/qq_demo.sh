@@ -29,7 +29,15 @@ echo "== preprocess; LSTM; CCM"
 "$BIN/oefray" train "$OUT/features" --preset small --workers 2 --epochs "$EPOCHS" "${common[@]}" \
     --results "$OUT/lstm.json" 2>>"$OUT/qq.log"
 "$BIN/oefray" baseline ccm "$OUT/features" "${common[@]}" --results "$OUT/ccm.json" 2>>"$OUT/qq.log"
+echo "== the paper's regime: the LSTM trained on CAT's maps of the training subjects"
+"$BIN/oefray" preprocess "$OUT/bids" --out "$OUT/features-cat" --truth qq-cat --workers 2 --force
+"$BIN/oefray" train "$OUT/features-cat" --preset small --workers 2 --epochs "$EPOCHS" "${common[@]}" \
+    --results "$OUT/lstm-on-cat.json" 2>>"$OUT/qq.log"
+echo "   ... its test RMSE above is against CAT's maps of the test subjects; against the truth:"
+"$BIN/oefray" evaluate "$(run_id "$OUT/lstm-on-cat.json")" --features "$OUT/features" \
+    --tracking-uri "$URI" --results "$OUT/lstm-on-cat-vs-truth.json" 2>>"$OUT/qq.log"
 echo "== compare"
 "$BIN/oefray" compare "$(run_id "$OUT/qq-voxel.json")" "$(run_id "$OUT/qq-voxel-wb.json")" \
     "$(run_id "$OUT/qq-cat.json")" "$(run_id "$OUT/ccm.json")" "$(run_id "$OUT/lstm.json")" \
+    "$(run_id "$OUT/lstm-on-cat.json")" "$(run_id "$OUT/lstm-on-cat-vs-truth.json")" \
     --tracking-uri "$URI" --results "$OUT/compare.json"

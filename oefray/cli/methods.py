@@ -174,6 +174,14 @@ def study_te_shift(
     workers: Annotated[
         int | None, typer.Option(help="CPUs of the local Ray runtime for preprocessing.")
     ] = None,
+    qq: Annotated[
+        str | None,
+        typer.Option(
+            "--qq",
+            help="QQ inversions re-solved at each scheme: cat, voxel, cat,voxel or none "
+            "(default cat).",
+        ),
+    ] = None,
     experiment: ExperimentOption = None,
     tracking_uri: TrackingOption = None,
     out: Annotated[
@@ -182,7 +190,8 @@ def study_te_shift(
     config: ConfigOption = None,
     results: ResultsOption = Path("results.json"),
 ) -> None:
-    """Test RMSE of the LSTM, CCM and the floor when the test data come with other echo schemes."""
+    """Test RMSE of the LSTM, CCM, QQ and the floor when the test data come with other echo
+    schemes."""
     from oefray.config import StudyConfig
     from oefray.orchestration.study import te_shift
 
@@ -195,6 +204,9 @@ def study_te_shift(
             "clusters": clusters,
             "seed": seed,
             "workers": workers,
+            "qq": None
+            if qq is None
+            else tuple(m.strip() for m in qq.split(",") if m.strip() and m.strip() != "none"),
             "experiment": experiment,
             "tracking_uri": tracking_uri,
         },

@@ -72,6 +72,9 @@ EXTRA_MAPS: dict[str, str] = {
 
 ProgressFn = Callable[[str], None]
 
+#: Record entries of a scan that are not columns of ``qq_scans.csv``.
+_NOT_IN_TABLE = ("files", "bic", "sums", "contrast")
+
 
 @dataclass
 class QQResult:
@@ -84,6 +87,10 @@ class QQResult:
     skipped: list[str] = field(default_factory=list)
     scans: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Per region (names): ``rmse`` and ``floor`` (as :func:`oefray.ml.regions.rmse_from_sums`,
+    #: ``all`` pooled), ``contrast`` (each lesion's), where the dataset has a truth.
+    regions: dict[str, Any] | None = None
+    evaluated_on: list[str] = field(default_factory=list)
     run_id: str | None = None
     seconds: float = 0.0
 
@@ -97,6 +104,7 @@ class QQResult:
             "skipped": self.skipped,
             "scans": self.scans,
             "metrics": self.metrics,
+            "evaluated_on": self.evaluated_on,
             "run_id": self.run_id,
             "seconds": round(self.seconds, 2),
         }
@@ -120,6 +128,8 @@ def _read_voxels(
             if isinstance(voxels, OefrayError):
                 raise voxels
             xs, ys, zs = np.nonzero(voxels.mask)
+            if not len(xs):
+                continue  # a slab without brain voxels (an empty block has no tensor type)
             nx, ny, _ = scan.shape
             idx = (xs.astype(np.int64) * ny + ys) * scan.depth + (zs + a)
             rng = np.random.default_rng([seed, a, *map(ord, scan.key)])
@@ -167,9 +177,12 @@ def _solve_block(
 ) -> dict[str, np.ndarray]:
     """``map_batches`` body: solve every voxel of the block, write the results to ``staging``
     (one ``.npz`` per block), return one summary row."""
+    import numba
+
     from oefray.ml.cat import assign, starts, voxel_bounds
     from oefray.physics.qq_solve import QQStatus, solve_qq
 
+    numba.set_num_threads(1)  # the task holds one CPU; Ray runs one task per CPU
     signal = batch["signal"].astype(np.float64)
     chi = batch["chi"].astype(np.float64)
     first = signal[:, :1].copy()
@@ -571,6 +584,7 @@ def run_qq(
     *,
     subjects: list[str] | None = None,
     progress: ProgressFn | None = None,
+    log: bool = True,
 ) -> QQResult:
     """QQ maps of every scan of a BIDS dataset (see the module docstring).
 
@@ -585,6 +599,9 @@ def run_qq(
         Subject labels or scan keys (default: every scan).
     progress : callable, optional
         Called with one line per scan done.
+    log : bool
+        Log the MLflow run (a caller that reports the figures itself, such as ``study
+        te-shift``, does not).
 
     Raises
     ------
@@ -639,7 +656,12 @@ def run_qq(
                     finally:
                         shutil.rmtree(staging, ignore_errors=True)
                     files = done["assembled"]["files"]
-                    record["scans"][scan.key] = {"files": files, **done["summary"]}
+                    evaluation = {
+                        k: done["assembled"][k]
+                        for k in ("sums", "contrast")
+                        if k in done["assembled"]
+                    }
+                    record["scans"][scan.key] = {"files": files, **done["summary"], **evaluation}
                     write_text_atomic(out / RECORD, json.dumps(record, indent=2) + "\n")
                     assembled[scan.key] = done["assembled"]
                     result.completed.append(scan.key)
@@ -653,7 +675,9 @@ def run_qq(
                 k: dict(record["scans"][k]) for k in index.scans if k in record["scans"]
             }
             result.seconds = time.perf_counter() - t0
-            _log_run(result, config, index, assembled, out)
+            _evaluate(result, index)
+            if log:
+                _log_run(result, config, assembled, out)
             write_text_atomic(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
     except BaseException:
         if new and not record["scans"]:  # nothing of value written: leave nothing behind
@@ -662,20 +686,12 @@ def run_qq(
     return result
 
 
-def _log_run(result: QQResult, config: QQConfig, index, assembled: dict, out: Path) -> None:
-    """The MLflow run: options, per-scan table, RMSE against the truth (test split, per
-    region, beside the floor), lesion contrast, the OEF figure."""
-    import pandas as pd
-
-    from oefray import reports
+def _evaluate(result: QQResult, index) -> None:
+    """``result.metrics`` and ``result.regions``: run figures, and the RMSE against the truth
+    (the test split's scans, per region, beside the floor of the training scans' mean) and the
+    lesion contrast, from each scan's recorded sums."""
     from oefray.ml.regions import floor_from_sums, merge_sums, rmse_from_sums
-    from oefray.tracking import Tracker
-    from oefray.tracking.names import (
-        COMMAND_TAG,
-        LESION_CONTRAST_METRICS,
-        region_metrics,
-        rmse_metric_name,
-    )
+    from oefray.tracking.names import LESION_CONTRAST_METRICS, region_metrics, rmse_metric_name
 
     split = index.split
     test = [k for k in index.scans if split.get(k) == "test"] or list(index.scans)
@@ -694,43 +710,59 @@ def _log_run(result: QQResult, config: QQConfig, index, assembled: dict, out: Pa
             sum(s["converged_fraction"] * s["voxels"] for s in done) / total
         )
         metrics["qq_mean_oef"] = sum(s["mean_oef"] * s["voxels"] for s in done) / total
-    sums = {k: a["sums"] for k, a in assembled.items() if "sums" in a}
-    tables = []
-    if sums and any(k in sums for k in test):
-        pooled = merge_sums(*(sums[k] for k in test if k in sums))
+    sums = {k: s["sums"] for k, s in result.scans.items() if "sums" in s}
+    result.evaluated_on = [k for k in test if k in sums]
+    if result.evaluated_on:
+        pooled = merge_sums(*(sums[k] for k in result.evaluated_on))
         rmse = rmse_from_sums(pooled)
         metrics.update(
-            {rmse_metric_name("test", q): v for q, v in rmse.pop("all").items() if q != "voxels"}
+            {rmse_metric_name("test", q): v for q, v in rmse["all"].items() if q != "voxels"}
         )
-        metrics.update(region_metrics("test", rmse))
+        metrics.update(region_metrics("test", {r: v for r, v in rmse.items() if r != "all"}))
+        result.regions = {"rmse": rmse}
         train_sums = merge_sums(*(sums[k] for k in train if k in sums))
         if "all" in train_sums:
             mean = np.asarray(train_sums["all"]["sum"][: len(PARAMETERS)]) / train_sums["all"]["n"]
             floor = floor_from_sums(pooled, mean)
             metrics.update(
-                {
-                    rmse_metric_name("floor", q): v
-                    for q, v in floor.pop("all").items()
-                    if q != "voxels"
-                }
+                {rmse_metric_name("floor", q): v for q, v in floor["all"].items() if q != "voxels"}
             )
-            metrics.update(region_metrics("floor", floor))
-            tables += [{"region": r, "method": "floor", **v} for r, v in floor.items()]
-        tables = [{"region": r, "method": "qq", **v} for r, v in rmse.items()] + tables
-        contrast = [assembled[k]["contrast"] for k in test if "contrast" in assembled.get(k, {})]
+            metrics.update(region_metrics("floor", {r: v for r, v in floor.items() if r != "all"}))
+            result.regions["floor"] = floor
+        contrast = [result.scans[k]["contrast"] for k in test if "contrast" in result.scans[k]]
         if contrast:
             for key, name in LESION_CONTRAST_METRICS.items():
                 values = [c[key] for c in contrast if np.isfinite(c[key])]
                 if values:
                     metrics[name] = float(np.mean(values))
+            result.regions["contrast"] = contrast
     result.metrics = metrics
+
+
+def _log_run(result: QQResult, config: QQConfig, assembled: dict, out: Path) -> None:
+    """The MLflow run: options, metrics (:func:`_evaluate`), the per-scan table, the per-region
+    table, the OEF figure of the scans solved in this run."""
+    import pandas as pd
+
+    from oefray import reports
+    from oefray.ml.regions import rmse_from_sums
+    from oefray.tracking import Tracker
+    from oefray.tracking.names import COMMAND_TAG
+
+    metrics = result.metrics
+    test = result.evaluated_on
+    tables = []
+    for method, key in (("qq", "rmse"), ("floor", "floor")):
+        for r, v in (result.regions or {}).get(key, {}).items():
+            if r != "all":
+                tables.append({"region": r, "method": method, **v})
     tracker = Tracker.from_uri(config.tracking_uri)
     params = {
         **config.options(),
         "dataset": str(result.dataset),
         "out": str(out),
         "scans": ",".join(result.scans),
-        "evaluated_on": ",".join(test) if sums else "",
+        "evaluated_on": ",".join(test),
         "lam": "inf" if math.isinf(config.lam) else config.lam,
     }
     with (
@@ -746,7 +778,7 @@ def _log_run(result: QQResult, config: QQConfig, index, assembled: dict, out: Pa
         tmp_path = Path(tmp)
         frame = pd.DataFrame(
             [
-                {"scan": k, **{c: v for c, v in s.items() if c not in ("files", "bic")}}
+                {"scan": k, **{c: v for c, v in s.items() if c not in _NOT_IN_TABLE}}
                 for k, s in result.scans.items()
             ]
         )

@@ -4,8 +4,9 @@ scheme keep its accuracy when the test data come with another?
 The test subjects of a BIDS dataset with ground truth are simulated again from their own
 ground-truth maps under each echo scheme (qBOLD magnitude with Rician noise, QSM with Gaussian
 noise, the same mask and grid), sent through ``preprocess``, and predicted by a trained LSTM
-(unchanged) and by CCM (its library re-simulated at each scheme, as the method prescribes), beside
-the floor. The table (method × scheme, test RMSE per parameter and OEF) is written as CSV and
+(unchanged), by CCM (its library re-simulated at each scheme, as the method prescribes) and by the
+QQ inversions of :attr:`~oefray.config.StudyConfig.qq` (re-solved at each scheme: CAT with the
+whole-brain OEF prior taken from the truth, voxel-wise QQ with no prior), beside the floor. The table (method × scheme, test RMSE per parameter and OEF) is written as CSV and
 markdown and logged to MLflow; where the dataset has a tissue segmentation (and a lesion mask), a
 second table gives each method's OEF RMSE per tissue class and its lesion contrast
 (:mod:`oefray.ml.regions`) at each scheme, beside the floor and the truth.
@@ -244,6 +245,52 @@ def _scheme_rows(name, scheme, feats, bundles, params, config, lstm_name):
     return rows, region_rows
 
 
+#: What each QQ inversion of the study is told besides the data (its row's name).
+QQ_ROWS: dict[str, str] = {
+    "cat": "QQ CAT (OEF_wb from the truth)",
+    "voxel": "QQ voxel-wise (no prior)",
+}
+
+
+def _qq_rows(name, scheme, ds: Path, out: Path, config) -> tuple[list[dict], list[dict]]:
+    """The QQ inversions of :attr:`StudyConfig.qq` on the re-simulated data of one scheme: a
+    pooled row and a per-region row each."""
+    from oefray.config import QQConfig
+    from oefray.orchestration.qq import run_qq
+
+    rows, region_rows = [], []
+    te_ms = ", ".join(f"{t * 1e3:g}" for t in scheme.te_s)
+    for method in config.qq:
+        options = QQConfig(
+            method=method,
+            oef_wb_source="truth" if method == "cat" else "none",
+            workers=config.workers,
+            seed=config.seed,
+        )
+        result = run_qq(ds, out / f"qq-{method}", options, log=False)
+        m = result.metrics
+        rows.append(
+            {
+                "method": QQ_ROWS[method],
+                "scheme": name,
+                "te_ms": te_ms,
+                **{q: float(m[f"test_rmse_{q}"]) for q in RMSE_QUANTITIES},
+                **{f"{q}_std": float("nan") for q in RMSE_QUANTITIES},
+            }
+        )
+        regions = (result.regions or {}).get("rmse", {})
+        row: dict[str, Any] = {"method": QQ_ROWS[method], "scheme": name}
+        row.update({f"OEF {r}": v["OEF"] for r, v in regions.items() if r != "all"})
+        contrast = (result.regions or {}).get("contrast", [])
+        for key in ("contrast_recovered", "cnr"):
+            values = [c[key] for c in contrast if np.isfinite(c[key])]
+            if values:
+                row[key] = float(np.mean(values))
+        if len(row) > 2:
+            region_rows.append(row)
+    return rows, region_rows
+
+
 def te_shift(
     dataset: str | Path,
     model: str,
@@ -308,8 +355,10 @@ def te_shift(
             pooled, by_region = _scheme_rows(
                 name, scheme, feats, bundles, params, config, lstm_name
             )
-            rows += pooled
-            region_rows += by_region
+            qq_pooled, qq_regions = _qq_rows(name, scheme, ds, ds.parent, config)
+            # the QQ rows after the LSTM and CCM, before the floor (and the truth)
+            rows += pooled[:2] + qq_pooled + pooled[2:]
+            region_rows += by_region[:2] + qq_regions + by_region[2:]
     frame = pd.DataFrame(rows)
     regions = pd.DataFrame(region_rows)
     markdown = _markdown(frame) + (("\n" + _regions_markdown(regions)) if region_rows else "")
@@ -331,6 +380,7 @@ def _log_study(tracker, config, model, dataset, schemes, frame, regions, markdow
                 "qsm_noise_ppm": config.qsm_noise_ppm,
                 "schemes": {k: list(v.te_s) for k, v in schemes.items()},
                 "ccm_clusters": config.clusters,
+                "qq": list(config.qq),
             },
             tags={COMMAND_TAG: "study te-shift"},
         ) as run,

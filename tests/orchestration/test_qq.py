@@ -255,7 +255,7 @@ def test_bad_input_is_one_line_and_writes_nothing(cohort, tmp_path, capsys, extr
     assert not out.exists()
 
 
-def test_a_sinus_roi_off_the_grid_and_a_scan_without_qsm_are_one_line(cohort, tmp_path, capsys):
+def test_a_sinus_roi_off_the_grid_a_single_echo_and_no_qsm_are_one_line(cohort, tmp_path, capsys):
     root = tmp_path / "bad"
     shutil.copytree(cohort, root, ignore=shutil.ignore_patterns("qq-cat"))
     anat = root / "derivatives/roi/sub-P3/anat"
@@ -270,6 +270,12 @@ def test_a_sinus_roi_off_the_grid_and_a_scan_without_qsm_are_one_line(cohort, tm
     )
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "sub-P3_label-sinus_mask.nii.gz" in lines[0] and "shape" in lines[0]
+    assert not out.exists()
+    for echo in (root / "sub-P6/anat").glob("sub-P6_echo-[2-8]_*"):  # a single echo
+        echo.unlink()
+    assert main(["qq", str(root), "--subjects", "P6", "--out", str(out)]) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "sub-P6/anat" in lines[0] and "need at least 2" in lines[0]
     assert not out.exists()
     (root / "derivatives/qsm/sub-P4/anat/sub-P4_Chimap.nii.gz").unlink()
     assert main(["qq", str(root), "--subjects", "P4", "--out", str(out)]) == 1

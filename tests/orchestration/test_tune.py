@@ -156,7 +156,7 @@ def test_te_shift_of_a_repeats_parent_gives_mean_and_std_over_the_repeats(
     scheme = {"10 echoes from 3.0 ms every 3.8 ms": EchoScheme.uniform(3.0e-3, 3.8e-3, 10)}
     from oefray.config import StudyConfig
 
-    study = StudyConfig(clusters=16, tracking_uri=repeats["uri"], seed=4)
+    study = StudyConfig(clusters=16, tracking_uri=repeats["uri"], seed=4, qq=())
     common = {"config": study, "schemes": scheme}
     both = te_shift(tiny_cohort, res["parent_run_id"], **common)
     lstm = [r for r in both["rows"] if r["method"].startswith("LSTM")]
