@@ -420,10 +420,11 @@ class RegionReport:
         if not self.contrast:
             return {}
         rows = [c.to_dict() for c in self.contrast.values()]
-        return {
-            k: float(np.nanmean([r[k] for r in rows]))
-            for k in ("cnr", "cnr_true", "contrast_recovered")
-        }
+        out = {}
+        for k in ("cnr", "cnr_true", "contrast_recovered"):
+            values = [r[k] for r in rows if np.isfinite(r[k])]  # NaN: a flat map's CNR
+            out[k] = float(np.mean(values)) if values else float("nan")
+        return out
 
 
 def evaluate_regions(
