@@ -145,6 +145,16 @@ def test_the_run_logs_rmse_against_the_truth_beside_the_floor(cat_run, cohort):
     art = tracker.download_artifacts(run.info.run_id, "", cat_run["out"].parent / "dl")
     assert (art / "qq_scans.csv").is_file() and (art / "rmse_per_region.csv").is_file()
     assert (art / "oef_maps.png").stat().st_size > 10_000
+    # beside the other methods: compare's rows and the report page
+    from oefray.orchestration.compare import compare_runs, region_rows
+    from oefray.orchestration.report import build_report
+
+    row = next(r for r in compare_runs([run.info.run_id], tracking_uri=cat_run["uri"]))
+    assert row["kind"] == "qq cat" and row["OEF"][0] == m["test_rmse_OEF"]
+    regions = region_rows([run.info.run_id], tracking_uri=cat_run["uri"])
+    assert regions[0]["regions"]["infarct_core"][0] == m["test_rmse_OEF_infarct_core"]
+    html, _ = build_report("qq", tracking_uri=cat_run["uri"])
+    assert f'data-run-id="{run.info.run_id}"' in html and "Where the disease is" in html
 
 
 def test_the_papers_regime_train_on_cats_maps_score_against_both(
