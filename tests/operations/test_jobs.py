@@ -15,7 +15,7 @@ from oefray.cli import app
 from oefray.orchestration.submit import read_job_spec
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("preprocess", "train", "tune-repeats", "tune-search")
+STAGES = ("preprocess", "qq", "train", "tune-repeats", "tune-search")
 _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
@@ -58,6 +58,8 @@ def test_spec_is_valid_and_its_entrypoint_parses(stage):
         assert sub.params["repeats"] == 5
     if stage == "tune-search":
         assert sub.params["search"] is True and sub.params["samples"] == 16
+    if stage == "qq":
+        assert sub.params["method"] == "cat" and sub.params["sinus_mask"] == "sinus"
 
 
 def test_a_typo_in_an_entrypoint_would_be_caught():
