@@ -56,9 +56,14 @@ def test_every_command_takes_config_and_results():
         assert opts.get("config") == ["--config"], name
         assert opts.get("results") == ["--results"], name
         names.append(name)
-    assert len(names) == 13 and {"baseline ccm", "study te-shift", "submit", "ui", "verify"} <= set(
-        names
-    )
+    assert len(names) == 14 and {
+        "baseline ccm",
+        "study te-shift",
+        "qq",
+        "submit",
+        "ui",
+        "verify",
+    } <= set(names)
 
 
 def test_simulate_reads_its_table_and_flags_override_it(tmp_path):
@@ -82,6 +87,7 @@ def test_simulate_reads_its_table_and_flags_override_it(tmp_path):
         (["baseline", "ccm", "f"], "ccm"),
         (["compare", "x"], "compare"),
         (["study", "te-shift", "ds", "--model", "m"], "study"),
+        (["qq", "ds"], "qq"),
         (["preprocess", "ds", "--out", "o"], "preprocess"),
         (["train", "f"], "train"),
         (["tune", "f"], "train"),
