@@ -435,6 +435,16 @@ def _oef_wb(scan: ScanFiles, config: QQConfig, dataset: Path, ds) -> tuple[float
     return oef, f"venous-sinus ROI {roi_path.name} (mean QSM {chi.mean():.4g} ppm)"
 
 
+def _sample(ds) -> tuple[np.ndarray, np.ndarray]:
+    """The scan's sampled voxels with finite echoes and QSM and a positive echo 1: (signal,
+    chi), float64, gathered on the driver (about :attr:`QQConfig.sample` voxels)."""
+    rows = list(ds.map_batches(_sample_rows, batch_size=None).iter_batches(batch_size=None))
+    signal = np.concatenate([r["signal"] for r in rows]).astype(np.float64)
+    chi = np.concatenate([r["chi"] for r in rows]).astype(np.float64)
+    finite = np.isfinite(signal).all(axis=1) & np.isfinite(chi) & (signal[:, 0] > 0)
+    return signal[finite], chi[finite]
+
+
 def _global_step(scan, ds, config: QQConfig, oef_wb: float | None):
     """Clustering and cluster solutions (CAT), and the prior's multiplier ``g``, on the driver
     from the sample and the cluster sums: ``(clusters, solutions, g, details)``.
@@ -450,11 +460,8 @@ def _global_step(scan, ds, config: QQConfig, oef_wb: float | None):
     prior = config.uses_prior and oef_wb is not None
     details: dict[str, Any] = {}
     if config.method == "cat":
-        rows = list(ds.map_batches(_sample_rows, batch_size=None).iter_batches(batch_size=None))
-        signal = np.concatenate([r["signal"] for r in rows]).astype(np.float64)
-        chi = np.concatenate([r["chi"] for r in rows]).astype(np.float64)
-        finite = np.isfinite(signal).all(axis=1) & np.isfinite(chi) & (signal[:, 0] > 0)
-        clusters = fit_clusters(signal[finite], chi[finite], seed=config.seed)
+        signal, chi = _sample(ds)
+        clusters = fit_clusters(signal, chi, seed=config.seed)
         parts = list(
             ds.map_batches(
                 _cluster_sums, batch_size=None, fn_kwargs={"clusters": clusters}
@@ -465,7 +472,7 @@ def _global_step(scan, ds, config: QQConfig, oef_wb: float | None):
         n = sum(p["n"].sum(axis=0) for p in parts)
         solutions = solve_clusters(sums, chi_sums, n, te, w=config.w)
         details.update(
-            sample=int(finite.sum()),
+            sample=len(chi),
             clusters=clusters.k,
             bic={str(k): v for k, v in clusters.bic.items()},
         )
@@ -490,11 +497,7 @@ def _global_step(scan, ds, config: QQConfig, oef_wb: float | None):
         return clusters, solutions, g, details
     if not prior:
         return None, None, 0.0, details
-    rows = list(ds.map_batches(_sample_rows, batch_size=None).iter_batches(batch_size=None))
-    signal = np.concatenate([r["signal"] for r in rows]).astype(np.float64)
-    chi = np.concatenate([r["chi"] for r in rows]).astype(np.float64)
-    finite = np.isfinite(signal).all(axis=1) & np.isfinite(chi) & (signal[:, 0] > 0)
-    signal, chi = signal[finite], chi[finite]
+    signal, chi = _sample(ds)
     fallback = np.array([PRIOR_START[p] for p in PARAMETERS])
     lam = config.lam if math.isinf(config.lam) else config.lam * len(chi) / scan.n_brain
     solved = solve_qq_prior(
