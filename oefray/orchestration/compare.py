@@ -144,16 +144,12 @@ _OEF_PREFIX = {split: rmse_metric_name(split, "OEF") + "_" for split in ("test",
 
 
 def _region_metrics(tracker: Any, run: Any) -> list[dict[str, float]]:
-    """The metrics of a run, or of each child of a repeats parent (its region metrics live there)."""
-    m = run.data.metrics
-    if any(k.startswith(_OEF_PREFIX["test"]) and k not in _plain() for k in m):
-        return [m]
+    """The metrics of a run, or of each child of a repeats parent (the parent's own per-region
+    metrics are their ``_mean``/``_std``; the rows take both from the children)."""
     child_ids = [c for c in run.data.tags.get(CHILD_RUNS_TAG, "").split(",") if c]
-    return [tracker.get_run(c).data.metrics for c in child_ids]
-
-
-def _plain() -> set[str]:
-    return {rmse_metric_name("test", "OEF", s) for s in ("patient_mean", "mean", "std")}
+    if child_ids:
+        return [tracker.get_run(c).data.metrics for c in child_ids]
+    return [run.data.metrics]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -98,6 +98,15 @@ def test_parent_summarises_the_children(repeats, tmp_path):
         parent.data.metrics["floor_rmse_OEF_infarct_core"]
         == children[0]["floor_rmse_OEF_infarct_core"]
     )
+    # compare's per-region row of the parent: the region names, mean and std over the repeats
+    from oefray.orchestration.compare import region_rows
+
+    row = region_rows([res["parent_run_id"]], tracking_uri=repeats["uri"])[0]
+    assert not any(r.endswith(("_mean", "_std")) for r in row["regions"])
+    values = np.array([c["test_rmse_OEF_infarct_core"] for c in children])
+    mean, std = row["regions"]["infarct_core"]
+    assert mean == pytest.approx(values.mean(), rel=1e-12)
+    assert std == pytest.approx(values.std(ddof=1), rel=1e-9)
     art = tracker.download_artifacts(res["parent_run_id"], "", tmp_path)
     table = pd.read_csv(art / "repeats_summary.csv", index_col=0)
     assert list(table.index) == list(QUANTITIES)
