@@ -130,8 +130,7 @@ def _read_voxels(
             xs, ys, zs = np.nonzero(voxels.mask)
             if not len(xs):
                 continue  # a slab without brain voxels (an empty block has no tensor type)
-            nx, ny, _ = scan.shape
-            idx = (xs.astype(np.int64) * ny + ys) * scan.depth + (zs + a)
+            idx = np.ravel_multi_index((xs, ys, zs + a), scan.shape).astype(np.int64)
             rng = np.random.default_rng([seed, a, *map(ord, scan.key)])
             block = {
                 "idx": idx,
@@ -202,12 +201,10 @@ def _solve_block(
         x0 = starts(solutions, labels, fallback)
         for k in np.unique(labels):
             sel = labels == k
-            if k < 0 or not np.isfinite(solutions[k]).all():
-                if k < 0:
-                    continue  # non-finite input: NaN, NONFINITE_INPUT
-                bounds = None
-            else:
-                bounds = voxel_bounds(solutions[k], shared) if shared else None
+            if k < 0:
+                continue  # non-finite input: NaN, NONFINITE_INPUT
+            solved = np.isfinite(solutions[k]).all()  # else: all five free from the fallback
+            bounds = voxel_bounds(solutions[k], shared) if shared and solved else None
             sol = solve_qq(norm[sel], chi[sel], te, x0[sel], w=w, g=g, bounds=bounds)
             params[sel], cost[sel], status[sel] = sol.params, sol.cost, sol.status
     oef = 1.0 - params[:, PARAMETERS.index("Y")] / YA
@@ -230,7 +227,7 @@ def _assemble(scan: ScanFiles, staging: str, files: list[str], target: str) -> d
     """Ray task: the scan's maps from its blocks' results (into ``target``, a staging scan
     folder), and its sums against the truth per region (:func:`oefray.ml.regions.region_sums`)
     and lesion contrast."""
-    from oefray.io.maps import write_map, write_named_map
+    from oefray.io.maps import sidecar_path, write_map, write_named_map
     from oefray.ml.regions import evaluate_regions, region_sums
 
     parts = [np.load(Path(staging) / f) for f in files]
@@ -251,9 +248,7 @@ def _assemble(scan: ScanFiles, staging: str, files: list[str], target: str) -> d
         path = out / f"sub-{label}_desc-{name}_{KIND}.nii.gz"
         write_map(path, data[name].astype(np.float32), idx, shape, affine)
         meta = {"Description": f"{what}.", "SkullStripped": True}
-        path.with_name(path.name.replace(".nii.gz", ".json")).write_text(
-            json.dumps(meta, indent=2) + "\n"
-        )
+        sidecar_path(path).write_text(json.dumps(meta, indent=2) + "\n")
         written.append(path)
     z = scan.depth // 2
     oef_volume = np.full(int(np.prod(shape)), np.nan, np.float32)
@@ -748,6 +743,7 @@ def _log_run(result: QQResult, config: QQConfig, assembled: dict, out: Path) -> 
     import pandas as pd
 
     from oefray import reports
+    from oefray.io.files import write_text_atomic
     from oefray.ml.regions import rmse_from_sums
     from oefray.tracking import Tracker
     from oefray.tracking.names import COMMAND_TAG
@@ -786,12 +782,14 @@ def _log_run(result: QQResult, config: QQConfig, assembled: dict, out: Path) -> 
             ]
         )
         frame.to_csv(tmp_path / "qq_scans.csv", index=False)
-        frame.to_csv(out / "qq_scans.csv", index=False)
+        write_text_atomic(out / "qq_scans.csv", (tmp_path / "qq_scans.csv").read_text())
         run.log_artifact_file(tmp_path / "qq_scans.csv")
         if tables:
             regions = pd.DataFrame(tables)
             regions.to_csv(tmp_path / "rmse_per_region.csv", index=False, float_format="%.6g")
-            regions.to_csv(out / "rmse_per_region.csv", index=False, float_format="%.6g")
+            write_text_atomic(
+                out / "rmse_per_region.csv", (tmp_path / "rmse_per_region.csv").read_text()
+            )
             run.log_artifact_file(tmp_path / "rmse_per_region.csv")
         panels = [
             (k, a["truth_mid_slice"], a["mid_slice"], rmse_from_sums(a["sums"])["all"]["OEF"])
