@@ -4,13 +4,15 @@ the peak resident memory of the driver and of the largest Ray worker.
 
 Usage::
 
-    python benchmarks/scale.py [--factors 1,4,16] [--workers 2] [--keep DIR]
+    python benchmarks/scale.py [--factors 1,4,16] [--workers 2] [--preset demo] [--keep DIR]
+    python benchmarks/scale.py --preset full --factors 1    # the paper's protocol at full size
 
 Each stage runs as the ``oefray`` command a user types, in a process of its own, started on a
 local Ray runtime of ``--workers`` CPUs; a sampler polls the resident memory (RSS) of that
 process (the driver) and of every Ray worker process below it (``ray::…``) every 0.2 s. Cohort
 ``f`` is the paper's 18 subjects plus ``18 (f - 1)`` more (split 8:10 like the paper's), the
-``demo`` preset (~18,500 brain voxels each), seed 0.
+``--preset`` grid (``demo``: ~18,500 brain voxels each; ``full``: ~1.2M, the paper's 1 mm
+protocol, issue 14 item 5), seed 0.
 
 Throughput: preprocess in brain voxels/s, train in windows/s (training and validation windows
 of the epoch plus the test windows evaluated, over the stage's wall time), each per CPU. The
@@ -84,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factors", default="1,4,16")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--preset", default="demo", help="cohort grid: tiny, demo or full")
     parser.add_argument("--keep", type=Path, default=None)
     args = parser.parse_args()
     factors = [int(f) for f in args.factors.split(",")]
@@ -98,7 +101,7 @@ def main() -> None:
             uri = f"sqlite:///{base}/mlflow.db"
             log = base / "stderr.log"
             base.mkdir(parents=True, exist_ok=True)
-            sim = ["simulate", str(base / "bids"), "--preset", "demo", "--seed", "0"]
+            sim = ["simulate", str(base / "bids"), "--preset", args.preset, "--seed", "0"]
             t_sim, p_sim = _stage([*sim, "--subjects", ",".join(subjects), "--force"], log)
             pre = ["preprocess", str(base / "bids"), "--out", str(base / "features")]
             t_pre, p_pre = _stage([*pre, "--workers", str(args.workers), "--force"], log)
@@ -133,6 +136,8 @@ def main() -> None:
                 flush=True,
             )
         lo, hi = min(factors), max(factors)
+        if lo == hi:
+            return
         print(
             f"scale driver_peak_ratio_{hi}x={rows[hi]['train_driver'] / rows[lo]['train_driver']:.2f} "
             f"throughput_ratio_{hi}x={rows[hi]['train_per_cpu'] / rows[lo]['train_per_cpu']:.2f}"

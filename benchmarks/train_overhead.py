@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/train_overhead.py [--presets small,paper] [--epochs 4] [--samples 40000]
-                                        [--paper-samples 10000] [--seed 0] [--ray-logs]
+                                        [--paper-samples 10000] [--seed 0] [--cache-gb G]
+                                        [--ray-logs]
 
 Generates seeded synthetic, already standardised windows (float32 ``x`` of shape (N, 5, 4),
 targets ``y`` of shape (N, 5)) plus a separate validation set of N/10 windows, and trains the
@@ -101,6 +102,7 @@ def ray_train(
     epochs: int,
     seed: int,
     storage: Path,
+    cache_gb: float | None = None,
 ) -> tuple[list[dict], float]:
     """Per-epoch history (``state.json`` of the last checkpoint) of a 1-worker Ray Train run,
     and the wall time of ``trainer.fit()`` (worker start-up, tracing, validation included)."""
@@ -112,7 +114,15 @@ def ray_train(
     x_train, y_train, x_val, y_val = data
     mc = model_config(preset, epochs=epochs, patience=epochs)  # never stops early
     # as oefray.orchestration.train.train builds it, without tracking
-    loop_config = make_loop_config(mc, seed=seed, n_train=len(x_train), y_std=y_train.std(axis=0))
+    loop_config = make_loop_config(
+        mc,
+        seed=seed,
+        n_train=len(x_train),
+        y_std=y_train.std(axis=0),
+        n_val=len(x_val),
+        row_bytes=x_train[0].nbytes + y_train[0].nbytes + 8,
+        cache_gb=cache_gb,
+    )
     datasets = {"train": to_ray_dataset(x_train, y_train), "val": to_ray_dataset(x_val, y_val)}
     spec = TrainerSpec(
         workers=1,
@@ -151,6 +161,12 @@ def main(args: Sequence[str] | None = None) -> int:
         help="training windows for the paper preset (slow on CPU); 0: use --samples",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cache-gb",
+        type=float,
+        default=None,
+        help="the worker's cache budget (oefray train --cache-gb); 0 streams every epoch",
+    )
     parser.add_argument(
         "--ray-logs", action="store_true", help="forward Ray worker logs to this terminal"
     )
@@ -207,7 +223,7 @@ def main(args: Sequence[str] | None = None) -> int:
                 log_to_driver=ns.ray_logs,  # a failed run still raises with the worker's error
             )
             try:
-                history, wall = ray_train(preset, data, ns.epochs, ns.seed, work)
+                history, wall = ray_train(preset, data, ns.epochs, ns.seed, work, ns.cache_gb)
             finally:
                 ray.shutdown()
             ray_s = [float(h["epoch_seconds"]) for h in history]

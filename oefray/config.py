@@ -300,7 +300,13 @@ class TrainConfig:
     gpus : bool
         One GPU per worker (same code path).
     max_train_windows : int, optional
-        Subsample the training windows (seeded) for quick runs; None uses all.
+        Subsample the training windows (seeded hash, about this many) for quick runs; None uses
+        all.
+    cache_gb : float, optional
+        Memory (GB) a training worker may hold its shard of windows in: a shard within it is
+        read once and kept (fastest), a larger one is streamed from Ray Data every epoch with a
+        local shuffle buffer. None: a quarter of the node's available memory per worker; 0:
+        always stream.
     train_subjects, test_subjects : tuple of str, optional
         Override the split recorded in the features manifest.
     max_failures : int
@@ -331,6 +337,7 @@ class TrainConfig:
     workers: int = 1
     gpus: bool = False
     max_train_windows: int | None = None
+    cache_gb: float | None = None
     train_subjects: tuple[str, ...] | None = None
     test_subjects: tuple[str, ...] | None = None
     max_failures: int = 2
@@ -357,6 +364,8 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.max_train_windows is not None and self.max_train_windows < 1:
             raise ValueError(f"max_train_windows must be >= 1, got {self.max_train_windows}")
+        if self.cache_gb is not None and not (math.isfinite(self.cache_gb) and self.cache_gb >= 0):
+            raise ValueError(f"cache_gb must be >= 0, got {self.cache_gb}")
         if self.oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {self.oversample}")
         if self.model not in ("lstm", "patch"):
@@ -452,9 +461,11 @@ class PredictConfig(ScanOptions):
     Parameters
     ----------
     workers : int
-        CPUs of the local Ray runtime for the preprocessing step.
+        CPUs of the local Ray runtime (preprocessing and inference).
     address : str, optional
         Ray cluster address (default: ``RAY_ADDRESS`` or a local runtime).
+    gpus : bool
+        One GPU per inference actor.
     tracking_uri : str, optional
         MLflow store holding the model.
     force : bool
@@ -463,6 +474,7 @@ class PredictConfig(ScanOptions):
 
     workers: int = 2
     address: str | None = None
+    gpus: bool = False
     tracking_uri: str | None = None
     force: bool = False
 
@@ -481,10 +493,32 @@ class PredictConfig(ScanOptions):
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """What ``oefray evaluate`` reads: the features (default: the run's own) and the store."""
+    """What ``oefray evaluate`` reads: the features (default: the run's own) and the store, and
+    the Ray runtime of its batch inference.
+
+    Parameters
+    ----------
+    features : str, optional
+        Features folder (default: the training run's).
+    tracking_uri : str, optional
+        The MLflow store.
+    workers : int, optional
+        CPUs of the local Ray runtime (default: the machine's).
+    address : str, optional
+        Ray cluster address (default: ``RAY_ADDRESS`` or a local runtime).
+    gpus : bool
+        One GPU per inference actor.
+    """
 
     features: str | None = None
     tracking_uri: str | None = None
+    workers: int | None = None
+    address: str | None = None
+    gpus: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,10 @@ AddressOption = Annotated[
     str | None,
     typer.Option(help="Ray cluster address (default: RAY_ADDRESS or a local runtime)."),
 ]
+InferenceGpusOption = Annotated[
+    bool | None,
+    typer.Option("--gpus/--no-gpus", help="One GPU per inference actor (default: one CPU)."),
+]
 ExperimentOption = Annotated[str | None, typer.Option(help="MLflow experiment name.")]
 
 # Which files of a BIDS dataset make a scan (oefray.io.scans.ScanSelection)
@@ -245,6 +249,12 @@ TRAINING_OPTIONS: tuple[_TrainingOption, ...] = (
     _TrainingOption("learning_rate", float, "Adam learning rate."),
     _TrainingOption("patience", int, "Early-stopping patience, epochs."),
     _TrainingOption("max_train_windows", int, "Subsample the training windows (seeded)."),
+    _TrainingOption(
+        "cache_gb",
+        float,
+        "Memory (GB) a worker may keep its shard of windows in; beyond it the shard streams "
+        "every epoch (default: a quarter of the node's available memory per worker; 0: stream).",
+    ),
     _TrainingOption(
         "max_failures", int, "Worker failures to recover from (restart from the last checkpoint)."
     ),

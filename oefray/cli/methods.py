@@ -16,6 +16,7 @@ from oefray.cli.common import (
     ConfigOption,
     DsegOption,
     ExperimentOption,
+    InferenceGpusOption,
     LesionsOption,
     MaskOption,
     OutResultsOption,
@@ -28,6 +29,7 @@ from oefray.cli.common import (
     labels,
     load,
     out_console,
+    progress,
     run,
     say,
     selection_overrides,
@@ -44,9 +46,10 @@ def predict(
     ],
     out: Annotated[Path, typer.Option("--out", help="Folder for the NIfTI maps.")],
     workers: Annotated[
-        int | None, typer.Option(help="CPUs of the local Ray runtime for preprocessing.")
+        int | None, typer.Option(help="CPUs of the local Ray runtime (preprocessing, inference).")
     ] = None,
     address: AddressOption = None,
+    gpus: InferenceGpusOption = None,
     tracking_uri: TrackingOption = None,
     acq: AcqOption = None,
     run_label: RunOption = None,
@@ -70,13 +73,15 @@ def predict(
         {
             "workers": workers,
             "address": address,
+            "gpus": gpus,
             "tracking_uri": tracking_uri,
             "force": force or None,
             **selection_overrides(acq, run_label, qsm, mask, truth, dseg, lesions),
         },
     )
     logging.getLogger("ray").setLevel(logging.WARNING)
-    result = run(lambda: run_predict(model, dataset, out, options))
+    with progress("predict") as update:
+        result = run(lambda: run_predict(model, dataset, out, options, progress=update))
     write_results(results or Path(result.out) / "results.json", result.to_dict())
     n = sum(s["predicted"] for s in result.subjects.values())
     out_console.print(
@@ -172,7 +177,7 @@ def study_te_shift(
         int | None, typer.Option(help="Seed of the re-simulation noise and of CCM.")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="CPUs of the local Ray runtime for preprocessing.")
+        int | None, typer.Option(help="CPUs of the local Ray runtime (preprocessing, inference).")
     ] = None,
     qq: Annotated[
         str | None,

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from oefray.cli.common import (
     USAGE,
+    AddressOption,
     ConfigOption,
+    InferenceGpusOption,
     ResultsOption,
     StorageOption,
     TrackingOption,
@@ -22,6 +24,7 @@ from oefray.cli.common import (
     fail,
     load,
     out_console,
+    progress,
     run,
     say,
     table1,
@@ -76,6 +79,12 @@ def evaluate(
         Path | None, typer.Option(help="Features folder (default: the one the run used).")
     ] = None,
     tracking_uri: TrackingOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="CPUs of the local Ray runtime (default: the machine's)."),
+    ] = None,
+    address: AddressOption = None,
+    gpus: InferenceGpusOption = None,
     config: ConfigOption = None,
     results: ResultsOption = Path("results.json"),
 ) -> None:
@@ -85,11 +94,30 @@ def evaluate(
     from oefray.reports import table_to_dict
 
     options = load(
-        EvaluateConfig, "evaluate", config, {"features": features, "tracking_uri": tracking_uri}
+        EvaluateConfig,
+        "evaluate",
+        config,
+        {
+            "features": features,
+            "tracking_uri": tracking_uri,
+            "workers": workers,
+            "address": address,
+            "gpus": gpus,
+        },
     )
-    result = run(
-        lambda: run_evaluate(run_id, features=options.features, tracking_uri=options.tracking_uri)
-    )
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    with progress("evaluate") as update:
+        result = run(
+            lambda: run_evaluate(
+                run_id,
+                features=options.features,
+                tracking_uri=options.tracking_uri,
+                address=options.address,
+                workers=options.workers,
+                gpus=options.gpus,
+                progress=update,
+            )
+        )
     write_results(
         results,
         {

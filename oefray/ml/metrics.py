@@ -9,11 +9,19 @@ percent. Two summaries, which differ when patients have different voxel counts:
   RMSE, as in the paper's Table 1.
 - **pooled** (:func:`pooled_rmse`): one RMSE over all voxels of all patients together.
 
+:func:`per_subject_rmse_from_sums` and :func:`pooled_rmse_from_sums` give the same two from
+additive per-patient sums of squared errors (:data:`SUM_QUANTITIES`; e.g. the ``all`` entry of
+:func:`oefray.ml.regions.region_sums`), so that patients evaluated apart (on different workers)
+make the same table without their voxels ever being gathered.
+
 To write a CSV: ``pandas.DataFrame(columns, index=rows)`` or ``csv.writer`` over ``zip(rows,
 *columns.values())``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,13 +29,27 @@ import numpy.typing as npt
 from oefray.physics.constants import PARAMETERS
 from oefray.physics.qq import oef
 
-__all__ = ["TABLE_COLUMNS", "AVERAGE_ROW", "rmse", "oef_percent", "per_subject_rmse", "pooled_rmse"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "AVERAGE_ROW",
+    "SUM_QUANTITIES",
+    "rmse",
+    "oef_percent",
+    "per_subject_rmse",
+    "pooled_rmse",
+    "per_subject_rmse_from_sums",
+    "pooled_rmse_from_sums",
+]
 
 #: Columns of the per-patient RMSE table, in the paper's Table 1 order (OEF in percent).
 TABLE_COLUMNS: tuple[str, ...] = ("S0", "R2", "Y", "v", "chi_nb", "OEF")
 
 #: Label of the per-patient mean row.
 AVERAGE_ROW: str = "Avg."
+
+#: The quantities of additive sums of squared errors, in order: the five parameters
+#: (``PARAMETERS`` order), then OEF (percent).
+SUM_QUANTITIES: tuple[str, ...] = (*PARAMETERS, "OEF")
 
 
 def rmse(pred: npt.ArrayLike, true: npt.ArrayLike, axis: int | None = 0) -> np.ndarray:
@@ -130,3 +152,63 @@ def pooled_rmse(pred: npt.ArrayLike, true: npt.ArrayLike) -> dict[str, float]:
         Keys ``TABLE_COLUMNS`` (S0, R2, Y, v, chi_nb, OEF in %).
     """
     return {name: float(value) for name, value in _table_values(pred, true).items()}
+
+
+def _sums_rmse(sums: Mapping[str, Any]) -> dict[str, float]:
+    """RMSE per ``TABLE_COLUMNS`` entry from one group's ``{"n": ..., "sse": [...]}``."""
+    n = int(sums["n"])
+    sse = np.asarray(sums["sse"], dtype=np.float64)
+    if sse.shape != (len(SUM_QUANTITIES),):
+        raise ValueError(
+            f"sse must hold {len(SUM_QUANTITIES)} sums ({', '.join(SUM_QUANTITIES)}), "
+            f"got shape {sse.shape}"
+        )
+    if n <= 0:
+        raise ValueError(f"a group of sums needs n >= 1 voxels, got {n}")
+    values = dict(zip(SUM_QUANTITIES, np.sqrt(sse / n).tolist(), strict=True))
+    return {name: values[name] for name in TABLE_COLUMNS}
+
+
+def per_subject_rmse_from_sums(
+    sums: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """:func:`per_subject_rmse` from each patient's sums of squared errors.
+
+    Parameters
+    ----------
+    sums : mapping of str to mapping
+        By patient, in table order: ``{"n": voxels, "sse": [...]}``, the squared errors summed
+        over the patient's voxels, one per :data:`SUM_QUANTITIES` entry (the parameters in
+        ``PARAMETERS`` order, then OEF in percent). A patient without voxels is left out.
+
+    Returns
+    -------
+    rows, columns
+        As :func:`per_subject_rmse`: each patient's RMSE ``sqrt(sse / n)``, then the ``Avg.``
+        row, the unweighted mean over patients.
+    """
+    rows = [label for label, s in sums.items() if int(s["n"]) > 0]
+    table = {name: np.empty(len(rows) + 1) for name in TABLE_COLUMNS}
+    for r, label in enumerate(rows):
+        for name, value in _sums_rmse(sums[label]).items():
+            table[name][r] = value
+    for name in TABLE_COLUMNS:
+        table[name][-1] = np.mean(table[name][:-1]) if rows else np.nan
+    return rows + [AVERAGE_ROW], table
+
+
+def pooled_rmse_from_sums(sums: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """:func:`pooled_rmse` from the patients' sums (as :func:`per_subject_rmse_from_sums`):
+    ``sqrt(sum of sse / sum of n)`` over every patient.
+
+    Raises
+    ------
+    ValueError
+        When no patient has a voxel.
+    """
+    n = sum(int(s["n"]) for s in sums.values())
+    sse = np.zeros(len(SUM_QUANTITIES))
+    for s in sums.values():
+        if int(s["n"]) > 0:
+            sse += np.asarray(s["sse"], dtype=np.float64)
+    return _sums_rmse({"n": n, "sse": sse})

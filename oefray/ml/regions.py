@@ -13,6 +13,10 @@ what a reader of the map sees:
   :func:`per_region_rmse` from additive sums (squared errors, and the truth's sums and sums of
   squares), so that scans evaluated apart (on different workers) pool exactly, the floor of any
   training mean included.
+- :func:`scan_region_sums` / :func:`scan_contrast` / :func:`report_from_sums`: one scan's sums
+  (its tissue classes, ``lesion``, the pooled ``all``) and lesion contrast, computed where the
+  scan is (a worker), and the :class:`RegionReport` of many scans from them: the same report as
+  :func:`evaluate_regions` over their voxels gathered.
 - :func:`region_means`: mean and median of a per-voxel quantity (e.g. the spread of the seed
   repeats' OEF) within each region.
 - :func:`lesion_contrast`: for a map and the truth on the same regions,
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from oefray.ml.metrics import oef_percent, rmse
+from oefray.ml.metrics import SUM_QUANTITIES, oef_percent, rmse
 from oefray.physics.constants import PARAMETERS
 
 __all__ = [
@@ -46,12 +50,18 @@ __all__ = [
     "merge_sums",
     "region_means",
     "region_sums",
+    "report_from_sums",
     "rmse_from_sums",
+    "scan_contrast",
     "scan_mirror",
+    "scan_region_sums",
+    "tissue_names",
 ]
 
-#: The quantities of the additive sums, in order: the five parameters, then OEF (percent).
-SUM_QUANTITIES: tuple[str, ...] = (*PARAMETERS, "OEF")
+#: The region of every voxel in :func:`scan_region_sums` (the pooled sums).
+POOLED_REGION = "all"
+#: The region of the lesion mask's voxels.
+LESION_REGION = "lesion"
 
 
 def per_region_rmse(
@@ -352,9 +362,25 @@ class LesionContrast:
             "mirror_voxels": self.mirror_voxels,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, float]) -> LesionContrast:
+        """The contrast of its :meth:`to_dict` form."""
+        return cls(
+            cnr=float(d["cnr"]),
+            cnr_true=float(d["cnr_true"]),
+            recovered=float(d["contrast_recovered"]),
+            difference=float(d["difference"]),
+            difference_true=float(d["difference_true"]),
+            lesion_voxels=int(d["lesion_voxels"]),
+            mirror_voxels=int(d["mirror_voxels"]),
+        )
+
 
 def _cnr(values: np.ndarray, lesion: np.ndarray, mirror: np.ndarray) -> tuple[float, float]:
-    difference = float(values[lesion].mean() - values[mirror].mean())
+    both = values[lesion | mirror]
+    # a map constant over both regions has no contrast: exactly 0, not the rounding of two means
+    flat = both.size > 0 and both.min() == both.max()
+    difference = 0.0 if flat else float(values[lesion].mean() - values[mirror].mean())
     sd = float(values[mirror].std(ddof=1)) if mirror.sum() > 1 else np.nan
     return difference, abs(difference) / sd if sd > 0 else np.nan
 
@@ -491,3 +517,125 @@ def evaluate_regions(
                 continue
             contrast[key] = lesion_contrast(oef_pred[sel], oef_true[sel], lesion[sel], mirror)
     return RegionReport(rmse=rmse_by, floor=floor_by, contrast=contrast)
+
+
+def tissue_names(tissue: npt.ArrayLike, names: Mapping[int, str]) -> dict[int, str]:
+    """The name of each class code present in ``tissue``, sorted by code (``label <c>`` for a
+    code ``names`` does not name)."""
+    return {int(c): names.get(int(c), f"label {int(c)}") for c in np.unique(np.asarray(tissue))}
+
+
+def scan_region_sums(
+    pred: npt.ArrayLike,
+    true: npt.ArrayLike,
+    labels: Mapping[str, npt.ArrayLike],
+    names: Mapping[int, str],
+) -> dict[str, dict[str, list[float] | int]]:
+    """:func:`region_sums` of one scan's voxels over the regions :func:`evaluate_regions`
+    reports, plus the pooled :data:`POOLED_REGION`.
+
+    Parameters
+    ----------
+    pred, true : array_like of shape (n, 5)
+        Parameters (``PARAMETERS`` order), physical units.
+    labels : mapping of str to array_like of shape (n,)
+        ``tissue`` (class codes) and/or ``lesion`` (nonzero in the lesion mask); may be empty.
+    names : mapping of int to str
+        Class names of the ``tissue`` codes (``label <c>`` for a code without one).
+
+    Returns
+    -------
+    dict
+        ``{region: {"n", "sse", "sum", "sumsq"}}``: each tissue class present, ``lesion`` where
+        the lesion mask has voxels, and ``all`` (every voxel).
+    """
+    p = np.asarray(pred, np.float64)
+    codes = np.full(len(p), -1, dtype=np.int64)
+    region_names: dict[int, str] = {}
+    if "tissue" in labels:
+        codes = np.asarray(labels["tissue"], np.int64)
+        region_names = tissue_names(codes, names)
+    sums = region_sums(p, true, codes, region_names, pooled=POOLED_REGION)
+    if "lesion" in labels:
+        lesion = np.asarray(labels["lesion"]).astype(bool)
+        if lesion.any():
+            sums.update(
+                region_sums(p, true, lesion.astype(np.int64), {1: LESION_REGION}, pooled=None)
+            )
+    return sums
+
+
+def scan_contrast(
+    pred: npt.ArrayLike,
+    true: npt.ArrayLike,
+    idx: npt.ArrayLike,
+    labels: Mapping[str, npt.ArrayLike],
+    names: Mapping[int, str],
+    shape: Sequence[int],
+    affine: npt.ArrayLike,
+) -> LesionContrast | None:
+    """OEF contrast of one scan's lesion against its mirror region (as :func:`evaluate_regions`).
+
+    Parameters
+    ----------
+    pred, true : array_like of shape (n, 5)
+        The scan's parameters (``PARAMETERS`` order), physical units.
+    idx : array_like of shape (n,), int
+        The voxels' C-order indices in the grid ``shape``.
+    labels : mapping of str to array_like of shape (n,)
+        ``lesion`` and, optionally, ``tissue``: classes named in :data:`ABNORMAL_CLASSES` are
+        left out of the mirror region.
+    names : mapping of int to str
+        Class names of the ``tissue`` codes.
+    shape : sequence of 3 int
+    affine : array_like of shape (4, 4)
+
+    Returns
+    -------
+    LesionContrast or None
+        None for a scan without lesion voxels, or whose lesion has no mirror region.
+    """
+    if "lesion" not in labels:
+        return None
+    lesion = np.asarray(labels["lesion"]).astype(bool)
+    if not lesion.any():
+        return None
+    abnormal = lesion.copy()
+    if "tissue" in labels:
+        tissue = np.asarray(labels["tissue"], np.int64)
+        bad = [c for c, n in tissue_names(tissue, names).items() if n in ABNORMAL_CLASSES]
+        abnormal |= np.isin(tissue, bad)
+    mirror = scan_mirror(idx, lesion, abnormal, shape, affine)
+    if not mirror.any():
+        return None
+    y = PARAMETERS.index("Y")
+    p, t = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    return lesion_contrast(oef_percent(p[:, y]), oef_percent(t[:, y]), lesion, mirror)
+
+
+def report_from_sums(
+    sums: Mapping[str, Mapping[str, Mapping[str, object]]],
+    train_mean: npt.ArrayLike,
+    contrast: Mapping[str, LesionContrast],
+) -> RegionReport:
+    """The :class:`RegionReport` of scans from their :func:`scan_region_sums` and
+    :func:`scan_contrast`: what :func:`evaluate_regions` gives over their voxels together.
+
+    Parameters
+    ----------
+    sums : mapping of str to dict
+        Each scan's :func:`scan_region_sums`, by scan key.
+    train_mean : array_like of shape (5,)
+        The floor's prediction.
+    contrast : mapping of str to LesionContrast
+        The lesion contrast of each scan that has one.
+
+    Returns
+    -------
+    RegionReport
+        Model and floor RMSE per region (the pooled ``all`` left out), and the contrasts.
+    """
+    pooled = merge_sums(*sums.values())
+    rmse = {r: v for r, v in rmse_from_sums(pooled).items() if r != POOLED_REGION}
+    floor = {r: v for r, v in floor_from_sums(pooled, train_mean).items() if r != POOLED_REGION}
+    return RegionReport(rmse=rmse, floor=floor, contrast=dict(contrast))

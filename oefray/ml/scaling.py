@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Standardizer"]
+__all__ = ["Moments", "Standardizer"]
 
 #: Rows (entries of the flattened leading axes) per chunk while fitting: bounds the float64
 #: temporaries to a few MB however large the training set.
@@ -113,6 +113,15 @@ class Standardizer:
         std = np.sqrt(squares / rows.shape[0])
         return cls(mean=mean, std=np.where(std > min_std, std, 1.0))
 
+    @classmethod
+    def from_moments(cls, moments: Moments, *, min_std: float = 1e-8) -> Standardizer:
+        """The scaler of streamed :class:`Moments` (the same values as :meth:`fit` on the rows
+        they summarise, up to rounding)."""
+        if moments.n == 0:
+            raise ValueError("cannot fit a Standardizer to zero samples")
+        std = np.sqrt(moments.m2 / moments.n)
+        return cls(mean=moments.mean, std=np.where(std > min_std, std, 1.0))
+
     def transform(self, values: npt.ArrayLike) -> np.ndarray:
         """Standardise: ``(values - mean) / std`` along the last axis.
 
@@ -153,3 +162,85 @@ class Standardizer:
     def from_dict(cls, data: Mapping[str, Any]) -> Standardizer:
         """Inverse of :meth:`to_dict`."""
         return cls(mean=np.asarray(data["mean"], dtype=np.float64), std=np.asarray(data["std"]))
+
+
+@dataclass(frozen=True, eq=False)
+class Moments:
+    """Count, mean and summed squared deviations of each last-axis entry: an exact streaming
+    mean and variance, computed per chunk and merged in any order (a distributed aggregate).
+
+    Parameters
+    ----------
+    n : int
+        Rows summarised (entries of the flattened leading axes).
+    mean : ndarray of shape (F,), float64
+        Mean of each entry (zeros when ``n == 0``).
+    m2 : ndarray of shape (F,), float64
+        Sum of squared deviations from ``mean``; the population variance is ``m2 / n``.
+
+    Notes
+    -----
+    Two summaries ``(n_a, mean_a, m2_a)`` and ``(n_b, mean_b, m2_b)`` merge as (Chan, Golub and
+    LeVeque 1979)::
+
+        n = n_a + n_b,  d = mean_b - mean_a,
+        mean = mean_a + d * n_b / n,  m2 = m2_a + m2_b + d**2 * n_a * n_b / n.
+
+    Each chunk is summarised in two passes in float64 (:meth:`of`), so the merged variance does
+    not suffer the cancellation of a one-pass sum of squares.
+    """
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, n_features: int) -> Moments:
+        return cls(0, np.zeros(n_features), np.zeros(n_features))
+
+    @classmethod
+    def of(cls, values: npt.ArrayLike) -> Moments:
+        """The moments of ``values`` of shape (..., F) over all axes but the last."""
+        arr = np.asarray(values)
+        if arr.ndim < 1:
+            raise ValueError("values need a feature axis (the last)")
+        rows = arr.reshape(-1, arr.shape[-1])
+        if rows.shape[0] == 0:
+            return cls.empty(rows.shape[1])
+        mean = rows.mean(axis=0, dtype=np.float64)
+        if not np.all(np.isfinite(mean)):
+            raise ValueError("values must be finite to summarise their moments")
+        deviation = rows.astype(np.float64) - mean
+        return cls(int(rows.shape[0]), mean, np.einsum("ij,ij->j", deviation, deviation))
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both summaries' rows together."""
+        if self.mean.shape != other.mean.shape:
+            raise ValueError(f"cannot merge moments of {self.mean.shape} and {other.mean.shape}")
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        d = other.mean - self.mean
+        return Moments(
+            n, self.mean + d * (other.n / n), self.m2 + other.m2 + d**2 * (self.n * other.n / n)
+        )
+
+    @classmethod
+    def combine(cls, parts: list[Moments], n_features: int) -> Moments:
+        """All ``parts`` merged (in the given order)."""
+        total = cls.empty(n_features)
+        for part in parts:
+            total = total.merge(part)
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/Arrow-able form (exact float64 values)."""
+        return {"n": int(self.n), "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Moments:
+        return cls(
+            int(data["n"]), np.asarray(data["mean"], np.float64), np.asarray(data["m2"], np.float64)
+        )

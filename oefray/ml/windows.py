@@ -42,7 +42,6 @@ __all__ = [
     "Windows",
     "make_windows",
     "make_windows_table",
-    "train_val_split",
 ]
 
 #: Feature columns of one sequence element, in the order of the last axis of ``Windows.x``:
@@ -386,34 +385,3 @@ def _first_appearance(codes: np.ndarray) -> np.ndarray:
     """Distinct values of `codes` in the order they first appear."""
     values, first = np.unique(codes, return_index=True)
     return values[np.argsort(first)]
-
-
-def train_val_split(
-    n: int, fraction_val: float = 0.2, *, seed: int | np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random split of ``n`` samples into training and validation indices.
-
-    Parameters
-    ----------
-    n : int
-        Number of samples, >= 0.
-    fraction_val : float
-        Share of samples for validation, in [0, 1); the paper's 8:2 split is 0.2. The validation
-        set gets ``round(n * fraction_val)`` samples.
-    seed : int or numpy.random.Generator
-        Randomness of the permutation; the same seed gives the same split.
-
-    Returns
-    -------
-    train_idx, val_idx : ndarray of shape (n - n_val,) and (n_val,), int64
-        Disjoint, together covering ``0 .. n - 1``; each sorted increasingly (the permutation
-        decides membership, sorting keeps later gathers cache-friendly).
-    """
-    if isinstance(n, bool) or int(n) != n or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    if not 0.0 <= fraction_val < 1.0:
-        raise ValueError(f"fraction_val must be in [0, 1), got {fraction_val}")
-    rng = np.random.default_rng(seed)
-    permutation = rng.permutation(int(n)).astype(np.int64)
-    n_val = int(round(n * fraction_val))
-    return np.sort(permutation[n_val:]), np.sort(permutation[:n_val])

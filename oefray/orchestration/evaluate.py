@@ -1,8 +1,13 @@
 """Evaluation: a method's test predictions → metrics, Table 1, maps and figures → MLflow.
 
-Every method is evaluated the same way (:func:`log_evaluation`): the LSTM after training
-(:func:`evaluate_model`), CCM (:mod:`oefray.orchestration.baseline`), and ``oefray evaluate``
-(:func:`evaluate`), which recomputes a training run's evaluation from its logged model.
+Every method is evaluated the same way, from per-scan results
+(:class:`oefray.orchestration.inference.ScanOutput`: each scan's maps written where it is
+evaluated, its additive sums of squared errors per region, its lesion contrast and the figure's
+slices) reduced by :func:`log_outputs`: the LSTM after training (:func:`evaluate_model`: Ray Data
+batch inference, the workers writing the maps), ``oefray evaluate`` (:func:`evaluate`), which
+recomputes a training run's evaluation from its logged model the same way, and CCM
+(:mod:`oefray.orchestration.baseline`), predicted on the driver and split into the same per-scan
+results by :func:`log_evaluation`. The driver of an LSTM evaluation never holds a test window.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from oefray.errors import FeaturesError, OefrayError
 from oefray.io.bundle import ModelBundle
 from oefray.io.manifest import FeaturesManifest
+from oefray.orchestration.inference import ProgressFn, predict_windows  # noqa: F401 (re-export)
 from oefray.tracking.names import (
     COMMAND_TAG,
     EVALUATES_TAG,
@@ -60,14 +67,6 @@ def load_bundle(tracker: Any, model_uri_or_run_id: str) -> ModelBundle:
     return ModelBundle.from_files(model, files, model_uri_or_run_id)
 
 
-def predict_windows(bundle: ModelBundle, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """Parameters (n, 5) in physical units for windows ``x`` (n, L, 4) in physical units."""
-    if len(x) == 0:
-        return np.zeros((0, len(bundle.targets)), np.float32)
-    pred = bundle.model.predict(bundle.x_scaler.transform(x), batch_size=batch_size, verbose=0)
-    return bundle.y_scaler.inverse_transform(np.asarray(pred, dtype=np.float32))
-
-
 def log_evaluation(
     run,
     pred: np.ndarray,
@@ -80,8 +79,9 @@ def log_evaluation(
     out_dir: Path,
     labels: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[Any, dict[str, float]]:
-    """Log any method's test predictions the same way: metrics, Table 1 CSV, maps, Fig. 4, and,
-    with ``labels``, the per-region table and lesion contrast (:func:`log_regions`).
+    """Log the test predictions of a method predicted on the driver (CCM) as every method is
+    logged: each test scan through :func:`oefray.orchestration.inference.scan_output` (its maps
+    and sums, as a worker of :func:`evaluate_model` makes them), then :func:`log_outputs`.
 
     Parameters
     ----------
@@ -89,61 +89,122 @@ def log_evaluation(
         Predicted and true parameters (physical units) of the test voxels.
     subject, idx : (n,) arrays
         Each voxel's subject and C-order index in that subject's grid.
+    test_subjects : list of str
+        The test scans, in table order.
     train_mean : (5,) array
         The training subjects' mean parameters: the floor predicts it for every voxel.
+    out_dir : Path
+        Scratch folder of the files logged (maps under ``maps/``).
     labels : mapping of str to (n,) arrays, optional
-        The test voxels' ``tissue`` and ``lesion`` labels (:attr:`Windows.labels`).
+        The test voxels' ``tissue`` and ``lesion`` labels: with them, the per-region table and
+        lesion contrast (:func:`log_regions`).
 
     Returns
     -------
     (pandas.DataFrame, dict)
         The Table 1 frame and every logged metric by name.
     """
-    from oefray import reports
-    from oefray.ml.metrics import per_subject_rmse, pooled_rmse
+    from oefray.orchestration.inference import MAPS_ARTIFACT_DIR, scan_output
 
-    rows, columns = per_subject_rmse(pred, true, subject)
+    subject = np.asarray(subject).astype(str)
+    pred, true, idx = np.asarray(pred), np.asarray(true), np.asarray(idx)
+    labels = {k: np.asarray(v) for k, v in (labels or {}).items()}
+    maps_dir = out_dir / "maps"
+    outputs = {}
+    for label in test_subjects:
+        sel = subject == label
+        outputs[label] = scan_output(
+            label,
+            manifest.subjects[label],
+            pred[sel],
+            true[sel],
+            idx[sel],
+            {k: v[sel] for k, v in labels.items()},
+            maps_dir,
+        )
+    run.log_artifact_dir(maps_dir, MAPS_ARTIFACT_DIR)
+    return log_outputs(run, outputs, train_mean, out_dir)
+
+
+def log_outputs(
+    run, outputs: Mapping[str, Any], train_mean: np.ndarray, out_dir: Path
+) -> tuple[Any, dict[str, float]]:
+    """Log any method's evaluation from its per-scan results (their maps are logged already):
+    test and floor metrics, Table 1 CSV, Fig. 4 and, where the scans carry labels, the
+    per-region table and lesion contrast (:func:`log_regions`).
+
+    Parameters
+    ----------
+    outputs : mapping of str to ScanOutput
+        Each test scan's :class:`oefray.orchestration.inference.ScanOutput`, in table order.
+    train_mean : (5,) array
+        The training subjects' mean parameters: the floor predicts it for every voxel.
+    out_dir : Path
+        Scratch folder of the files logged.
+
+    Returns
+    -------
+    (pandas.DataFrame, dict)
+        The Table 1 frame and every logged metric by name.
+
+    Raises
+    ------
+    OefrayError
+        When no test scan has a voxel with a prediction and a truth.
+    """
+    from oefray import reports
+    from oefray.ml.metrics import TABLE_COLUMNS, per_subject_rmse_from_sums, pooled_rmse_from_sums
+    from oefray.ml.regions import POOLED_REGION, floor_from_sums, merge_sums
+
+    totals = {
+        k: o.sums[POOLED_REGION] for k, o in outputs.items() if POOLED_REGION in (o.sums or {})
+    }
+    if not totals:
+        raise OefrayError(
+            None, f"no voxel of the test scans ({', '.join(outputs)}) has a prediction and a truth"
+        )
+    rows, columns = per_subject_rmse_from_sums(totals)
     table = reports.rmse_table_frame(rows[:-1], {k: v[:-1] for k, v in columns.items()})
     patient_mean = {name: float(columns[name][-1]) for name in columns}
-    logged = run.log_test_metrics(pooled_rmse(pred, true), patient_mean)
+    logged = run.log_test_metrics(pooled_rmse_from_sums(totals), patient_mean)
     # the floor: every test voxel gets the training subjects' mean parameters
-    floor = pooled_rmse(np.broadcast_to(np.asarray(train_mean, np.float64), true.shape), true)
-    floor_logged = floor_metrics(floor)
+    pooled = merge_sums(*({POOLED_REGION: t} for t in totals.values()))
+    floor = floor_from_sums(pooled, train_mean)[POOLED_REGION]
+    floor_logged = floor_metrics({q: floor[q] for q in TABLE_COLUMNS})
     run.log_metrics(floor_logged)
     logged.update(floor_logged)
     out_dir.mkdir(parents=True, exist_ok=True)
     run.log_artifact_file(reports.write_rmse_csv(table, out_dir / "rmse_per_patient.csv"))
-    rmse_oef = {label: float(columns["OEF"][rows.index(label)]) for label in test_subjects}
-    lesion = None if not labels or "lesion" not in labels else np.asarray(labels["lesion"]) > 0
-    panels = _write_maps(
-        pred, true, subject, idx, test_subjects, manifest, out_dir / "maps", lesion
-    )
-    run.log_artifact_dir(out_dir / "maps", "maps")
-    figure = [(label, truth, guess, rmse_oef[label]) for label, truth, guess, _ in panels]
-    outlines = {label: outline for label, _, _, outline in panels if outline is not None}
+    rmse_oef = dict(zip(rows[:-1], columns["OEF"][:-1].tolist(), strict=True))
+    figure = [
+        (k, o.truth_slice, o.pred_slice, rmse_oef.get(k, float("nan")))
+        for k, o in outputs.items()
+        if o.truth_slice is not None
+    ]
+    outlines = {k: o.outline for k, o in outputs.items() if o.outline is not None}
     run.log_artifact_file(
         reports.plot_oef_maps(figure, out_dir / "oef_maps.png", outlines=outlines)
     )
-    if labels:
-        logged.update(
-            log_regions(run, pred, true, train_mean, subject, idx, labels, manifest, out_dir)
-        )
+    if any(o.labelled for o in outputs.values()):
+        logged.update(log_regions(run, outputs_report(outputs, train_mean), out_dir))
     return table, logged
 
 
-def log_regions(
-    run,
-    pred: np.ndarray,
-    true: np.ndarray,
-    train_mean: np.ndarray,
-    subject: np.ndarray,
-    idx: np.ndarray,
-    labels: Mapping[str, np.ndarray],
-    manifest: FeaturesManifest,
-    out_dir: Path,
-) -> dict[str, float]:
-    """RMSE per tissue class and lesion contrast (:func:`oefray.ml.regions.evaluate_regions`),
-    beside the floor and the truth: metrics, ``rmse_per_region.csv`` and ``lesion_contrast.csv``.
+def outputs_report(outputs: Mapping[str, Any], train_mean: np.ndarray):
+    """The :class:`oefray.ml.regions.RegionReport` of per-scan results (their sums against the
+    truth and lesion contrasts; :func:`oefray.ml.regions.report_from_sums`)."""
+    from oefray.ml.regions import report_from_sums
+
+    return report_from_sums(
+        {k: o.sums for k, o in outputs.items() if o.sums},
+        train_mean,
+        {k: o.contrast for k, o in outputs.items() if o.contrast is not None},
+    )
+
+
+def log_regions(run, report, out_dir: Path) -> dict[str, float]:
+    """Log a :class:`oefray.ml.regions.RegionReport`: RMSE per region beside the floor, lesion
+    contrast beside the truth's, as metrics, ``rmse_per_region.csv`` and ``lesion_contrast.csv``.
 
     Returns
     -------
@@ -152,7 +213,6 @@ def log_regions(
     """
     from oefray.tracking.names import LESION_CONTRAST_METRICS, region_metrics
 
-    report = region_report(pred, true, train_mean, subject, idx, labels, manifest)
     logged = {**region_metrics("test", report.rmse), **region_metrics("floor", report.floor)}
     summary = report.contrast_summary()
     logged.update({LESION_CONTRAST_METRICS[k]: v for k, v in summary.items() if np.isfinite(v)})
@@ -163,16 +223,28 @@ def log_regions(
 
 
 def region_report(pred, true, train_mean, subject, idx, labels, manifest: FeaturesManifest):
-    """:func:`oefray.ml.regions.evaluate_regions` with each scan's grid and class names from
-    the features' manifest."""
-    from oefray.ml.regions import evaluate_regions
+    """The per-region report of test voxels given as arrays (``subject``, ``idx``, ``labels``
+    per voxel), made as the workers make it: each scan's sums and lesion contrast
+    (:func:`oefray.ml.regions.scan_region_sums`, :func:`~oefray.ml.regions.scan_contrast`,
+    with the scan's grid and class names from the features' manifest), then reduced
+    (:func:`oefray.ml.regions.report_from_sums`)."""
+    from oefray.ml.regions import report_from_sums, scan_contrast, scan_region_sums
 
-    keys = list(dict.fromkeys(np.asarray(subject).astype(str)))
-    grids = {k: (manifest.subjects[k].shape, manifest.subjects[k].affine) for k in keys}
-    names: dict[int, str] = {}
-    for k in keys:
-        names.update({int(c): n for c, n in manifest.subjects[k].label_names.items()})
-    return evaluate_regions(pred, true, train_mean, subject, idx, labels, grids, names)
+    subject = np.asarray(subject).astype(str)
+    pred, true, idx = np.asarray(pred), np.asarray(true), np.asarray(idx)
+    sums, contrast = {}, {}
+    for key in dict.fromkeys(subject):
+        sel = subject == key
+        record = manifest.subjects[key]
+        names = {int(c): n for c, n in record.label_names.items()}
+        scan_labels = {k: np.asarray(v)[sel] for k, v in labels.items()}
+        sums[key] = scan_region_sums(pred[sel], true[sel], scan_labels, names)
+        found = scan_contrast(
+            pred[sel], true[sel], idx[sel], scan_labels, names, record.shape, record.affine
+        )
+        if found is not None:
+            contrast[key] = found
+    return report_from_sums(sums, train_mean, contrast)
 
 
 def write_region_tables(report, out_dir: Path) -> list[Path]:
@@ -196,74 +268,74 @@ def write_region_tables(report, out_dir: Path) -> list[Path]:
     return written
 
 
-def _write_maps(
-    pred: np.ndarray,
-    true: np.ndarray,
-    subject: np.ndarray,
-    idx: np.ndarray,
-    labels: list[str],
-    manifest: FeaturesManifest,
-    maps_dir: Path,
-    lesion: np.ndarray | None = None,
-) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Predicted NIfTI maps of every subject; returns a slice of OEF truth and prediction of
-    each (the mid slice, or the slice with the most lesion voxels where ``lesion`` marks some),
-    with the lesion's outline on it (None without a lesion)."""
-    from oefray.io.manifest import scan_prefix
-    from oefray.io.maps import scatter_map, write_prediction_maps
-    from oefray.ml.metrics import oef_percent
-    from oefray.physics.constants import PARAMETERS
-
-    y = PARAMETERS.index("Y")
-    panels = []
-    for label in labels:
-        record = manifest.subjects[label]
-        shape, affine = record.shape, np.asarray(record.affine)
-        sel = subject == label
-        values = {p: pred[sel, i] for i, p in enumerate(PARAMETERS)}
-        values["OEF"] = oef_percent(pred[sel, y])
-        stem = scan_prefix(label, record).removeprefix("sub-")
-        write_prediction_maps(maps_dir, stem, values, idx[sel], shape, affine)
-        z, outline = shape[2] // 2, None
-        if lesion is not None and lesion[sel].any():
-            mask = scatter_map(lesion[sel].astype(np.float32), idx[sel], shape, fill=0.0) > 0
-            z = int(np.argmax(mask.sum(axis=(0, 1))))
-            outline = mask[:, :, z]
-        truth = scatter_map(oef_percent(true[sel, y]), idx[sel], shape)[:, :, z]
-        guess = scatter_map(values["OEF"], idx[sel], shape)[:, :, z]
-        panels.append((label, truth, guess, outline))
-    return panels
-
-
 def evaluate_model(
     run,
     bundle: ModelBundle,
-    test: Any,
+    features: Path,
     test_subjects: list[str],
     manifest: FeaturesManifest,
     history: list[dict[str, Any]],
     out_dir: Path,
+    *,
+    gpus: bool = False,
+    progress: ProgressFn | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """A trained model's test tables, figures and maps (plus Fig. 3 from ``history``), logged to
-    ``run``; ``test`` is the test subjects' :class:`oefray.ml.windows.Windows`."""
-    from oefray import reports
+    ``run``, by batch inference over the test scans of ``features``
+    (:func:`oefray.orchestration.inference.run_inference`): the workers log each scan's maps
+    under ``maps/`` themselves, the driver reduces their sums (:func:`log_outputs`).
 
-    pred = predict_windows(bundle, test.x)
+    Call inside a Ray runtime.
+
+    Parameters
+    ----------
+    run : TrackedRun
+        The run to log to.
+    bundle : ModelBundle
+        The model, checked against the features' options.
+    features : Path
+        The features folder (with ground truth) holding ``test_subjects``.
+    test_subjects : list of str
+        The test scans, in table order.
+    manifest : FeaturesManifest
+        The features' manifest.
+    history : list of dict
+        Per-epoch metrics (:data:`CURVE_METRICS`) for the training curves.
+    out_dir : Path
+        Scratch folder of the files logged.
+    gpus : bool
+        One GPU per inference actor.
+    progress : callable, optional
+        ``progress(done, total, message)`` after each scan.
+
+    Returns
+    -------
+    (pandas.DataFrame, dict)
+        The Table 1 frame and every logged metric by name.
+
+    Raises
+    ------
+    FeaturesError
+        Features without ground truth (nothing to evaluate against).
+    """
+    from oefray import reports
+    from oefray.orchestration.inference import MapsTarget, run_inference
+
+    if not manifest.has_truth:
+        raise FeaturesError(features, "features carry no ground truth: nothing to evaluate against")
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = {k: [h[k] for h in history] for k in CURVE_METRICS}
     run.log_artifact_file(reports.plot_training_curves(curves, out_dir / "training_curves.png"))
-    return log_evaluation(
-        run,
-        pred,
-        test.y,
-        test.subject,
-        test.idx,
+    result = run_inference(
+        bundle,
+        features,
         test_subjects,
-        manifest,
-        bundle.y_scaler.mean,
-        out_dir,
-        labels=test.labels,
+        MapsTarget.mlflow_run(run.tracker.tracking_uri, run.run_id),
+        with_targets=True,
+        gpus=gpus,
+        progress=progress,
     )
+    return log_outputs(run, result.scans, bundle.y_scaler.mean, out_dir)
 
 
 @dataclass
@@ -278,7 +350,14 @@ class EvaluateResult:
 
 
 def evaluate(
-    run_id: str, *, features: str | Path | None = None, tracking_uri: str | None = None
+    run_id: str,
+    *,
+    features: str | Path | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    gpus: bool = False,
+    progress: ProgressFn | None = None,
 ) -> EvaluateResult:
     """Recompute the test tables, figures and maps of a training run, into a new MLflow run.
 
@@ -286,17 +365,41 @@ def evaluate(
     features folder recorded in the run (e.g. the same cohort preprocessed elsewhere), and must
     have been made with the model's preprocessing options. The new run is a child of the
     training run (tags ``mlflow.parentRunId`` and ``oefray.evaluates``, name
-    ``<run name>-evaluate-<n>``): the training run's own metrics are never overwritten.
+    ``<run name>-evaluate-<n>``): the training run's own metrics are never overwritten. The
+    test scans are predicted by batch inference (:func:`evaluate_model`) on the Ray cluster at
+    ``address`` (or ``RAY_ADDRESS``), else on a local runtime started for the command with
+    ``workers`` CPUs (default: the machine's).
+
+    Parameters
+    ----------
+    run_id : str
+        MLflow run id of a training run.
+    features : path, optional
+        Features folder (default: the run's).
+    tracking_uri : str, optional
+        The MLflow store.
+    address : str, optional
+        Ray cluster address.
+    workers : int, optional
+        CPUs of a local Ray runtime.
+    gpus : bool
+        One GPU per inference actor.
+    progress : callable, optional
+        ``progress(done, total, message)`` after each test scan.
 
     Raises
     ------
     FeaturesError
-        Features made with other options than the model's, or of an incompatible format.
+        Features made with other options than the model's, of an incompatible format, without
+        ground truth, or without the run's test subjects.
     """
-    from oefray.io import features as fio
-    from oefray.ml.windows import make_windows_table
+    import os
+
+    from oefray.orchestration.runtime import check_gpus, ray_runtime
     from oefray.tracking import Tracker
 
+    if workers is not None and workers < 1:
+        raise OefrayError(None, f"--workers must be >= 1, got {workers}")
     tracker = Tracker.from_uri(tracking_uri)
     trained = tracker.get_run(run_id)
     params = trained.data.params
@@ -304,8 +407,16 @@ def evaluate(
     root = Path(features or params.get("features", "")).resolve()
     manifest = FeaturesManifest.load(root)
     bundle.check_features(manifest, root)
+    if not manifest.has_truth:
+        raise FeaturesError(root, "features carry no ground truth: nothing to evaluate against")
     test_subjects = [s for s in params.get("test_subjects", "").split(",") if s]
-    test = make_windows_table(fio.read_features(root, test_subjects), bundle.window, test_subjects)
+    if not test_subjects:
+        raise OefrayError(None, f"MLflow run {run_id} records no test subjects")
+    missing = [s for s in test_subjects if s not in manifest.subjects]
+    if missing:
+        raise FeaturesError(
+            root, f"lacks the run's test subject(s) {', '.join(missing)}; give --features"
+        )
     history = {key: [v for _, v in tracker.metric_history(run_id, key)] for key in CURVE_METRICS}
     n_epochs = min(len(v) for v in history.values())
     epochs = [{k: history[k][i] for k in history} for i in range(n_epochs)]
@@ -314,18 +425,28 @@ def evaluate(
     name = f"{trained.info.run_name or run_id[:8]}-evaluate-{len(earlier) + 1}"
     tags = {COMMAND_TAG: "evaluate", PARENT_RUN_ID_TAG: run_id, EVALUATES_TAG: run_id}
     run_params = {"evaluates": run_id, "features": str(root), "test_subjects": test_subjects}
-    with (
-        tracker.tracked_run(experiment, run_name=name, tags=tags, params=run_params) as run,
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        run.log_dataset_input(
-            name="features-test",
-            source=str(root),
-            digest=manifest.digest(test_subjects),
-            context="evaluation",
-            profile={"subjects": test_subjects},
-        )
-        table, metrics = evaluate_model(
-            run, bundle, test, test_subjects, manifest, epochs, Path(tmp)
-        )
+    with ray_runtime(address, workers or os.cpu_count() or 1):
+        check_gpus(gpus, 1, address)  # before the MLflow run: a usage error leaves no run
+        with (
+            tracker.tracked_run(experiment, run_name=name, tags=tags, params=run_params) as run,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            run.log_dataset_input(
+                name="features-test",
+                source=str(root),
+                digest=manifest.digest(test_subjects),
+                context="evaluation",
+                profile={"subjects": test_subjects},
+            )
+            table, metrics = evaluate_model(
+                run,
+                bundle,
+                root,
+                test_subjects,
+                manifest,
+                epochs,
+                Path(tmp),
+                gpus=gpus,
+                progress=progress,
+            )
     return EvaluateResult(run.run_id, run_id, str(root), table, metrics)

@@ -1,9 +1,10 @@
 """``oefray predict``: a trained model applied to new data.
 
 New BIDS data (any echo scheme, with or without ground truth) goes through the same
-``preprocess`` path as training data, is cut into the same windows, and comes out as NIfTI maps
-of the five parameters and OEF on each subject's grid, written as a whole (a hidden folder
-renamed into place).
+``preprocess`` path as training data, is cut into the same windows by batch inference on Ray Data
+(:mod:`oefray.orchestration.inference`: one scan per call, its maps written by the worker), and
+comes out as NIfTI maps of the five parameters and OEF on each subject's grid, written as a whole
+(a hidden folder renamed into place).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from oefray.config import PredictConfig
 from oefray.errors import OefrayError
+from oefray.orchestration.inference import ProgressFn
 
 
 @dataclass
@@ -44,58 +44,49 @@ class PredictResult:
         }
 
 
-def _write_maps(
-    folder: Path,
-    manifest,
-    windows,
-    pred: np.ndarray,
-    result: PredictResult,
-    train_mean: np.ndarray | None = None,
-) -> None:
-    """Every subject's maps into ``folder``, plus the per-patient RMSE table with ground truth."""
-    from oefray.io.manifest import scan_prefix
-    from oefray.io.maps import subject_dir, write_prediction_maps
-    from oefray.ml.metrics import oef_percent, per_subject_rmse, pooled_rmse
-    from oefray.physics.constants import PARAMETERS
+def _summarise(folder: Path, manifest, inferred, result: PredictResult, train_mean) -> None:
+    """``result`` from the scans' outputs (their maps are written), and, with ground truth, the
+    per-patient RMSE table and, with labels, the per-region tables into ``folder``, from the
+    scans' sums."""
+    from oefray.ml.metrics import per_subject_rmse_from_sums, pooled_rmse_from_sums
+    from oefray.ml.regions import POOLED_REGION
+    from oefray.orchestration.evaluate import outputs_report, write_region_tables
     from oefray.reports import rmse_table_frame, write_rmse_csv
 
     for label, record in manifest.subjects.items():
-        sel = windows.subject == label
-        values = {p: pred[sel, i] for i, p in enumerate(PARAMETERS)}
-        values["OEF"] = oef_percent(pred[sel, PARAMETERS.index("Y")])
-        write_prediction_maps(
-            subject_dir(folder, label),
-            scan_prefix(label, record).removeprefix("sub-"),
-            values,
-            windows.idx[sel],
-            record.shape,
-            np.asarray(record.affine),
-        )
         result.subjects[label] = {
             "voxels": record.rows,
-            "predicted": int(sel.sum()),
+            "predicted": inferred.scans[label].windows,
             "echo_times_s": list(record.echo_times_s),
         }
-    if manifest.has_truth and windows.y is not None and len(windows):
-        rows, columns = per_subject_rmse(pred, windows.y, windows.subject)
-        frame = rmse_table_frame(rows[:-1], {k: v[:-1] for k, v in columns.items()})
-        write_rmse_csv(frame, folder / "rmse_per_patient.csv")
-        result.rmse = pooled_rmse(pred, windows.y)
-        if windows.labels and train_mean is not None:  # per tissue class, lesion contrast
-            from oefray.orchestration.evaluate import region_report, write_region_tables
+    outputs = inferred.scans
+    totals = {
+        k: o.sums[POOLED_REGION] for k, o in outputs.items() if POOLED_REGION in (o.sums or {})
+    }
+    if not manifest.has_truth or not totals:
+        return
+    rows, columns = per_subject_rmse_from_sums(totals)
+    frame = rmse_table_frame(rows[:-1], {k: v[:-1] for k, v in columns.items()})
+    write_rmse_csv(frame, folder / "rmse_per_patient.csv")
+    result.rmse = pooled_rmse_from_sums(totals)
+    if any(o.labelled for o in outputs.values()):  # per tissue class, lesion contrast
+        report = outputs_report(outputs, train_mean)
+        write_region_tables(report, folder)
+        result.regions = {
+            "rmse": report.rmse,
+            "floor": report.floor,
+            "contrast": {k: c.to_dict() for k, c in report.contrast.items()},
+        }
 
-            report = region_report(
-                pred, windows.y, train_mean, windows.subject, windows.idx, windows.labels, manifest
-            )
-            write_region_tables(report, folder)
-            result.regions = {
-                "rmse": report.rmse,
-                "floor": report.floor,
-                "contrast": {k: c.to_dict() for k, c in report.contrast.items()},
-            }
 
-
-def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -> PredictResult:
+def predict(
+    model_uri: str,
+    dataset: str | Path,
+    out: str | Path,
+    config=None,
+    *,
+    progress: ProgressFn | None = None,
+) -> PredictResult:
     """Predict QQ parameter and OEF maps for every subject of a BIDS dataset.
 
     Parameters
@@ -111,18 +102,30 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
         (``.nii.gz``, each with a JSON sidecar; names: :mod:`oefray.io.names`), and
         ``rmse_per_patient.csv`` with ground truth.
     config : PredictConfig, optional
-        Ray runtime of the preprocessing step, MLflow store holding the model, ``force``.
+        Ray runtime (of the preprocessing and the inference), ``gpus``, MLflow store holding the
+        model, ``force``.
+    progress : callable, optional
+        ``progress(done, total, message)``: the preprocessing's slabs, then the scans predicted.
+
+    Notes
+    -----
+    One Ray runtime for the whole command (the cluster at ``config.address``, else a local one
+    with ``config.workers`` CPUs): the data is preprocessed into a temporary features folder,
+    then every scan is predicted by batch inference
+    (:func:`oefray.orchestration.inference.run_inference`), whose workers write the maps into
+    the output being made; the tables come from the scans' sums. On a cluster, the temporary
+    folder (the system's temp dir) and ``out`` must be storage every node sees.
     """
     from oefray import __version__
-    from oefray.io import features as fio
     from oefray.io.files import atomic_folder
     from oefray.io.locks import replacing
     from oefray.io.manifest import FeaturesManifest
     from oefray.io.maps import describe_maps_dataset
     from oefray.io.outputs import check_output, mark_output
-    from oefray.ml.windows import make_windows_table
-    from oefray.orchestration.evaluate import load_bundle, predict_windows
+    from oefray.orchestration.evaluate import load_bundle
+    from oefray.orchestration.inference import MapsTarget, run_inference
     from oefray.orchestration.preprocess import preprocess
+    from oefray.orchestration.runtime import check_gpus, ray_runtime
     from oefray.tracking import Tracker, resolve_tracking_uri
     from oefray.tracking.models import model_reads_store
 
@@ -136,17 +139,19 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
         tracker = Tracker(resolve_tracking_uri(config.tracking_uri, create=False))
     bundle = load_bundle(tracker, model_uri)
     result = PredictResult(out=str(out), model=model_uri)
-    with tempfile.TemporaryDirectory(prefix="oefray-predict-") as tmp:
+    with (
+        ray_runtime(config.address, config.workers),
+        tempfile.TemporaryDirectory(prefix="oefray-predict-") as tmp,
+    ):
+        check_gpus(config.gpus, 1, config.address)
         features = Path(tmp) / "features"
-        pre = preprocess(dataset, features, config.preprocess_config(bundle.normalize))
+        pre = preprocess(
+            dataset, features, config.preprocess_config(bundle.normalize), progress=progress
+        )
         if not pre.ok:
             raise OefrayError(None, next(iter(pre.failed.values())))
         manifest = FeaturesManifest.load(features)
         bundle.check_features(manifest, features)
-        windows = make_windows_table(
-            fio.read_features(features), bundle.window, with_targets=manifest.has_truth
-        )
-        pred = predict_windows(bundle, windows.x)
         with replacing(out, "predict"), atomic_folder(out, replace=config.force) as partial:
             mark_output(partial, f"oefray predict ({model_uri})", __version__)
             describe_maps_dataset(
@@ -160,6 +165,15 @@ def predict(model_uri: str, dataset: str | Path, out: str | Path, config=None) -
                     "lesion_contrast.csv",
                 ),
             )
-            _write_maps(partial, manifest, windows, pred, result, bundle.y_scaler.mean)
+            inferred = run_inference(
+                bundle,
+                features,
+                list(manifest.subjects),
+                MapsTarget.folder(partial),
+                with_targets=manifest.has_truth,
+                gpus=config.gpus,
+                progress=progress,
+            )
+            _summarise(partial, manifest, inferred, result, bundle.y_scaler.mean)
             result.seconds = time.perf_counter() - t0
     return result

@@ -140,6 +140,27 @@ def _warn_unless_loopback(node_ip: str) -> None:
         )
 
 
+def available_memory_bytes() -> int:
+    """Memory this node can still give without swapping: ``MemAvailable`` of /proc/meminfo
+    (Linux), else the free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+
+
+def spare_cpus(reserved: float) -> float:
+    """CPUs of the running Ray cluster left once ``reserved`` are taken (the training workers):
+    what Ray Data can run its tasks on while the workers train."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0)) - float(reserved)
+
+
 def training_cpus(workers: int) -> int:
     """CPUs of a local runtime for a training with ``workers`` Ray Train workers."""
     return max(int(workers), MIN_TRAINING_CPUS)

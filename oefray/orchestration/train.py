@@ -29,10 +29,12 @@ from oefray.orchestration import checkpoint as ckpt
 from oefray.tracking.names import (
     BEST_EPOCH_TAG,
     COMMAND_TAG,
+    DATA_FEED_TAG,
     EPOCHS_RUN_TAG,
     PARENT_RUN_ID_TAG,
     RESUMED_FROM_EPOCH_TAG,
     SEED_TAG,
+    SHARD_MB_TAG,
     rmse_metric_name,
 )
 from oefray.tracking.store import redact_uri
@@ -40,17 +42,6 @@ from oefray.tracking.store import redact_uri
 # --------------------------------------------------------------------------------------------
 # 2. The loop on every worker
 # --------------------------------------------------------------------------------------------
-
-
-def _collect(shard) -> tuple[np.ndarray, np.ndarray]:
-    """All rows of a Ray Data shard as arrays ``x`` (n, L, F) and ``y`` (n, P)."""
-    xs, ys = [], []
-    for batch in shard.iter_batches(batch_size=8192, batch_format="numpy"):
-        xs.append(batch["x"])
-        ys.append(batch["y"])
-    if not xs:
-        raise RuntimeError("this worker's data shard is empty: fewer windows than workers")
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 @dataclass
@@ -122,18 +113,16 @@ def _open_tracking(config: dict[str, Any], rank: int, resumed: dict[str, Any] | 
     return run
 
 
-def _run_epoch(rep: _Replica, data, epoch: int, seed: int, names: list[str]) -> dict[str, Any]:
-    """Train one epoch on this worker's shard, validate, and return the epoch's metrics."""
-    x_train, y_train, x_val, y_val = data
-    n_steps = len(x_train) // rep.local_batch  # equal on every worker: shards are split equally
+def _run_epoch(rep: _Replica, feed, epoch: int, names: list[str]) -> dict[str, Any]:
+    """Train one epoch on this worker's feed (:mod:`oefray.orchestration.feed`), validate, and
+    return the epoch's metrics."""
     b = rep.local_batch
     t0 = time.perf_counter()
-    order = np.random.default_rng([seed, rep.rank, epoch]).permutation(len(x_train))
-    losses = [rep.steps.train(x_train[t], y_train[t]) for t in _batches(order, n_steps, b)]
+    losses = [rep.steps.train(x, y) for x, y in feed.train_batches(epoch)]
     train_seconds = time.perf_counter() - t0
     loss_sum, sq, sq_oef, count = 0.0, np.zeros(len(names)), 0.0, 0.0
-    for k in range(0, len(x_val), b):  # same count on every worker
-        ls, s, so, c = rep.steps.validate(x_val[k : k + b], y_val[k : k + b])
+    for x, y in feed.val_batches():  # same count on every worker: equal shards
+        ls, s, so, c = rep.steps.validate(x, y)
         loss_sum, sq, sq_oef, count = loss_sum + ls, sq + s, sq_oef + so, count + c
     count = max(count, 1.0)
     return {
@@ -147,20 +136,18 @@ def _run_epoch(rep: _Replica, data, epoch: int, seed: int, names: list[str]) -> 
     }
 
 
-def _batches(order: np.ndarray, n_steps: int, size: int):
-    return (order[k * size : (k + 1) * size] for k in range(n_steps))
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train on this worker's shard; every worker runs this, rank 0 reports checkpoints.
 
-    ``config`` keys: ``model`` (ModelConfig dict), ``seed``, ``n_train``, ``y_std``,
-    ``y_index``, ``targets``, ``patience``, ``tracking`` (``{"uri", "run_id"}`` or None),
-    ``metrics_tags`` (``{"experiment", "run"}`` of the Ray application metrics, optional).
+    ``config`` keys: ``model`` (ModelConfig dict), ``seed``, ``n_train``, ``n_val``,
+    ``row_bytes``, ``cache_gb``, ``workers_on_node``, ``y_std``, ``y_index``, ``targets``,
+    ``patience``, ``tracking`` (``{"uri", "run_id"}`` or None), ``metrics_tags``
+    (``{"experiment", "run"}`` of the Ray application metrics, optional).
     """
     import ray.train
 
     from oefray.orchestration import metrics as ray_metrics
+    from oefray.orchestration.feed import open_feed
 
     rep = _build_replica(config)
     state, best_weights = ckpt.new_state(), None
@@ -169,16 +156,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d, rep.strategy.scope():
             state, best_weights = ckpt.restore_checkpoint(Path(d), rep.model, rep.optimizer)
     run = _open_tracking(config, rep.rank, state if checkpoint is not None else None)
-    # This worker's shards, from Ray Data. Held in memory after one pass: the windows are small
-    # (n x 5 x 4 float32), and re-streaming them through the split coordinator every epoch cost
-    # ~25 % of an epoch on 2 CPUs (benchmarks/train_overhead.py).
-    data = (
-        *_collect(ray.train.get_dataset_shard("train")),
-        *_collect(ray.train.get_dataset_shard("val")),
-    )
+    # This worker's shards from Ray Data: cached after one pass when they fit its budget,
+    # streamed every epoch otherwise (the choice, logged, is in oefray/orchestration/feed.py).
+    feed, choice = open_feed(config, rep.rank, rep.world, rep.local_batch)
+    if run is not None:
+        run.set_tags({DATA_FEED_TAG: choice.mode, SHARD_MB_TAG: round(choice.shard_bytes / 1e6, 1)})
     while state["epoch"] < int(config["epochs"]) and not state.get("stopped_early"):
         epoch = state["epoch"]
-        metrics = _run_epoch(rep, data, epoch, int(config["seed"]), config["targets"])
+        metrics = _run_epoch(rep, feed, epoch, config["targets"])
         if state["best_val_loss"] is None or metrics["val_loss"] < state["best_val_loss"]:
             state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch, wait=0)
             best_weights = rep.model.get_weights()
@@ -228,7 +213,8 @@ def build_trainer(loop_config: dict[str, Any], datasets: dict[str, Any], spec: T
 
     The same builder serves ``oefray train`` and every ``oefray tune`` trial.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     return TensorflowTrainer(
@@ -240,6 +226,9 @@ def build_trainer(loop_config: dict[str, Any], datasets: dict[str, Any], spec: T
             resources_per_worker={"CPU": spec.cpus_per_worker},
         ),
         datasets=datasets,
+        # the shards' rows in a deterministic order (the split is equal, so every worker runs
+        # the same number of collective steps)
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
             name=spec.name,
             storage_path=spec.storage_path,
@@ -303,6 +292,7 @@ def _run_params(features: Path, config, mc, data) -> dict[str, Any]:
         "workers": config.workers,
         "gpus": config.gpus,
         "val_fraction": config.val_fraction,
+        "split": data.split.to_dict(),  # the hash split (oefray.ml.split)
         "max_train_windows": config.max_train_windows,
         "oversample": config.oversample,
         "echo_times_s": data.manifest.echo_times_s,
@@ -340,6 +330,10 @@ def make_loop_config(
     seed: int,
     n_train: int,
     y_std: np.ndarray,
+    n_val: int = 0,
+    row_bytes: int = 0,
+    cache_gb: float | None = None,
+    workers_on_node: int = 1,
     tracking: dict[str, str] | None = None,
     metrics_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -355,6 +349,12 @@ def make_loop_config(
         Training windows (sets the per-worker batch).
     y_std : (5,) array
         Target scale of the standardisation (validation errors in physical units).
+    n_val, row_bytes : int
+        Validation windows and bytes per row: a worker's shard size, for its cache decision.
+    cache_gb : float, optional
+        A worker's cache budget (:func:`oefray.orchestration.feed.cache_limit_bytes`).
+    workers_on_node : int
+        Workers sharing a node's memory (the default budget is divided among them).
     tracking : dict, optional
         ``{"uri", "run_id"}`` of the MLflow run rank 0 logs epochs to.
     metrics_tags : dict, optional
@@ -368,6 +368,10 @@ def make_loop_config(
         "patience": mc.patience,
         "seed": int(seed),
         "n_train": int(n_train),
+        "n_val": int(n_val),
+        "row_bytes": int(row_bytes),
+        "cache_gb": cache_gb,
+        "workers_on_node": int(workers_on_node),
         "y_std": np.asarray(y_std).tolist(),
         "y_index": PARAMETERS.index("Y"),
         "targets": list(PARAMETERS),
@@ -376,24 +380,33 @@ def make_loop_config(
     }
 
 
+def _workers_per_node(workers: int) -> int:
+    """Workers that may share one node's memory: all of them on a one-node cluster, else an
+    even spread over the nodes (the cache budget's divisor)."""
+    import ray
+
+    nodes = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+    return max(1, -(-int(workers) // nodes))
+
+
 def _fit(run, tracker, config, mc, data, storage: str, callbacks) -> tuple[Any, dict[str, Any]]:
     """Fit on Ray Train; returns the best-epoch Keras model and the final training state."""
     from oefray.io.locks import writing
     from oefray.ml.model import build_model
-    from oefray.orchestration.data import to_ray_dataset
 
     loop_config = make_loop_config(
         mc,
         seed=config.seed,
-        n_train=len(data.x_train),
+        n_train=data.counts["train_windows"],
         y_std=data.y_scaler.std,
+        n_val=data.counts["val_windows"],
+        row_bytes=data.row_bytes,
+        cache_gb=config.cache_gb,
+        workers_on_node=_workers_per_node(config.workers),
         tracking={"uri": tracker.tracking_uri, "run_id": run.run_id},
         metrics_tags={"experiment": config.experiment, "run": run.run_id},
     )
-    datasets = {
-        "train": to_ray_dataset(data.x_train, data.y_train),
-        "val": to_ray_dataset(data.x_val, data.y_val),
-    }
+    datasets = {"train": data.train, "val": data.val}
     spec = TrainerSpec(
         workers=config.workers,
         gpus=config.gpus,
@@ -435,7 +448,7 @@ def _evaluate_and_log(run, model, mc, data, state: dict[str, Any]) -> tuple[Any,
     history = state["history"]
     with tempfile.TemporaryDirectory() as tmp:
         table, logged = evaluate_model(
-            run, bundle, data.test, data.test_subjects, data.manifest, history, Path(tmp)
+            run, bundle, data.features, data.test_subjects, data.manifest, history, Path(tmp)
         )
     model_uri = run.log_keras_model(model, extra_files=bundle.files())
     run.set_tags({BEST_EPOCH_TAG: state["best_epoch"], EPOCHS_RUN_TAG: state["epoch"]})
@@ -461,6 +474,7 @@ def train(
     parent_run_id: str | None = None,
     tags: dict[str, Any] | None = None,
     callbacks: tuple[Any, ...] = (),
+    stream: bool = True,
 ) -> TrainResult:
     """Train the LSTM on the training subjects of a features folder and evaluate on the test ones.
 
@@ -480,31 +494,35 @@ def train(
         Extra MLflow tags of the run.
     callbacks : tuple, optional
         Ray Train callbacks (``tune --search`` passes Tune's per-epoch report callback).
+    stream : bool
+        Let the training data stream lazily when the cluster has CPUs to spare
+        (:func:`oefray.orchestration.data.prepare_data`); Tune's trials pass False.
     """
     from oefray.config import TrainConfig
     from oefray.ml.model import model_config
     from oefray.orchestration import runtime
-    from oefray.orchestration.data import prepare_data
+    from oefray.orchestration.data import load_training_manifest, prepare_data
     from oefray.orchestration.evaluate import log_features_inputs
     from oefray.tracking import Tracker, writable_tracking_uri
 
     t0 = time.perf_counter()
     config = config or TrainConfig()
     writable_tracking_uri(config.tracking_uri, create=False)  # before the features and Ray
-    data = prepare_data(features, config)
+    load_training_manifest(Path(features).resolve())  # no ground truth: refused before Ray
     mc = model_config(config.preset, **config.model_overrides())
     tracker = Tracker.from_uri(config.tracking_uri)
     storage = str(runtime.storage_path(storage_path))
-    params = _run_params(data.features, config, mc, data)
-    opened = _open_run(
-        tracker, config, params, resume=resume, parent_run_id=parent_run_id, tags=tags
-    )
     with contextlib.ExitStack() as stack:
         stack.enter_context(
             runtime.ray_runtime(config.address, runtime.training_cpus(config.workers))
         )
         # before the MLflow run: a usage error leaves no failed run behind
         runtime.check_gpus(config.gpus, config.workers, config.address)
+        data = prepare_data(features, config, stream=stream)
+        params = _run_params(data.features, config, mc, data)
+        opened = _open_run(
+            tracker, config, params, resume=resume, parent_run_id=parent_run_id, tags=tags
+        )
         run = stack.enter_context(opened)
         log_features_inputs(
             run, data.features, data.manifest, data.train_subjects, data.test_subjects

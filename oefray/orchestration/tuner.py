@@ -73,6 +73,7 @@ def _trial(config: dict[str, Any]) -> None:
         parent_run_id=config["parent_run_id"],
         tags={TRIAL_ID_TAG: trial_id, COMMAND_TAG: config["command"], **tags},
         callbacks=(TuneReportCallback(),) if config["per_epoch"] else (),
+        stream=False,  # trials share the cluster: each one's data is made before its workers
     )
     # No `epochs_done` here: ASHA only acts on per-epoch reports, this one ranks the trial.
     tune.report(

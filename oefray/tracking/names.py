@@ -228,6 +228,10 @@ RESUMED_FROM_EPOCH_TAG = "oefray.resumed_from_epoch"
 BEST_EPOCH_TAG = "oefray.best_epoch"
 #: Epochs a training run trained.
 EPOCHS_RUN_TAG = "oefray.epochs_run"
+#: How the training workers were fed: ``cache`` (shard held in memory) or ``stream``.
+DATA_FEED_TAG = "oefray.data_feed"
+#: Size of a training worker's shard of windows, MB.
+SHARD_MB_TAG = "oefray.shard_mb"
 #: One-line message of the exception that failed a run.
 ERROR_TAG = "oefray.error"
 #: Who stopped a trial early (``asha``).

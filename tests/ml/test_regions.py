@@ -89,6 +89,10 @@ def test_lesion_contrast_closed_forms():
     assert half.cnr == pytest.approx(exact.cnr)  # scaling leaves CNR unchanged: why recovered
     flat = lesion_contrast(np.full(n, 33.0), true, lesion, mirror)
     assert flat.recovered == 0.0 and np.isnan(flat.cnr)  # no spread in the mirror: CNR undefined
+    # 27.3 over 40 and 100 voxels: the two means differ by rounding (3.6e-15 with numpy's
+    # pairwise sums); a map constant over both regions still has exactly no contrast
+    rounding = lesion_contrast(np.full(n, 27.3), true, lesion, mirror)
+    assert rounding.difference == 0.0 and rounding.recovered == 0.0
     assert exact.to_dict()["contrast_recovered"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="overlap"):
         lesion_contrast(true, true, lesion, lesion | mirror)

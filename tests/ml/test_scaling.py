@@ -9,7 +9,13 @@ import pytest
 
 from oefray.ml import scaling
 from oefray.ml.scaling import Standardizer
-from oefray.ml.windows import train_val_split
+
+
+def _train_rows(n: int) -> np.ndarray:
+    """The training rows of the hash split (oefray.ml.split) of n windows."""
+    from oefray.ml.split import TRAIN, Split
+
+    return np.flatnonzero(Split(seed=1).assign("P1", np.arange(n)) == TRAIN)
 
 
 @pytest.fixture
@@ -22,7 +28,7 @@ def windows_x() -> np.ndarray:
 
 
 def test_transform_of_training_data_is_standard(windows_x):
-    train, _ = train_val_split(len(windows_x), seed=1)
+    train = _train_rows(len(windows_x))
     s = Standardizer.fit(windows_x[train])
     z = s.transform(windows_x[train])
     assert z.dtype == np.float32 and z.shape == windows_x[train].shape
@@ -36,7 +42,8 @@ def test_transform_of_training_data_is_standard(windows_x):
 
 
 def test_validation_statistics_do_not_leak(windows_x):
-    train, val = train_val_split(len(windows_x), seed=1)
+    train = _train_rows(len(windows_x))
+    val = np.setdiff1d(np.arange(len(windows_x)), train)
     shifted = windows_x.copy()
     shifted[val] += np.float32(100.0)  # change only the validation samples
     a = Standardizer.fit(windows_x[train])
@@ -101,3 +108,38 @@ def test_invalid_inputs():
         s.transform(np.zeros((3, 3)))
     with pytest.raises(ValueError):
         Standardizer(mean=np.zeros(2), std=np.array([1.0, 0.0]))
+
+
+def test_moments_merged_in_any_chunking_equal_numpy_mean_and_variance():
+    """Streaming moments (Chan's merge) against numpy's two-pass mean and variance of all rows
+    (float64), relative tolerance 1e-12; and the scaler they give equals Standardizer.fit."""
+    from oefray.ml.scaling import Moments
+
+    rng = np.random.default_rng(4)
+    x = (rng.normal(3.0, 2.0, size=(10_001, 5, 4)) * [1, 10, 1e-3, 1e3]).astype(np.float32)
+    rows = x.reshape(-1, 4).astype(np.float64)
+    for chunk in (1_000, 3_333, 10_001):
+        parts = [Moments.of(x[k : k + chunk]) for k in range(0, len(x), chunk)]
+        merged = Moments.combine(parts[::-1], 4)  # any order
+        assert merged.n == rows.shape[0]
+        np.testing.assert_allclose(merged.mean, rows.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(merged.m2 / merged.n, rows.var(axis=0), rtol=1e-12)
+    fitted = Standardizer.fit(x)
+    streamed = Standardizer.from_moments(
+        Moments.combine([Moments.of(x[:17]), Moments.of(x[17:])], 4)
+    )
+    np.testing.assert_allclose(streamed.mean, fitted.mean, rtol=1e-12)
+    np.testing.assert_allclose(streamed.std, fitted.std, rtol=1e-12)
+    again = Moments.from_dict(Moments.of(x).to_dict())
+    np.testing.assert_array_equal(again.mean, Moments.of(x).mean)
+
+
+def test_moments_of_nothing_merge_as_identity_and_refuse_a_scaler():
+    from oefray.ml.scaling import Moments
+
+    some = Moments.of(np.ones((3, 2)))
+    assert Moments.empty(2).merge(some) is some and some.merge(Moments.empty(2)) is some
+    with pytest.raises(ValueError, match="zero samples"):
+        Standardizer.from_moments(Moments.empty(2))
+    with pytest.raises(ValueError, match="merge"):
+        some.merge(Moments.empty(3))

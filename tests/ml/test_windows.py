@@ -16,7 +16,6 @@ from oefray.ml.windows import (
     Windows,
     make_windows,
     make_windows_table,
-    train_val_split,
 )
 
 
@@ -175,26 +174,6 @@ def test_interleaved_table_rows_are_grouped_by_subject():
     w = make_windows_table(t.take(pa.array(order)), WindowConfig(3))
     np.testing.assert_array_equal(w.idx[:4], make_windows(a, WindowConfig(3)).idx)
     np.testing.assert_array_equal(w.idx[4:], make_windows(b, WindowConfig(3)).idx)
-
-
-@pytest.mark.parametrize("n", [0, 1, 10, 1001])
-def test_train_val_split_is_a_seeded_partition(n):
-    train, val = train_val_split(n, 0.2, seed=5)
-    assert train.dtype == val.dtype == np.int64
-    assert len(val) == round(0.2 * n)
-    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(n))
-    again = train_val_split(n, seed=5)
-    np.testing.assert_array_equal(again[1], val)
-    if n > 100:
-        assert not np.array_equal(train_val_split(n, seed=6)[1], val)
-        assert abs(val.mean() - (n - 1) / 2) < 0.1 * n  # not a contiguous block
-
-
-def test_train_val_split_validates():
-    with pytest.raises(ValueError):
-        train_val_split(10, 1.0, seed=0)
-    with pytest.raises(ValueError):
-        train_val_split(-1, seed=0)
 
 
 def test_cheap_modules_do_not_import_tensorflow():

@@ -46,6 +46,10 @@ def test_run_holds_params_metrics_and_artifacts(trained, store, tiny_features, t
     )
     assert p["model.lstm_units"] == "[64, 48, 32, 16]" and p["model.learning_rate"] == "0.001"
     assert p["train_subjects"] == "P3,P4" and p["test_subjects"] == "P6,P11"
+    assert (p["split.seed"], p["split.val_fraction"], p["split.train_keep"]) == ("3", "0.2", "1.0")
+    # 2 workers on 2 CPUs: the windows were materialised, each worker's tiny shard cached
+    assert run.data.tags["oefray.data_feed"] == "cache"
+    assert 0 < float(run.data.tags["oefray.shard_mb"]) < 1
     manifest = fio.read_manifest(tiny_features)
     assert p["features_checksums.P6"] == manifest["subjects"]["P6"]["checksum"]
     assert json.loads(p["echo_times_s"]) == pytest.approx(manifest["echo_times_s"])
@@ -166,6 +170,38 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(
     assert history[:restored] == head[:restored]
     assert sorted({s for s, _ in history}) == list(range(6))
     assert len(history) == 6 + (len(head) - restored)
+
+
+def test_a_shard_over_the_cache_budget_streams_every_epoch(tiny_features, ray_local, store):
+    """--cache-gb 0: the worker streams its shard from Ray Data every epoch (lazy: 1 worker on
+    2 CPUs leaves one to Ray Data's tasks) through the local shuffle buffer, runs the full
+    steps of its shard each epoch, and learns."""
+    from oefray.ml.model import model_config
+
+    config = TrainConfig(
+        epochs=2,
+        workers=1,
+        cache_gb=0.0,
+        seed=4,
+        learning_rate=1e-3,
+        experiment="test-stream",
+        tracking_uri=store["uri"],
+    )
+    result = train(tiny_features, config, storage_path=store["storage"])
+    tracker = Tracker(store["uri"])
+    run = tracker.get_run(result.run_id)
+    assert run.data.tags["oefray.data_feed"] == "stream"
+    n_train = result.counts["train_windows"]
+    b = min(model_config("small").batch_size, n_train)
+    for (_, sps), (_, secs) in zip(
+        tracker.metric_history(result.run_id, "samples_per_second"),
+        tracker.metric_history(result.run_id, "epoch_seconds"),
+        strict=True,
+    ):
+        assert round(sps * secs) == (n_train // b) * b  # every full batch of the shard, once
+    loss = [v for _, v in tracker.metric_history(result.run_id, "loss")]
+    assert len(loss) == 2 and loss[1] < loss[0]
+    assert 0 < result.test_metrics["test_rmse_OEF"] < result.test_metrics["floor_rmse_OEF"] * 1.5
 
 
 def test_gpus_without_gpus_is_refused(tiny_features, ray_local, store, capsys):
