@@ -96,6 +96,23 @@ def plain_fit(preset: str, x: np.ndarray, y: np.ndarray, epochs: int, seed: int)
     return timer.seconds
 
 
+def to_ray_dataset(x: np.ndarray, y: np.ndarray):
+    """A materialised Ray dataset with tensor columns ``x`` (n, L, F), ``y`` (n, P) and
+    ``order`` (their row numbers) from the benchmark's arrays."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    table = pa.table(
+        {
+            "x": ArrowTensorArray.from_numpy(x),
+            "y": ArrowTensorArray.from_numpy(y),
+            "order": pa.array(np.arange(len(x), dtype=np.uint64)),
+        }
+    )
+    return ray.data.from_arrow(table).materialize()
+
+
 def ray_train(
     preset: str,
     data: tuple[np.ndarray, ...],
@@ -108,7 +125,6 @@ def ray_train(
     and the wall time of ``trainer.fit()`` (worker start-up, tracing, validation included)."""
     from oefray.ml.model import model_config
     from oefray.orchestration.checkpoint import STATE
-    from oefray.orchestration.data import to_ray_dataset
     from oefray.orchestration.train import TrainerSpec, build_trainer, make_loop_config
 
     x_train, y_train, x_val, y_val = data

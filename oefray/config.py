@@ -569,10 +569,12 @@ class UIConfig:
 @dataclass(frozen=True)
 class SubmitConfig:
     """How ``oefray submit`` runs a job: the job server ``address`` (default: the environment's,
-    else http://127.0.0.1:8265) and whether to ``follow`` its logs to the end."""
+    else http://127.0.0.1:8265), whether to ``follow`` its logs to the end, and whether to send
+    the Ray ``token`` with every request (else only to a server that answers 401)."""
 
     address: str | None = None
     follow: bool = True
+    token: bool = False
 
 
 @dataclass(frozen=True)

@@ -46,15 +46,16 @@ def submit(
         ),
     ] = None,
     token: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--token",
+            "--token/--no-token",
             help="Send the Ray token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) "
             "with every request, an error if there is none. Without it the token goes only to a "
             "job server that answers 401 (asks for it); RAY_AUTH_MODE=token always sends it, "
-            "RAY_AUTH_MODE=disabled never (--token wins over it).",
+            "RAY_AUTH_MODE=disabled never (--token wins over it). Also `token = true` in the "
+            "config file's [submit] table.",
         ),
-    ] = False,
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -73,12 +74,14 @@ def submit(
     from oefray.orchestration.submit import parse_overrides, read_job_spec
     from oefray.orchestration.submit import submit as submit_job
 
-    options = load(SubmitConfig, "submit", config, {"address": address, "follow": follow})
+    options = load(
+        SubmitConfig, "submit", config, {"address": address, "follow": follow, "token": token}
+    )
     try:
         job_spec = read_job_spec(spec, parse_overrides(set_ or []))
     except OefrayError as exc:
         fail(str(exc), USAGE)
-    job = run(lambda: submit_job(job_spec, options.address, token=token))
+    job = run(lambda: submit_job(job_spec, options.address, token=options.token))
     err_console.print(
         f"submitted {job.submission_id} to {job.address}: {job_spec.entrypoint}",
         markup=False,

@@ -360,20 +360,3 @@ def prepare_data(
         materialized=materialize,
         row_bytes=_row_bytes(window),
     )
-
-
-def to_ray_dataset(x: np.ndarray, y: np.ndarray):
-    """A materialised Ray dataset with tensor columns ``x`` (n, L, F), ``y`` (n, P) and
-    ``order`` (their row numbers) from arrays the driver already holds (benchmarks)."""
-    import pyarrow as pa
-    import ray.data
-    from ray.data.extensions import ArrowTensorArray
-
-    table = pa.table(
-        {
-            "x": ArrowTensorArray.from_numpy(x),
-            "y": ArrowTensorArray.from_numpy(y),
-            "order": pa.array(np.arange(len(x), dtype=np.uint64)),
-        }
-    )
-    return ray.data.from_arrow(table).materialize()

@@ -428,9 +428,12 @@ def _fit(run, tracker, config, mc, data, storage: str, callbacks) -> tuple[Any, 
     return model, state
 
 
-def _evaluate_and_log(run, model, mc, data, state: dict[str, Any]) -> tuple[Any, dict, str]:
-    """Evaluate the trained model on the test subjects and log it as a :class:`ModelBundle`;
-    returns the Table 1 frame, the logged test metrics and the model URI."""
+def _evaluate_and_log(
+    run, model, mc, data, state: dict[str, Any], gpus: bool = False
+) -> tuple[Any, dict, str]:
+    """Evaluate the trained model on the test subjects (batch inference, GPU actors with
+    ``gpus``) and log it as a :class:`ModelBundle`; returns the Table 1 frame, the logged test
+    metrics and the model URI."""
     from oefray.io.bundle import ModelBundle
     from oefray.io.manifest import FORMAT_VERSION
     from oefray.orchestration.evaluate import evaluate_model
@@ -448,7 +451,14 @@ def _evaluate_and_log(run, model, mc, data, state: dict[str, Any]) -> tuple[Any,
     history = state["history"]
     with tempfile.TemporaryDirectory() as tmp:
         table, logged = evaluate_model(
-            run, bundle, data.features, data.test_subjects, data.manifest, history, Path(tmp)
+            run,
+            bundle,
+            data.features,
+            data.test_subjects,
+            data.manifest,
+            history,
+            Path(tmp),
+            gpus=gpus,
         )
     model_uri = run.log_keras_model(model, extra_files=bundle.files())
     run.set_tags({BEST_EPOCH_TAG: state["best_epoch"], EPOCHS_RUN_TAG: state["epoch"]})
@@ -528,7 +538,7 @@ def train(
             run, data.features, data.manifest, data.train_subjects, data.test_subjects
         )
         model, state = _fit(run, tracker, config, mc, data, storage, callbacks)
-        table, logged, model_uri = _evaluate_and_log(run, model, mc, data, state)
+        table, logged, model_uri = _evaluate_and_log(run, model, mc, data, state, config.gpus)
     return TrainResult(
         run_id=run.run_id,
         experiment=config.experiment,

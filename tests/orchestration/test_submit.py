@@ -561,6 +561,15 @@ def test_token_option_sends_it_from_the_first_request(ray_head_open, tmp_path, m
         assert "oefray: warning" not in captured.err
         assert "submitted oefray-hello-" in captured.err and f"to {relay.url}:" in captured.err
 
+        # the same from the config file's [submit] table
+        cfg = tmp_path / "submit.toml"
+        cfg.write_text("[submit]\ntoken = true\nfollow = false\n")
+        before = len(relay.requests())
+        assert main(["submit", spec, "--address", relay.url, "--config", str(cfg)]) == 0
+        later = relay.requests()[before:]
+        assert later and all(c.authorizations == [f"Bearer {token}"] for c in later)
+        capsys.readouterr()
+
         # --token and no token anywhere: one line, and nothing was sent
         (tmp_path / "home" / ".ray" / "auth_token").unlink()
         before = len(relay.requests())
