@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from oefray.errors import FeaturesError
+from oefray.errors import FeaturesError, OefrayError
 from oefray.io.manifest import FeaturesManifest
 
 #: Windows per block a scan task yields (bounds a task's output blocks to a few MB).
@@ -120,40 +120,46 @@ def scan_windows(root: str, key: str, window) -> Any:
 def scan_stats(
     batch: dict[str, np.ndarray], *, root: str, window, split, codes: list[int]
 ) -> dict[str, list]:
-    """Counts and training moments of each scan of ``batch`` (column ``scan``, ``role``)."""
+    """Counts and training moments of each scan of ``batch`` (column ``scan``, ``role``).
+
+    A scan that cannot be read (a file that fails its checksum, a writer holding the folder)
+    gives its one-line :class:`~oefray.errors.OefrayError` in the ``error`` column, for the
+    driver to raise as it is.
+    """
+    from oefray.errors import OefrayError
     from oefray.ml.scaling import Moments
     from oefray.ml.split import TRAIN, VAL
+    from oefray.ml.windows import FEATURES, TARGETS
 
-    out: dict[str, list] = {
-        k: []
-        for k in (
-            "scan",
-            "role",
-            "windows",
-            "excluded",
-            "train",
-            "val",
-            "train_lesion",
-            "x_moments",
-            "y_moments",
-        )
-    }
+    names = ("scan", "role", "windows", "excluded", "train", "val", "train_lesion")
+    out: dict[str, list] = {k: [] for k in (*names, "x_moments", "y_moments", "error")}
     for key, role in zip(batch["scan"], batch["role"], strict=True):
-        w = scan_windows(root, str(key), window)
-        part = split.assign(str(key), w.idx)
-        tr = part == TRAIN
-        train_part = str(role) == "train"
-        out["scan"].append(str(key))
+        key, train_part = str(key), str(role) == "train"
+        xm, ym = Moments.empty(len(FEATURES)), Moments.empty(len(TARGETS))
+        counts = dict.fromkeys(names[2:], 0)
+        error = ""
+        try:
+            w = scan_windows(root, key, window)
+        except OefrayError as exc:
+            error = str(exc)
+        else:
+            part = split.assign(key, w.idx)
+            tr = part == TRAIN
+            counts.update(windows=len(w), excluded=w.n_excluded)
+            if train_part:
+                counts.update(
+                    train=int(tr.sum()),
+                    val=int((part == VAL).sum()),
+                    train_lesion=int((tr & in_lesion(w, codes)).sum()),
+                )
+                xm, ym = Moments.of(w.x[tr]), Moments.of(w.y[tr])
+        out["scan"].append(key)
         out["role"].append(str(role))
-        out["windows"].append(len(w))
-        out["excluded"].append(w.n_excluded)
-        out["train"].append(int(tr.sum()) if train_part else 0)
-        out["val"].append(int((part == VAL).sum()) if train_part else 0)
-        out["train_lesion"].append(int((tr & in_lesion(w, codes)).sum()) if train_part else 0)
-        xm = Moments.of(w.x[tr]) if train_part else Moments.empty(w.x.shape[-1])
-        ym = Moments.of(w.y[tr]) if train_part else Moments.empty(w.y.shape[-1])
+        for k, v in counts.items():
+            out[k].append(v)
         out["x_moments"].append(json.dumps(xm.to_dict()))
         out["y_moments"].append(json.dumps(ym.to_dict()))
+        out["error"].append(error)
     return out
 
 
@@ -211,7 +217,11 @@ def _statistics(items, root: str, window, split, codes) -> list[dict[str, Any]]:
         batch_size=1,
         fn_kwargs={"root": root, "window": window, "split": split, "codes": codes},
     )
-    return ds.take_all()
+    rows = ds.take_all()
+    for row in rows:
+        if row["error"]:
+            raise OefrayError(None, row["error"])
+    return rows
 
 
 def _reduce(rows: list[dict[str, Any]], n_x: int, n_y: int):
