@@ -529,8 +529,18 @@ class TrackedRun:
             profile=None if profile is None else json.dumps(dict(profile), default=str),
         )
         tags = [InputTag(key=DATASET_CONTEXT_TAG, value=context)]
+        from mlflow.exceptions import MlflowException
+
         with run_errors(self.run_id):
-            self.tracker.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
+            try:
+                self.tracker.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
+            except MlflowException as exc:
+                # Two runs (concurrent Tune trials) logging the same new dataset at once: the
+                # store creates the dataset row for one, the other's insert hits the unique key
+                # (sqlite). The row now exists, so the second attempt only links this run to it.
+                if "UNIQUE constraint failed" not in str(exc):
+                    raise
+                self.tracker.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
 
     def log_keras_model(
         self,

@@ -148,7 +148,7 @@ reduction_factor = 2
 """
 
 
-def _wait_for(predicate, proc, timeout=300.0):
+def _wait_for(predicate, proc, timeout=600.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -316,8 +316,10 @@ def test_matches_least_squares_on_noisy_voxels(rng: np.random.Generator) -> None
         ref, ref_status = scipy_solve(signal, chi, te, x0, w=W)
         ours = qq_cost(sol.params, signal, chi, te, w=W)
         theirs = qq_cost(ref, signal, chi, te, w=W)
-        # The solver's reported cost is the objective at its parameters (1e-12 relative).
-        np.testing.assert_allclose(sol.cost, ours, rtol=1e-12)
+        # The solver's reported cost is the objective at its parameters: 1e-10 relative (the
+        # kernel and NumPy sum the squared residuals in different orders; at costs ~1e-9 that
+        # showed as 1.9e-12 once in 500 voxels in the full suite)
+        np.testing.assert_allclose(sol.cost, ours, rtol=1e-10)
         both = (ref_status > 0) & sol.converged
         assert both.mean() >= 0.99, name
         rel = (ours[both] - theirs[both]) / theirs[both]

@@ -97,6 +97,8 @@ def test_tag_names():
         "oefray.resumed_from_epoch",
         "oefray.best_epoch",
         "oefray.epochs_run",
+        "oefray.data_feed",
+        "oefray.shard_mb",
         "oefray.error",
         "oefray.stopped_early",
         "oefray.tune_state",
