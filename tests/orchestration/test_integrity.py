@@ -183,17 +183,18 @@ def test_train_while_preprocess_force_rewrites_the_features_is_one_line(
 ):
     """Row: `train` while `preprocess --force` rewrites the same features gave a ValueError
     traceback. Now the reader is refused in one line naming the writer; the writer finishes."""
-    writer = subprocess.Popen(
-        [sys.executable, "-m", "oefray.cli", "preprocess", str(tiny_cohort), "--out", str(features),
-         "--force", "--workers", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    log = tmp_path / "writer.err"  # a file: a pipe nobody reads would fill and block the writer
+    with log.open("w") as sink:
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "oefray.cli", "preprocess", str(tiny_cohort), "--out",
+             str(features), "--force", "--workers", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )  # fmt: skip
     lock = features / ".lock"
     deadline = time.monotonic() + 120
     while not (lock.exists() and lock.read_text().strip()):
-        assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read()
+        assert writer.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.02)
     uri = f"sqlite:///{tmp_path}/m.db"
     code = main(["train", str(features), "--epochs", "1", "--tracking-uri", uri])

@@ -48,18 +48,19 @@ def test_interrupted_run_leaves_no_half_subject(cohort18, reference, ray_local, 
     out = tmp_path / "features"
     env = dict(os.environ, RAY_ADDRESS="")
     cmd = [sys.executable, "-m", "oefray.cli", "preprocess", str(cohort18), "--out", str(out)]
-    proc = subprocess.Popen(
-        [*cmd, "--slab", "1", "--workers", "1"],  # slow on purpose: 288 one-plane tasks
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "preprocess.err"  # a file: a pipe nobody reads would fill and block it
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [*cmd, "--slab", "1", "--workers", "1"],  # slow on purpose: 288 one-plane tasks
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     deadline = time.monotonic() + 240
     while _complete_subjects(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, (
-        f"run ended before it could be interrupted: {proc.stderr.read()[-2000:]}"
+        f"run ended before it could be interrupted: {log.read_text()[-2000:]}"
     )
     proc.send_signal(sig)
     proc.wait(timeout=120)

@@ -192,13 +192,16 @@ def test_search_interrupted_mid_trial_resumes_and_its_best_config_trains(tiny_fe
         "--results",
         str(tmp_path / "results.json"),
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "oefray.cli", *args],
-        env=dict(os.environ, RAY_ADDRESS=""),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # stderr to a file, not a pipe: Tune's status tables (~120 KB) would fill a pipe nobody reads
+    # until the end and block the search mid-trial
+    log = tmp_path / "tune.err"
+    with log.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "oefray.cli", *args],
+            env=dict(os.environ, RAY_ADDRESS=""),
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+        )
     tracker = Tracker(uri)
 
     def parent_run():
@@ -219,7 +222,8 @@ def test_search_interrupted_mid_trial_resumes_and_its_best_config_trains(tiny_fe
 
     first, second = _wait_for(second_trial_training, proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=180)
+    proc.wait(timeout=180)
+    err = log.read_text()
     assert proc.returncode == 130, err[-2000:]
     assert "search interrupted with 1 of 2 trial(s) unfinished" in err
     assert f"--search --resume {parent_id}" in err
