@@ -588,6 +588,10 @@ class CCMRunConfig:
         The CCM library's k-means clusters, interpolated neighbours, reference voxels, seed.
     train_subjects, test_subjects : tuple of str, optional
         Override the split recorded in the features manifest.
+    workers : int, optional
+        CPUs of a local Ray runtime (default: the machine's).
+    address : str, optional
+        Ray cluster to run on (default ``RAY_ADDRESS``, else a local runtime).
     experiment, tracking_uri
         MLflow experiment and store.
     """
@@ -598,8 +602,14 @@ class CCMRunConfig:
     seed: int | None = None
     train_subjects: tuple[str, ...] | None = None
     test_subjects: tuple[str, ...] | None = None
+    workers: int | None = None
+    address: str | None = None
     experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
     def ccm_overrides(self) -> dict[str, Any]:
         """The method options that are set, keyed as ``CCMConfig`` fields."""

@@ -121,6 +121,10 @@ def baseline_ccm(
         str | None,
         typer.Option(help="Comma-separated test subjects (default: the manifest's split)."),
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="CPUs of the local Ray runtime (default: the machine's).")
+    ] = None,
+    address: AddressOption = None,
     experiment: ExperimentOption = None,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
@@ -142,10 +146,13 @@ def baseline_ccm(
             "seed": seed,
             "train_subjects": labels(train_subjects),
             "test_subjects": labels(test_subjects),
+            "workers": workers,
+            "address": address,
             "experiment": experiment,
             "tracking_uri": tracking_uri,
         },
     )
+    logging.getLogger("ray").setLevel(logging.WARNING)
     out = run(lambda: run_ccm(features, options))
     table = out.pop("table")
     write_results(results, {**out, "table": table_to_dict(table)})

@@ -109,12 +109,14 @@ def in_lesion(windows, codes: list[int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def scan_windows(root: str, key: str, window) -> Any:
-    """One scan's windows with targets (:func:`oefray.ml.windows.make_windows_table`)."""
+def scan_windows(root: str, key: str, window, *, with_targets: bool = True) -> Any:
+    """One scan's windows (:func:`oefray.ml.windows.make_windows_table`), read with its
+    checksums verified: the unit of work of training, evaluation and prediction."""
     from oefray.io import features as fio
     from oefray.ml.windows import make_windows_table
 
-    return make_windows_table(fio.read_features(root, [key]), window, [key])
+    table = fio.read_features(root, [key])
+    return make_windows_table(table, window, [key], with_targets=with_targets)
 
 
 def scan_stats(
@@ -203,7 +205,7 @@ def scan_rows(
 # --------------------------------------------------------------------------------------------
 
 
-def _scan_dataset(items: list[dict[str, str]]):
+def scan_keys_dataset(items: list[dict[str, str]]):
     """One Ray Data row (and block) per scan."""
     import ray.data
 
@@ -212,7 +214,7 @@ def _scan_dataset(items: list[dict[str, str]]):
 
 def _statistics(items, root: str, window, split, codes) -> list[dict[str, Any]]:
     """Pass 1: one row of counts and moments per scan (a distributed aggregate)."""
-    ds = _scan_dataset(items).map_batches(
+    ds = scan_keys_dataset(items).map_batches(
         scan_stats,
         batch_size=1,
         fn_kwargs={"root": root, "window": window, "split": split, "codes": codes},
@@ -312,8 +314,7 @@ def prepare_data(
     capped = _subsampled(split, counts, config.max_train_windows)
     if capped is not split:  # the scalers see the subsample, as the training does
         split = capped
-        train_items = items[: len(train_subjects)]
-        rows = _statistics(train_items, root, window, split, codes)
+        rows = _statistics(items[: len(train_subjects)], root, window, split, codes)
         xm, ym, sub = _reduce(rows, len(FEATURES), len(TARGETS))
         counts.update({k: sub[k] for k in ("train_windows", "val_windows", "train_lesion_samples")})
     counts["train_windows"] += (config.oversample - 1) * counts["train_lesion_samples"]
@@ -332,10 +333,10 @@ def prepare_data(
         )
     x_scaler, y_scaler = Standardizer.from_moments(xm), Standardizer.from_moments(ym)
     scalers = {"x": x_scaler.to_dict(), "y": y_scaler.to_dict()}
-    train_items = _scan_dataset(items[: len(train_subjects)])
+    train_scans = scan_keys_dataset(items[: len(train_subjects)])
     common = {"root": root, "window": window, "split": split, "scalers": scalers, "codes": codes}
     datasets = [
-        train_items.map_batches(
+        train_scans.map_batches(
             scan_rows, batch_size=1, fn_kwargs={**common, "part": part, "oversample": factor}
         )
         for part, factor in ((TRAIN, config.oversample), (VAL, 1))

@@ -3,11 +3,11 @@
 Every method is evaluated the same way, from per-scan results
 (:class:`oefray.orchestration.inference.ScanOutput`: each scan's maps written where it is
 evaluated, its additive sums of squared errors per region, its lesion contrast and the figure's
-slices) reduced by :func:`log_outputs`: the LSTM after training (:func:`evaluate_model`: Ray Data
-batch inference, the workers writing the maps), ``oefray evaluate`` (:func:`evaluate`), which
-recomputes a training run's evaluation from its logged model the same way, and CCM
-(:mod:`oefray.orchestration.baseline`), predicted on the driver and split into the same per-scan
-results by :func:`log_evaluation`. The driver of an LSTM evaluation never holds a test window.
+slices) made by Ray Data batch inference (:func:`oefray.orchestration.inference.run_inference`)
+and reduced by :func:`log_outputs`: the LSTM after training (:func:`evaluate_model`),
+``oefray evaluate`` (:func:`evaluate`), which recomputes a training run's evaluation from its
+logged model the same way, and CCM (:mod:`oefray.orchestration.baseline`). The driver of an
+evaluation never holds a test voxel.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ from oefray.tracking.names import (
 
 #: The per-epoch metrics of Fig. 3 (training curves).
 CURVE_METRICS: tuple[str, ...] = ("loss", "val_loss", rmse_metric_name("val", "OEF"))
+
+#: Test scans drawn in ``oef_maps.png`` (Fig. 4), the first in table order: the paper's 10 test
+#: subjects. A figure of every scan of a large cohort would be unreadable, and its size (and the
+#: driver's memory drawing it) would grow with the cohort; every scan's maps are logged anyway.
+FIGURE_SCANS: int = 10
 
 
 def log_features_inputs(
@@ -67,65 +72,6 @@ def load_bundle(tracker: Any, model_uri_or_run_id: str) -> ModelBundle:
     return ModelBundle.from_files(model, files, model_uri_or_run_id)
 
 
-def log_evaluation(
-    run,
-    pred: np.ndarray,
-    true: np.ndarray,
-    subject: np.ndarray,
-    idx: np.ndarray,
-    test_subjects: list[str],
-    manifest: FeaturesManifest,
-    train_mean: np.ndarray,
-    out_dir: Path,
-    labels: Mapping[str, np.ndarray] | None = None,
-) -> tuple[Any, dict[str, float]]:
-    """Log the test predictions of a method predicted on the driver (CCM) as every method is
-    logged: each test scan through :func:`oefray.orchestration.inference.scan_output` (its maps
-    and sums, as a worker of :func:`evaluate_model` makes them), then :func:`log_outputs`.
-
-    Parameters
-    ----------
-    pred, true : (n, 5) arrays
-        Predicted and true parameters (physical units) of the test voxels.
-    subject, idx : (n,) arrays
-        Each voxel's subject and C-order index in that subject's grid.
-    test_subjects : list of str
-        The test scans, in table order.
-    train_mean : (5,) array
-        The training subjects' mean parameters: the floor predicts it for every voxel.
-    out_dir : Path
-        Scratch folder of the files logged (maps under ``maps/``).
-    labels : mapping of str to (n,) arrays, optional
-        The test voxels' ``tissue`` and ``lesion`` labels: with them, the per-region table and
-        lesion contrast (:func:`log_regions`).
-
-    Returns
-    -------
-    (pandas.DataFrame, dict)
-        The Table 1 frame and every logged metric by name.
-    """
-    from oefray.orchestration.inference import MAPS_ARTIFACT_DIR, scan_output
-
-    subject = np.asarray(subject).astype(str)
-    pred, true, idx = np.asarray(pred), np.asarray(true), np.asarray(idx)
-    labels = {k: np.asarray(v) for k, v in (labels or {}).items()}
-    maps_dir = out_dir / "maps"
-    outputs = {}
-    for label in test_subjects:
-        sel = subject == label
-        outputs[label] = scan_output(
-            label,
-            manifest.subjects[label],
-            pred[sel],
-            true[sel],
-            idx[sel],
-            {k: v[sel] for k, v in labels.items()},
-            maps_dir,
-        )
-    run.log_artifact_dir(maps_dir, MAPS_ARTIFACT_DIR)
-    return log_outputs(run, outputs, train_mean, out_dir)
-
-
 def log_outputs(
     run, outputs: Mapping[str, Any], train_mean: np.ndarray, out_dir: Path
 ) -> tuple[Any, dict[str, float]]:
@@ -153,24 +99,15 @@ def log_outputs(
         When no test scan has a voxel with a prediction and a truth.
     """
     from oefray import reports
-    from oefray.ml.metrics import TABLE_COLUMNS, per_subject_rmse_from_sums, pooled_rmse_from_sums
-    from oefray.ml.regions import POOLED_REGION, floor_from_sums, merge_sums
+    from oefray.ml.metrics import per_subject_rmse_from_sums
 
-    totals = {
-        k: o.sums[POOLED_REGION] for k, o in outputs.items() if POOLED_REGION in (o.sums or {})
-    }
-    if not totals:
-        raise OefrayError(
-            None, f"no voxel of the test scans ({', '.join(outputs)}) has a prediction and a truth"
-        )
+    totals = _pooled_sums(outputs)
     rows, columns = per_subject_rmse_from_sums(totals)
     table = reports.rmse_table_frame(rows[:-1], {k: v[:-1] for k, v in columns.items()})
     patient_mean = {name: float(columns[name][-1]) for name in columns}
-    logged = run.log_test_metrics(pooled_rmse_from_sums(totals), patient_mean)
-    # the floor: every test voxel gets the training subjects' mean parameters
-    pooled = merge_sums(*({POOLED_REGION: t} for t in totals.values()))
-    floor = floor_from_sums(pooled, train_mean)[POOLED_REGION]
-    floor_logged = floor_metrics({q: floor[q] for q in TABLE_COLUMNS})
+    pooled, floor = pooled_and_floor(outputs, train_mean)
+    logged = run.log_test_metrics(pooled, patient_mean)
+    floor_logged = floor_metrics(floor)
     run.log_metrics(floor_logged)
     logged.update(floor_logged)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +117,7 @@ def log_outputs(
         (k, o.truth_slice, o.pred_slice, rmse_oef.get(k, float("nan")))
         for k, o in outputs.items()
         if o.truth_slice is not None
-    ]
+    ][:FIGURE_SCANS]
     outlines = {k: o.outline for k, o in outputs.items() if o.outline is not None}
     run.log_artifact_file(
         reports.plot_oef_maps(figure, out_dir / "oef_maps.png", outlines=outlines)
@@ -188,6 +125,34 @@ def log_outputs(
     if any(o.labelled for o in outputs.values()):
         logged.update(log_regions(run, outputs_report(outputs, train_mean), out_dir))
     return table, logged
+
+
+def _pooled_sums(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Each scan's pooled sums (:data:`oefray.ml.regions.POOLED_REGION`), by scan key."""
+    from oefray.ml.regions import POOLED_REGION
+
+    totals = {
+        k: o.sums[POOLED_REGION] for k, o in outputs.items() if POOLED_REGION in (o.sums or {})
+    }
+    if not totals:
+        raise OefrayError(
+            None, f"no voxel of the test scans ({', '.join(outputs)}) has a prediction and a truth"
+        )
+    return totals
+
+
+def pooled_and_floor(
+    outputs: Mapping[str, Any], train_mean: np.ndarray
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The pooled test RMSE of each quantity (``TABLE_COLUMNS``) over the scans' voxels, and the
+    floor's (every voxel given the training mean ``train_mean``), from their sums."""
+    from oefray.ml.metrics import TABLE_COLUMNS, pooled_rmse_from_sums
+    from oefray.ml.regions import POOLED_REGION, floor_from_sums, merge_sums
+
+    totals = _pooled_sums(outputs)
+    pooled = merge_sums(*({POOLED_REGION: t} for t in totals.values()))
+    floor = floor_from_sums(pooled, train_mean)[POOLED_REGION]
+    return pooled_rmse_from_sums(totals), {q: floor[q] for q in TABLE_COLUMNS}
 
 
 def outputs_report(outputs: Mapping[str, Any], train_mean: np.ndarray):
@@ -220,31 +185,6 @@ def log_regions(run, report, out_dir: Path) -> dict[str, float]:
     for path in write_region_tables(report, out_dir):
         run.log_artifact_file(path)
     return logged
-
-
-def region_report(pred, true, train_mean, subject, idx, labels, manifest: FeaturesManifest):
-    """The per-region report of test voxels given as arrays (``subject``, ``idx``, ``labels``
-    per voxel), made as the workers make it: each scan's sums and lesion contrast
-    (:func:`oefray.ml.regions.scan_region_sums`, :func:`~oefray.ml.regions.scan_contrast`,
-    with the scan's grid and class names from the features' manifest), then reduced
-    (:func:`oefray.ml.regions.report_from_sums`)."""
-    from oefray.ml.regions import report_from_sums, scan_contrast, scan_region_sums
-
-    subject = np.asarray(subject).astype(str)
-    pred, true, idx = np.asarray(pred), np.asarray(true), np.asarray(idx)
-    sums, contrast = {}, {}
-    for key in dict.fromkeys(subject):
-        sel = subject == key
-        record = manifest.subjects[key]
-        names = {int(c): n for c, n in record.label_names.items()}
-        scan_labels = {k: np.asarray(v)[sel] for k, v in labels.items()}
-        sums[key] = scan_region_sums(pred[sel], true[sel], scan_labels, names)
-        found = scan_contrast(
-            pred[sel], true[sel], idx[sel], scan_labels, names, record.shape, record.affine
-        )
-        if found is not None:
-            contrast[key] = found
-    return report_from_sums(sums, train_mean, contrast)
 
 
 def write_region_tables(report, out_dir: Path) -> list[Path]:
@@ -334,6 +274,7 @@ def evaluate_model(
         with_targets=True,
         gpus=gpus,
         progress=progress,
+        slices_for=set(test_subjects[:FIGURE_SCANS]),
     )
     return log_outputs(run, result.scans, bundle.y_scaler.mean, out_dir)
 

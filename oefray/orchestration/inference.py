@@ -1,19 +1,19 @@
-"""Batch inference of a trained model over the scans of a features folder, on Ray Data.
+"""Batch inference of a method over the scans of a features folder, on Ray Data.
 
 Pipeline: one row per scan key (``from_items``) → ``map_batches(batch_size=1)`` on a pool of
-:class:`ScanPredictor` actors, each of which loads the model once (from the ``.keras`` bytes and
-the bundle's side files, shipped through the object store), then per call reads ONE scan
-(:func:`oefray.io.features.read_features`, checksums verified), cuts its windows, predicts them
-(:func:`predict_windows`), writes the scan's maps itself (into an output folder, or into an
-MLflow run's ``maps/`` artifacts) and returns one small row (:class:`ScanOutput`): counts,
+:class:`ScanPredictor` actors, each of which loads the method's model once (a picklable payload
+shipped through the object store: :class:`LSTMPayload`, the ``.keras`` bytes and the bundle's
+side files, or the CCM libraries of :mod:`oefray.orchestration.baseline`), then per call
+predicts ONE scan (:meth:`ScanModel.predict_scan`: it reads the scan, checksums verified, and
+returns its :class:`ScanArrays`), writes the scan's maps itself (into an output folder, or into
+an MLflow run's ``maps/`` artifacts) and returns one small row (:class:`ScanOutput`): counts,
 additive sums of squared errors per region and pooled (:func:`oefray.ml.regions.scan_region_sums`),
 the scan's lesion contrast (:func:`oefray.ml.regions.scan_contrast`) and the 2-D OEF slices of
 the figure. The driver only reduces those rows (:mod:`oefray.orchestration.evaluate`): it never
 holds a window, a prediction or a truth array of the cohort.
 
-:func:`scan_output` is the per-scan step on arrays already predicted; the workers run it, and so
-does :func:`oefray.orchestration.evaluate.log_evaluation` for a method predicted on the driver
-(CCM), so that every method's maps and numbers come out of one function.
+:func:`scan_output` is the per-scan step on arrays already predicted: what every worker runs
+after its method's prediction, so that every method's maps and numbers come out of one function.
 
 Call :func:`run_inference` inside :func:`oefray.orchestration.runtime.ray_runtime`.
 """
@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,7 +44,7 @@ ProgressFn = Callable[[int, int, str], None]
 #: The MLflow artifact folder of an evaluation's maps.
 MAPS_ARTIFACT_DIR = "maps"
 
-#: Models loaded by :func:`bundle_from_payload` in this process (what an actor reports, so that
+#: Models loaded by :class:`ScanPredictor` actors in this process (what an actor reports, so that
 #: "once per actor" can be checked from the outside).
 _LOADS = 0
 
@@ -114,6 +114,14 @@ class ScanOutput:
     worker: int = 0
     loads: int = 0
 
+    def without_slices(self) -> ScanOutput:
+        """This result without its figure slices (what the driver keeps of a scan the figure
+        does not show: numbers only)."""
+        import dataclasses
+
+        empty = np.empty((0, 0), np.float32)
+        return dataclasses.replace(self, pred_slice=empty, truth_slice=None, outline=None)
+
     def to_row(self) -> dict[str, np.ndarray]:
         """A one-row Ray Data batch (numbers, JSON strings and the three slices)."""
         shape = self.pred_slice.shape
@@ -170,7 +178,7 @@ def scan_output(
     true: np.ndarray | None,
     idx: np.ndarray,
     labels: Mapping[str, np.ndarray],
-    maps_dir: str | os.PathLike[str],
+    maps_dir: str | os.PathLike[str] | None,
     *,
     excluded: int = 0,
     no_window: int = 0,
@@ -191,9 +199,9 @@ def scan_output(
         The voxels' C-order indices in the scan's grid.
     labels : mapping of str to ndarray of shape (n,)
         The voxels' ``tissue`` and ``lesion`` labels (may be empty).
-    maps_dir : path
+    maps_dir : path or None
         Folder of the maps (created): ``<stem>_desc-..._pred.nii.gz`` with JSON sidecars
-        (:func:`oefray.io.maps.write_prediction_maps`).
+        (:func:`oefray.io.maps.write_prediction_maps`); None writes no map.
     excluded, no_window : int
         The scan's voxels without a prediction, by reason (for the counts).
 
@@ -214,7 +222,11 @@ def scan_output(
     values = {p: pred[:, i] for i, p in enumerate(PARAMETERS)}
     values["OEF"] = oef_percent(pred[:, y])
     stem = scan_prefix(key, record).removeprefix("sub-")
-    written = write_prediction_maps(maps_dir, stem, values, idx, shape, affine)
+    written = (
+        []
+        if maps_dir is None
+        else write_prediction_maps(maps_dir, stem, values, idx, shape, affine)
+    )
     # the figure's slice: the one with the most lesion voxels, else the middle one
     z, outline = shape[2] // 2, None
     lesion = np.asarray(labels["lesion"]) > 0 if "lesion" in labels else None
@@ -247,55 +259,117 @@ def scan_output(
 
 
 # --------------------------------------------------------------------------------------------
-# The model, shipped as bytes, loaded once per actor
+# The method's model, shipped as plain data, loaded once per actor
 # --------------------------------------------------------------------------------------------
 
 
-def bundle_payload(bundle: ModelBundle) -> dict[str, Any]:
-    """The bundle as plain data for the object store: the network's ``.keras`` file bytes and
-    the side files (:meth:`ModelBundle.files`) as JSON."""
-    with tempfile.TemporaryDirectory(prefix="oefray-model-") as tmp:
-        path = Path(tmp) / "model.keras"
-        bundle.model.save(path)
-        return {"keras": path.read_bytes(), "files": json.dumps(bundle.files())}
+@dataclass(frozen=True, eq=False)
+class ScanArrays:
+    """A method's predictions of one scan, and what :func:`scan_output` needs beside them.
+
+    Attributes
+    ----------
+    pred : ndarray of shape (n, 5)
+        Predicted parameters (``PARAMETERS`` order), physical units.
+    true : ndarray of shape (n, 5) or None
+        The truth at the same voxels (None without ground truth).
+    idx : ndarray of shape (n,), int64
+        The voxels' C-order indices in the scan's grid.
+    labels : mapping of str to ndarray of shape (n,)
+        The voxels' ``tissue`` and ``lesion`` labels (may be empty).
+    excluded, no_window : int
+        The scan's voxels without a prediction, by reason.
+    """
+
+    pred: np.ndarray
+    true: np.ndarray | None
+    idx: np.ndarray
+    labels: Mapping[str, np.ndarray]
+    excluded: int = 0
+    no_window: int = 0
 
 
-def bundle_from_payload(payload: Mapping[str, Any]) -> ModelBundle:
-    """The :class:`ModelBundle` of a :func:`bundle_payload` (the network loaded uncompiled:
-    it only predicts)."""
-    global _LOADS
-    import keras
+class ScanModel(Protocol):
+    """A method loaded in a worker: predicts one scan of a features folder."""
 
-    with tempfile.TemporaryDirectory(prefix="oefray-model-") as tmp:
-        path = Path(tmp) / "model.keras"
-        path.write_bytes(payload["keras"])
-        model = keras.models.load_model(path, compile=False)
-    _LOADS += 1
-    return ModelBundle.from_files(model, json.loads(payload["files"]), "shipped to the worker")
+    def predict_scan(self, features: str, key: str, with_targets: bool) -> ScanArrays: ...
+
+
+class ModelPayload(Protocol):
+    """A method as plain data for the object store; :meth:`load` gives the :class:`ScanModel`."""
+
+    def load(self) -> ScanModel: ...
+
+
+class LSTMScanModel:
+    """A :class:`ModelBundle` as a :class:`ScanModel`: the scan's windows, predicted."""
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self.bundle = bundle
+
+    def predict_scan(self, features: str, key: str, with_targets: bool) -> ScanArrays:
+        from oefray.orchestration.data import scan_windows
+
+        windows = scan_windows(features, key, self.bundle.window, with_targets=with_targets)
+        return ScanArrays(
+            pred=predict_windows(self.bundle, windows.x),
+            true=windows.y,
+            idx=windows.idx,
+            labels=windows.labels,
+            excluded=windows.n_excluded,
+            no_window=windows.n_no_window,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class LSTMPayload:
+    """A :class:`ModelBundle` as plain data: the network's ``.keras`` file bytes and the side
+    files (:meth:`ModelBundle.files`) as JSON; loaded uncompiled (it only predicts)."""
+
+    keras: bytes
+    files: str
+
+    @classmethod
+    def of(cls, bundle: ModelBundle) -> LSTMPayload:
+        with tempfile.TemporaryDirectory(prefix="oefray-model-") as tmp:
+            path = Path(tmp) / "model.keras"
+            bundle.model.save(path)
+            return cls(keras=path.read_bytes(), files=json.dumps(bundle.files()))
+
+    def load(self) -> LSTMScanModel:
+        import keras
+
+        with tempfile.TemporaryDirectory(prefix="oefray-model-") as tmp:
+            path = Path(tmp) / "model.keras"
+            path.write_bytes(self.keras)
+            model = keras.models.load_model(path, compile=False)
+        files = json.loads(self.files)
+        return LSTMScanModel(ModelBundle.from_files(model, files, "shipped to the worker"))
 
 
 class ScanPredictor:
     """Ray Data callable class: the model loaded once per actor; each call predicts one scan,
     writes its maps and returns its :class:`ScanOutput` as a row.
 
+    Each row names its scan (``scan``) and the features folder holding it (``features``,
+    absolute; on shared storage for a cluster), so that one pool serves the scans of several
+    folders.
+
     Parameters
     ----------
-    model : ray.ObjectRef or dict
-        A :func:`bundle_payload` (in the object store).
-    features : str
-        The features folder (absolute; on shared storage for a cluster).
+    model : ray.ObjectRef or ModelPayload
+        The method's :class:`ModelPayload` (in the object store).
     with_targets : bool
         Whether the features carry ground truth to evaluate against.
     maps_folder : str, optional
         Write each scan's maps into ``<maps_folder>/sub-<L>[/ses-<S>]/anat`` (a BIDS derivative).
     tracking_uri, run_id : str, optional
-        Otherwise: log each scan's maps to this MLflow run under ``maps/``.
+        Otherwise: log each scan's maps to this MLflow run under ``maps/``; neither: no map.
     """
 
     def __init__(
         self,
         model: Any,
-        features: str,
         with_targets: bool,
         maps_folder: str | None = None,
         tracking_uri: str | None = None,
@@ -303,12 +377,11 @@ class ScanPredictor:
     ) -> None:
         import ray
 
-        from oefray.io.manifest import FeaturesManifest
-
+        global _LOADS
         payload = ray.get(model) if isinstance(model, ray.ObjectRef) else model
-        self.bundle = bundle_from_payload(payload)
-        self.features = features
-        self.manifest = FeaturesManifest.load(features)
+        self.model = payload.load()
+        _LOADS += 1
+        self.manifests: dict[str, Any] = {}
         self.with_targets = with_targets
         self.maps_folder = maps_folder
         self.tracking_uri = tracking_uri
@@ -318,44 +391,43 @@ class ScanPredictor:
         """One row per scan of the batch (``batch_size=1``: one scan); a scan that fails with
         an :class:`OefrayError` (e.g. a file that fails its checksum) gives its ``error``."""
         rows = []
-        for key in batch["scan"]:
+        for root, key in zip(map(str, batch["features"]), map(str, batch["scan"]), strict=True):
             try:
-                rows.append(self.predict_scan(str(key)).to_row())
+                row = self.predict_scan(root, key).to_row()
             except OefrayError as exc:
-                rows.append(_error_row(str(key), str(exc)))
+                row = _error_row(key, str(exc))
+            rows.append({**row, "features": np.array([root])})
         return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
-    def predict_scan(self, key: str) -> ScanOutput:
-        """Read, window, predict and evaluate one scan; its maps written where configured."""
-        from oefray.io import features as fio
+    def predict_scan(self, root: str, key: str) -> ScanOutput:
+        """Read, predict and evaluate scan ``key`` of the features folder ``root``; its maps
+        written where configured."""
+        from oefray.io.manifest import FeaturesManifest
         from oefray.io.maps import subject_dir
-        from oefray.ml.windows import make_windows_table
 
-        table = fio.read_features(self.features, [key])
-        windows = make_windows_table(
-            table, self.bundle.window, [key], with_targets=self.with_targets
-        )
-        del table
-        pred = predict_windows(self.bundle, windows.x)
+        if root not in self.manifests:
+            self.manifests[root] = FeaturesManifest.load(root)
+        arrays = self.model.predict_scan(root, key, self.with_targets)
 
-        def evaluate_into(folder: str | os.PathLike[str]) -> ScanOutput:
+        def evaluate_into(folder: str | os.PathLike[str] | None) -> ScanOutput:
             return scan_output(
                 key,
-                self.manifest.subjects[key],
-                pred,
-                windows.y,
-                windows.idx,
-                windows.labels,
+                self.manifests[root].subjects[key],
+                arrays.pred,
+                arrays.true,
+                arrays.idx,
+                arrays.labels,
                 folder,
-                excluded=windows.n_excluded,
-                no_window=windows.n_no_window,
+                excluded=arrays.excluded,
+                no_window=arrays.no_window,
             )
 
         if self.maps_folder is not None:
             return evaluate_into(subject_dir(self.maps_folder, key))
+        if self.run_id is None:  # MapsTarget.nowhere(): numbers only
+            return evaluate_into(None)
         from mlflow.tracking import MlflowClient
 
-        assert self.run_id is not None  # MapsTarget: a folder or a run
         with tempfile.TemporaryDirectory(prefix="oefray-maps-") as tmp:
             out = evaluate_into(tmp)
             MlflowClient(self.tracking_uri).log_artifacts(self.run_id, tmp, MAPS_ARTIFACT_DIR)
@@ -378,9 +450,10 @@ def _error_row(key: str, error: str) -> dict[str, np.ndarray]:
 @dataclass(frozen=True)
 class MapsTarget:
     """Where the workers write the maps: a folder (``oefray predict``'s derivative, one
-    ``sub-<L>/anat`` per scan) or an MLflow run's ``maps/`` artifacts (an evaluation).
+    ``sub-<L>/anat`` per scan), an MLflow run's ``maps/`` artifacts (an evaluation), or nowhere
+    (a study that only needs the numbers).
 
-    Use :meth:`folder` or :meth:`mlflow_run`.
+    Use :meth:`folder`, :meth:`mlflow_run` or :meth:`nowhere`.
     """
 
     maps_folder: str | None = None
@@ -394,6 +467,14 @@ class MapsTarget:
     @classmethod
     def mlflow_run(cls, tracking_uri: str, run_id: str) -> MapsTarget:
         return cls(tracking_uri=tracking_uri, run_id=run_id)
+
+    @classmethod
+    def nowhere(cls) -> MapsTarget:
+        return cls()
+
+    @property
+    def is_nowhere(self) -> bool:
+        return self.maps_folder is None and self.run_id is None
 
     def kwargs(self) -> dict[str, str | None]:
         """The :class:`ScanPredictor` arguments (plain strings)."""
@@ -447,7 +528,7 @@ def inference_actors(scans: int, gpus: bool = False) -> int:
 
 
 def run_inference(
-    bundle: ModelBundle,
+    model: ModelBundle | ModelPayload,
     features: str | os.PathLike[str],
     scans: Sequence[str],
     maps: MapsTarget,
@@ -456,14 +537,15 @@ def run_inference(
     gpus: bool = False,
     actors: int | None = None,
     progress: ProgressFn | None = None,
+    slices_for: Collection[str] | None = None,
 ) -> InferenceResult:
-    """Predict, map and evaluate every scan of ``scans`` on a pool of actors (the module's
-    docstring); the driver gets one :class:`ScanOutput` per scan.
+    """Predict, map and evaluate every scan of ``scans`` of one features folder on a pool of
+    actors (the module's docstring); the driver gets one :class:`ScanOutput` per scan.
 
     Parameters
     ----------
-    bundle : ModelBundle
-        The model (checked against the features by the caller).
+    model : ModelBundle or ModelPayload
+        The LSTM (checked against the features by the caller), or another method's payload.
     features : path
         The features folder holding the scans.
     scans : sequence of str
@@ -478,6 +560,10 @@ def run_inference(
         Size of the pool; default :func:`inference_actors`.
     progress : callable, optional
         ``progress(done, total, message)`` after each scan; default a log line per scan.
+    slices_for : collection of str, optional
+        The scans whose figure slices the driver keeps (default: every scan); the others'
+        are dropped as their rows arrive (:meth:`ScanOutput.without_slices`), so that what the
+        driver holds does not grow with the cohort beyond a few numbers per scan.
 
     Raises
     ------
@@ -485,40 +571,88 @@ def run_inference(
         For no scans, or a scan not in the features (before any work); a worker's failure
         (e.g. a features file that fails its checksum) as its one line.
     """
+    root = str(Path(features).resolve())
+    keys = [str(k) for k in scans]
+    if not keys:
+        raise OefrayError(root, "no scan to predict")
+    outputs = infer_scans(
+        model,
+        [(root, k) for k in keys],
+        maps,
+        with_targets=with_targets,
+        gpus=gpus,
+        actors=actors,
+        progress=progress,
+        slices_for=None if slices_for is None else {(root, str(k)) for k in slices_for},
+    )
+    return InferenceResult({k: outputs[(root, k)] for k in keys})
+
+
+def infer_scans(
+    model: ModelBundle | ModelPayload,
+    items: Sequence[tuple[str | os.PathLike[str], str]],
+    maps: MapsTarget,
+    *,
+    with_targets: bool,
+    gpus: bool = False,
+    actors: int | None = None,
+    progress: ProgressFn | None = None,
+    slices_for: Collection[tuple[str, str]] | None = None,
+) -> dict[tuple[str, str], ScanOutput]:
+    """:func:`run_inference` over the scans of one or more features folders on ONE actor pool
+    (the model loaded once per actor for all of them: ``study te-shift`` predicts every echo
+    scheme's re-simulated scans at once); results by ``(folder, scan key)``, the folder as
+    given, resolved.
+
+    The scans of several folders share scan keys, so their maps would share names: with more
+    than one folder, ``maps`` must be :meth:`MapsTarget.nowhere`.
+
+    Raises
+    ------
+    OefrayError
+        For no scans, a scan not in its features or given twice (before any work); a worker's
+        failure as its one line.
+    ValueError
+        Maps asked for the scans of several folders, or fewer than one actor.
+    """
     import ray
     import ray.data
 
     from oefray.io.manifest import FeaturesManifest
     from oefray.orchestration.preprocess import data_context
 
-    root = Path(features).resolve()
-    keys = [str(k) for k in scans]
-    if not keys:
-        raise OefrayError(root, "no scan to predict")
-    manifest = FeaturesManifest.load(root)
-    missing = [k for k in keys if k not in manifest.subjects]
-    if missing:
-        raise OefrayError(root, f"scan(s) not in the features: {', '.join(missing)}")
-    if len(set(keys)) != len(keys):
-        raise OefrayError(root, "a scan is given more than once")
-    n_actors = actors if actors is not None else inference_actors(len(keys), gpus)
+    pairs = [(str(Path(root).resolve()), str(key)) for root, key in items]
+    if not pairs:
+        raise OefrayError(None, "no scan to predict")
+    folders = list(dict.fromkeys(root for root, _ in pairs))
+    if len(folders) > 1 and not maps.is_nowhere:
+        raise ValueError("the maps of scans of several features folders would share names")
+    for folder in folders:
+        manifest = FeaturesManifest.load(folder)
+        keys = [k for root, k in pairs if root == folder]
+        missing = [k for k in keys if k not in manifest.subjects]
+        if missing:
+            raise OefrayError(folder, f"scan(s) not in the features: {', '.join(missing)}")
+        if len(set(keys)) != len(keys):
+            raise OefrayError(folder, "a scan is given more than once")
+    n_actors = actors if actors is not None else inference_actors(len(pairs), gpus)
     if n_actors < 1:
         raise ValueError(f"actors must be >= 1, got {n_actors}")
     resources: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-    model = ray.put(bundle_payload(bundle))
-    done: dict[str, ScanOutput] = {}
+    payload = LSTMPayload.of(model) if isinstance(model, ModelBundle) else model
+    model_ref = ray.put(payload)
+    done: dict[tuple[str, str], ScanOutput] = {}
     with data_context(summary_blocks=False):
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ds = ray.data.from_items(
-            [{"scan": k} for k in keys], override_num_blocks=len(keys)
+            [{"features": root, "scan": k} for root, k in pairs], override_num_blocks=len(pairs)
         ).map_batches(
             ScanPredictor,  # type: ignore[arg-type]  # ray's stub has no callable-class kwargs
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_actors),
             fn_constructor_kwargs={
-                "model": model,
-                "features": str(root),
+                "model": model_ref,
                 "with_targets": with_targets,
                 **maps.kwargs(),
             },
@@ -529,12 +663,15 @@ def run_inference(
                 if str(batch["error"][i]):
                     raise OefrayError(None, str(batch["error"][i]))
                 out = ScanOutput.from_row(batch, i)
-                if out.scan in done:  # a retried task's repeat
+                where = (str(batch["features"][i]), out.scan)
+                if where in done:  # a retried task's repeat
                     continue
-                done[out.scan] = out
+                if slices_for is not None and where not in slices_for:
+                    out = out.without_slices()
+                done[where] = out
                 message = f"{out.scan}: {out.windows:,} voxels predicted"
                 if progress is not None:
-                    progress(len(done), len(keys), message)
+                    progress(len(done), len(pairs), message)
                 else:
-                    log.info("inference %d/%d: %s", len(done), len(keys), message)
-    return InferenceResult({k: done[k] for k in keys})
+                    log.info("inference %d/%d: %s", len(done), len(pairs), message)
+    return {where: done[where] for where in pairs}

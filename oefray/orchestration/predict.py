@@ -173,6 +173,7 @@ def predict(
                 with_targets=manifest.has_truth,
                 gpus=config.gpus,
                 progress=progress,
+                slices_for=(),  # predict draws no figure
             )
             _summarise(partial, manifest, inferred, result, bundle.y_scaler.mean)
             result.seconds = time.perf_counter() - t0

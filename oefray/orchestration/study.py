@@ -112,16 +112,16 @@ def _split(dataset: Path):
     return index, train, test
 
 
-def _reference_params(index, train: list[str]) -> np.ndarray:
-    """The training subjects' ground truth (n, 5): the CCM library and the floor."""
-    from oefray.io import bids
+def truth_reference(key: str, *, dataset: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One training subject's ground truth inside its mask (the CCM library's reference and the
+    floor's mean): C-order indices and parameters (a :data:`oefray.orchestration.reference.
+    ReadFn`, run in a Ray Data task)."""
+    from oefray.io import bids, scans
     from oefray.physics.constants import PARAMETERS
 
-    reference = []
-    for label in train:
-        slab = bids.read_slab(index.scans[label], 0, index.scans[label].depth)
-        reference.append(np.column_stack([slab.truth[p][slab.mask] for p in PARAMETERS]))
-    return np.concatenate(reference)
+    sub = scans.scan_subject(Path(dataset), key)
+    slab = bids.read_slab(sub, 0, sub.depth)
+    return np.flatnonzero(slab.mask), {p: slab.truth[p][slab.mask] for p in PARAMETERS}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -145,60 +145,46 @@ def _region_row(reports, method: str, name: str) -> dict[str, Any]:
     return row
 
 
-def _lstm_rows(bundles, table, train_mean, manifest):
-    """Mean and std over the models of the pooled test RMSE of each quantity, and the models'
-    :class:`oefray.ml.regions.RegionReport` (empty without labels)."""
-    from oefray.ml.metrics import pooled_rmse
-    from oefray.ml.windows import make_windows_table
-    from oefray.orchestration.evaluate import predict_windows, region_report
+def _predicted(model, folders: list[Path], test: list[str]) -> list[dict[str, Any]]:
+    """Each scheme's test scans' :class:`~oefray.orchestration.inference.ScanOutput` of a
+    method (an LSTM bundle or the CCM libraries of every scheme), one dict per features folder
+    of ``folders``: batch inference on Ray Data, one actor pool for all the schemes, no map."""
+    from oefray.orchestration.inference import MapsTarget, infer_scans
 
-    per_model, reports = [], []
-    for bundle in bundles:
-        windows = make_windows_table(table, bundle.window)
-        assert windows.y is not None  # re-simulated with ground truth
-        pred = predict_windows(bundle, windows.x)
-        per_model.append(pooled_rmse(pred, windows.y))
-        if windows.labels:
-            reports.append(
-                region_report(
-                    pred,
-                    windows.y,
-                    train_mean,
-                    windows.subject,
-                    windows.idx,
-                    windows.labels,
-                    manifest,
-                )
-            )
+    outputs = infer_scans(
+        model,
+        [(folder, key) for folder in folders for key in test],
+        MapsTarget.nowhere(),
+        with_targets=True,
+        slices_for=(),
+    )
+    return [{key: outputs[(str(folder.resolve()), key)] for key in test} for folder in folders]
+
+
+def _lstm_rows(per_model: list[dict[str, Any]], train_mean):
+    """Mean and std over the models (their test scans' outputs) of the pooled test RMSE of each
+    quantity, and the models' :class:`oefray.ml.regions.RegionReport` (empty without labels)."""
+    from oefray.orchestration.evaluate import outputs_report, pooled_and_floor
+
+    pooled, reports = [], []
+    for outputs in per_model:
+        pooled.append(pooled_and_floor(outputs, train_mean)[0])
+        if any(o.labelled for o in outputs.values()):
+            reports.append(outputs_report(outputs, train_mean))
     mean, std = {}, {}
     for q in RMSE_QUANTITIES:
-        mean[q], std[f"{q}_std"] = _mean_std([r[q] for r in per_model])
+        mean[q], std[f"{q}_std"] = _mean_std([r[q] for r in pooled])
     return mean, std, reports
 
 
-def _scheme_rows(name, scheme, feats, bundles, params, config, lstm_name):
-    """The LSTM, CCM and floor rows of one echo scheme: pooled RMSE rows, and per-region rows
-    (with the truth's lesion CNR) where the features carry labels."""
-    from oefray.io import features as fio
-    from oefray.io.manifest import FeaturesManifest
-    from oefray.ml.ccm import CCMConfig, build_library, predict
-    from oefray.ml.metrics import pooled_rmse
-    from oefray.orchestration.evaluate import region_report
-    from oefray.physics.constants import PARAMETERS
+def _scheme_rows(name, scheme, lstm_outputs, ccm_outputs, train_mean, lstm_name):
+    """The LSTM, CCM and floor rows of one echo scheme, from the scans' outputs (each LSTM
+    model's, and CCM's): pooled RMSE rows, and per-region rows (with the truth's lesion CNR)
+    where the features carry labels."""
+    from oefray.orchestration.evaluate import outputs_report, pooled_and_floor
 
-    table = fio.read_features(feats)
-    manifest = FeaturesManifest.load(feats)
-    train_mean = params.mean(axis=0)
-    lstm, lstm_std, lstm_regions = _lstm_rows(bundles, table, train_mean, manifest)
-    good = table.filter(table["status"].to_numpy() == 0)
-    x = np.column_stack([good[c].to_numpy() for c in ("A", "B", "E", "S")])
-    true = np.column_stack([good[p].to_numpy() for p in PARAMETERS])
-    clusters = {} if config.clusters is None else {"clusters": config.clusters}
-    ccm_config = CCMConfig(**clusters, seed=config.seed, snr=config.snr)
-    library = build_library(params, np.asarray(scheme.te_s), ccm_config)
-    ccm_pred = predict(library, x)
-    ccm = pooled_rmse(ccm_pred, true)
-    floor = pooled_rmse(np.broadcast_to(train_mean, true.shape), true)
+    lstm, lstm_std, lstm_regions = _lstm_rows(lstm_outputs, train_mean)
+    ccm, floor = pooled_and_floor(ccm_outputs, train_mean)
     te_ms = ", ".join(f"{t * 1e3:g}" for t in scheme.te_s)
     nan_std = {f"{q}_std": float("nan") for q in RMSE_QUANTITIES}
     rows = [
@@ -215,11 +201,9 @@ def _scheme_rows(name, scheme, feats, bundles, params, config, lstm_name):
             ("floor", floor, nan_std),
         )
     ]
-    labels = {c: good[c].to_numpy() for c in fio.LABEL_COLUMNS if c in good.column_names}
-    if not labels:
+    if not any(o.labelled for o in ccm_outputs.values()):
         return rows, []
-    subject, idx = good["subject"].to_numpy(), good["idx"].to_numpy()
-    ccm_report = region_report(ccm_pred, true, train_mean, subject, idx, labels, manifest)
+    ccm_report = outputs_report(ccm_outputs, train_mean)
     floor_row = {
         "method": "floor",
         "scheme": name,
@@ -320,10 +304,18 @@ def te_shift(
     dict
         ``rows`` (method, scheme, RMSE per quantity), ``markdown``, ``run_id``.
     """
+    from functools import partial
+
     import pandas as pd
 
+    from oefray.io.manifest import FeaturesManifest
+    from oefray.ml.ccm import CCMConfig
+    from oefray.orchestration.baseline import build_libraries
     from oefray.orchestration.evaluate import load_bundle
     from oefray.orchestration.preprocess import preprocess
+    from oefray.orchestration.reference import reference_sample
+    from oefray.orchestration.runtime import ray_runtime
+    from oefray.physics.constants import PARAMETERS
     from oefray.tracking import Tracker
 
     config = config or StudyConfig()
@@ -331,13 +323,24 @@ def te_shift(
     tracker = Tracker.from_uri(config.tracking_uri)
     children = _repeat_models(tracker, model)
     bundles = [load_bundle(tracker, m) for m in children or [model]]
-    index, train, test = _split(dataset)
+    _, train, test = _split(dataset)
     all_schemes = _schemes(bundles[0], schemes)
-    params = _reference_params(index, train)
     lstm_name = f"LSTM ({len(bundles)} seeds)" if children else "LSTM"
     rows, region_rows = [], []
-    with tempfile.TemporaryDirectory(prefix="oefray-te-shift-") as tmp:
-        for i, (name, scheme) in enumerate(all_schemes.items()):
+    with (
+        ray_runtime(None, config.workers),
+        tempfile.TemporaryDirectory(prefix="oefray-te-shift-") as tmp,
+    ):
+        # the training subjects' truth: the CCM library's reference sample and the floor's mean
+        reference = reference_sample(
+            train,
+            partial(truth_reference, dataset=str(dataset)),
+            PARAMETERS,
+            CCMConfig().library_size,
+            config.seed,
+        )
+        folders, qq = [], []
+        for i, scheme in enumerate(all_schemes.values()):
             ds = Path(tmp) / f"scheme{i}" / "bids"
             _resimulate(
                 dataset,
@@ -348,14 +351,25 @@ def te_shift(
                 qsm_noise_ppm=config.qsm_noise_ppm,
                 seed=config.seed + i,
             )
-            feats = ds.parent / "features"
-            result = preprocess(ds, feats, PreprocessConfig(workers=config.workers))
+            folders.append(ds.parent / "features")
+            result = preprocess(ds, folders[-1], PreprocessConfig(workers=config.workers))
             if not result.ok:
                 raise DatasetError(ds, next(iter(result.failed.values())))
+        for name, scheme, folder in zip(all_schemes, all_schemes.values(), folders, strict=True):
+            qq.append(_qq_rows(name, scheme, folder.parent / "bids", folder.parent, config))
+        # every scheme's test scans at once, per method: one actor pool each
+        per_bundle = [_predicted(bundle, folders, test) for bundle in bundles]
+        clusters = {} if config.clusters is None else {"clusters": config.clusters}
+        ccm_config = CCMConfig(**clusters, seed=config.seed, snr=config.snr)
+        # each library at the echo times the features record (as `baseline ccm` builds them)
+        te = [tuple(FeaturesManifest.load(f).subjects[test[0]].echo_times_s) for f in folders]
+        libraries = build_libraries(reference.sample, list(dict.fromkeys(te)), ccm_config, dataset)
+        ccm = _predicted(libraries, folders, test)
+        for i, (name, scheme) in enumerate(all_schemes.items()):
             pooled, by_region = _scheme_rows(
-                name, scheme, feats, bundles, params, config, lstm_name
+                name, scheme, [p[i] for p in per_bundle], ccm[i], reference.mean, lstm_name
             )
-            qq_pooled, qq_regions = _qq_rows(name, scheme, ds, ds.parent, config)
+            qq_pooled, qq_regions = qq[i]
             # the QQ rows after the LSTM and CCM, before the floor (and the truth)
             rows += pooled[:2] + qq_pooled + pooled[2:]
             region_rows += by_region[:2] + qq_regions + by_region[2:]

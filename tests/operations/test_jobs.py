@@ -15,7 +15,7 @@ from oefray.cli import app
 from oefray.orchestration.submit import read_job_spec
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("preprocess", "qq", "train", "tune-repeats", "tune-search")
+STAGES = ("preprocess", "qq", "train", "baseline-ccm", "tune-repeats", "tune-search")
 _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
@@ -42,13 +42,19 @@ def test_spec_is_valid_and_its_entrypoint_parses(stage):
     assert spec.options["metadata"] == {"oefray.stage": stage}
 
     argv = _argv(spec.entrypoint, env)
-    assert argv[0] == "oefray" and argv[1] == stage.split("-")[0]
+    words = 3 if stage == "baseline-ccm" else 2  # `oefray baseline ccm`: a command of a group
+    assert argv[0] == "oefray" and argv[1:words] == stage.split("-")[: words - 1]
     group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
     with group.make_context("oefray", argv[1:], resilient_parsing=False) as ctx:
         command = group.get_command(ctx, argv[1])
         assert command is not None
-        sub = command.make_context(argv[1], argv[2:], parent=ctx)  # raises on a bad flag
+        if words == 3:
+            assert isinstance(command, typer.core.TyperGroup)
+            ctx = command.make_context(argv[1], argv[2:], parent=ctx)
+            command = command.get_command(ctx, argv[2])
+            assert command is not None
+        sub = command.make_context(argv[words - 1], argv[words:], parent=ctx)  # a bad flag raises
     if stage in ("train", "tune-repeats", "tune-search"):
         assert sub.params["preset"] == "paper"
         assert sub.params.get("gpus") or sub.params.get("gpus_per_trial")
@@ -58,6 +64,9 @@ def test_spec_is_valid_and_its_entrypoint_parses(stage):
         assert sub.params["repeats"] == 5
     if stage == "tune-search":
         assert sub.params["search"] is True and sub.params["samples"] == 16
+    if stage == "baseline-ccm":
+        assert str(sub.params["features"]).startswith("/shared/oefray/")
+        assert str(sub.params["results"]).startswith("/shared/oefray/results/")
     if stage == "qq":
         assert sub.params["method"] == "cat" and sub.params["sinus_mask"] == "sinus"
 

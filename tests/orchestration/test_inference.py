@@ -39,8 +39,9 @@ from oefray.ml.regions import (
     report_from_sums,
 )
 from oefray.ml.windows import make_windows_table
-from oefray.orchestration.evaluate import load_bundle, log_evaluation
+from oefray.orchestration.evaluate import load_bundle, log_outputs
 from oefray.orchestration.inference import (
+    MAPS_ARTIFACT_DIR,
     InferenceResult,
     MapsTarget,
     ScanOutput,
@@ -98,8 +99,8 @@ def _by_scan(windows, pred):
         yield key, sel, pred[sel]
 
 
-def _driver_outputs(driver, manifest, folder) -> dict[str, ScanOutput]:
-    """:func:`scan_output` of each scan on the driver's predictions (what log_evaluation does)."""
+def _driver_outputs(driver, manifest, folder, keys=SCANS) -> dict[str, ScanOutput]:
+    """:func:`scan_output` of each scan of ``keys`` on the driver's predictions."""
     windows, pred = driver
     return {
         key: scan_output(
@@ -112,6 +113,7 @@ def _driver_outputs(driver, manifest, folder) -> dict[str, ScanOutput]:
             folder,
         )
         for key, sel, p in _by_scan(windows, pred)
+        if key in keys
     }
 
 
@@ -246,26 +248,16 @@ def test_the_driver_holds_no_window_arrays(inferred, tiny_features):
 
 def test_an_evaluation_logs_what_the_driver_path_logs(trained, store, driver, tiny_features):
     """The training run (its maps uploaded by the workers, its tables from their sums) against
-    log_evaluation of the driver's predictions into a new run: the same artifact names under
+    the driver's predictions, mapped and logged into a new run: the same artifact names under
     maps/, the same Table 1 and test metrics."""
-    windows, pred = driver
     tracker = Tracker(store["uri"])
     manifest = FeaturesManifest.load(tiny_features)
     bundle_mean = load_bundle(tracker, trained["run_id"]).y_scaler.mean
-    test = np.isin(windows.subject, TEST)
+    scratch = store["root"] / "driver-path"
     with tracker.tracked_run("test-inference", run_name="driver-path") as run:
-        table, logged = log_evaluation(
-            run,
-            pred[test],
-            windows.y[test],
-            windows.subject[test],
-            windows.idx[test],
-            list(TEST),
-            manifest,
-            bundle_mean,
-            store["root"] / "driver-path",
-            labels={k: v[test] for k, v in windows.labels.items()},
-        )
+        outputs = _driver_outputs(driver, manifest, scratch / "maps", keys=TEST)
+        run.log_artifact_dir(scratch / "maps", MAPS_ARTIFACT_DIR)
+        table, logged = log_outputs(run, outputs, bundle_mean, scratch)
     assert tracker.list_artifacts(run.run_id, "maps") == tracker.list_artifacts(
         trained["run_id"], "maps"
     )
