@@ -17,8 +17,6 @@ what a reader of the map sees:
   (its tissue classes, ``lesion``, the pooled ``all``) and lesion contrast, computed where the
   scan is (a worker), and the :class:`RegionReport` of many scans from them: the same report as
   :func:`evaluate_regions` over their voxels gathered.
-- :func:`region_means`: mean and median of a per-voxel quantity (e.g. the spread of the seed
-  repeats' OEF) within each region.
 - :func:`lesion_contrast`: for a map and the truth on the same regions,
   ``CNR = |mean(lesion) - mean(mirror)| / sd(mirror)`` and the **contrast recovered**
   ``(mean_pred(lesion) - mean_pred(mirror)) / (mean_true(lesion) - mean_true(mirror))`` (1: the
@@ -48,7 +46,6 @@ __all__ = [
     "per_region_rmse",
     "floor_from_sums",
     "merge_sums",
-    "region_means",
     "region_sums",
     "report_from_sums",
     "rmse_from_sums",
@@ -291,40 +288,6 @@ def scan_mirror(
     normal_vol[idx[~(bad | les)]] = True
     mirror = mirror_region(les_vol.reshape(volume), normal_vol.reshape(volume), affine)
     return mirror.ravel()[idx]
-
-
-def region_means(
-    values: npt.ArrayLike, region: npt.ArrayLike, names: Mapping[int, str]
-) -> dict[str, dict[str, float]]:
-    """Mean and median of ``values`` within each region, NaNs left out.
-
-    Parameters
-    ----------
-    values : array_like of shape (n,)
-    region : array_like of shape (n,), int
-        Each voxel's region code.
-    names : mapping of int to str
-        The regions to report, by code; a region without finite values is left out.
-
-    Returns
-    -------
-    dict of str to dict
-        ``{region name: {"mean": ..., "median": ..., "voxels": n}}`` in the order of ``names``.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    codes = np.asarray(region)
-    if v.ndim != 1 or codes.shape != v.shape:
-        raise ValueError(f"values and region must be (n,) of one n, got {v.shape}, {codes.shape}")
-    out: dict[str, dict[str, float]] = {}
-    for code, name in names.items():
-        sel = (codes == code) & np.isfinite(v)
-        if sel.any():
-            out[name] = {
-                "mean": float(v[sel].mean()),
-                "median": float(np.median(v[sel])),
-                "voxels": int(sel.sum()),
-            }
-    return out
 
 
 @dataclass(frozen=True)

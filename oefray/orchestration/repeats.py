@@ -78,112 +78,6 @@ def summarize_repeats(children: list[dict[str, float]]):
     return frame
 
 
-def _ensemble_maps(tracker, child_ids: list[str], out: Path) -> list[Path]:
-    """Per-voxel mean and standard deviation across the repeats' predicted maps, named like
-    them (:mod:`oefray.io.names`, kinds ``ensmean`` and ``ensstd``), each with its sidecar."""
-    import nibabel as nib
-
-    from oefray.io.maps import write_named_map
-    from oefray.io.names import parse_map_name
-
-    tmp = out / "children"
-    by_map: dict[tuple[str, str], list[Path]] = {}
-    for i, run_id in enumerate(child_ids):
-        folder = tracker.download_artifacts(run_id, "maps", tmp / str(i))
-        for path in sorted(Path(folder).glob("*.nii.gz")):
-            found = parse_map_name(path.name)
-            if found is not None and found.kind == "pred":
-                by_map.setdefault((found.label, found.name), []).append(path)
-    written = []
-    for (label, name), paths in sorted(by_map.items()):
-        imgs: list[Any] = [nib.load(p) for p in paths]
-        stack = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in imgs])
-        inside = np.isfinite(stack).all(axis=0)
-        idx = np.flatnonzero(inside.ravel())
-        flat = stack.reshape(len(paths), -1)[:, idx]
-        for stat, values in (
-            ("ensmean", flat.mean(axis=0)),
-            ("ensstd", flat.std(axis=0, ddof=1) if len(paths) > 1 else np.zeros(len(idx))),
-        ):
-            written.append(
-                write_named_map(
-                    out / "maps", label, name, values, idx, imgs[0].shape, imgs[0].affine, kind=stat
-                )
-            )
-    return written
-
-
-def _uncertainty_figure(maps: Path, path: Path) -> Path:
-    """Mid-slice ensemble mean and spread of OEF for every subject with ensemble maps."""
-    from oefray.io.maps import map_path, read_map
-    from oefray.io.names import parse_map_name
-    from oefray.reports import plot_uncertainty_maps
-
-    panels = []
-    for mean_path in sorted(maps.glob("*.nii.gz")):
-        found = parse_map_name(mean_path.name)
-        if found is None or (found.name, found.kind) != ("OEF", "ensmean"):
-            continue
-        mean = read_map(mean_path)
-        std = read_map(map_path(maps, found.label, "OEF", suffix="ensstd"))
-        z = mean.shape[2] // 2
-        panels.append((found.label, mean[:, :, z], std[:, :, z]))
-    return plot_uncertainty_maps(panels, path)
-
-
-def spread_per_region(maps: Path, features: Path, test: list[str]):
-    """The ensemble spread of OEF (``ensstd`` maps, percentage points) per region of the test
-    scans: each tissue class, the lesion and its mirror region (:mod:`oefray.ml.regions`).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per region (``region``, ``mean``, ``median``, ``voxels``); empty when the
-        features carry no labels or no map was written.
-    """
-    import pandas as pd
-    import pyarrow.compute as pc
-
-    from oefray.io import features as fio
-    from oefray.io.manifest import FeaturesManifest
-    from oefray.io.maps import map_path, read_map
-    from oefray.ml.regions import ABNORMAL_CLASSES, region_means, scan_mirror
-
-    manifest = FeaturesManifest.load(features)
-    labels = fio.label_columns(manifest)
-    empty = pd.DataFrame(columns=["region", "mean", "median", "voxels"])
-    if not labels:
-        return empty
-    values, codes, names = [], [], {}
-    lesion_code, mirror_code = -2, -3
-    for key in test:
-        path = map_path(maps, key, "OEF", suffix="ensstd")
-        if not path.is_file():
-            continue
-        rows = fio.read_features(features, [key])
-        rows = rows.filter(pc.equal(rows["status"], 0))
-        idx = rows["idx"].to_numpy()
-        spread = read_map(path).ravel()[idx]
-        record = manifest.subjects[key]
-        tissue = rows["tissue"].to_numpy() if "tissue" in labels else np.full(len(idx), -1)
-        names.update({int(c): n for c, n in record.label_names.items()})
-        values.append(spread)
-        codes.append(tissue.astype(np.int64))
-        if "lesion" in labels:
-            lesion = rows["lesion"].to_numpy() > 0
-            bad = [int(c) for c, n in record.label_names.items() if n in ABNORMAL_CLASSES]
-            abnormal = lesion | np.isin(tissue, bad)
-            mirror = scan_mirror(idx, lesion, abnormal, record.shape, record.affine)
-            # lesion and mirror voxels are counted again under their own region codes
-            values += [spread[lesion], spread[mirror]]
-            codes += [np.full(lesion.sum(), lesion_code), np.full(mirror.sum(), mirror_code)]
-    if not values:
-        return empty
-    names.update({lesion_code: "lesion", mirror_code: "lesion mirror"})
-    means = region_means(np.concatenate(values), np.concatenate(codes), names)
-    return pd.DataFrame([{"region": r, **m} for r, m in means.items()])
-
-
 def region_summary(children: list[dict[str, float]]) -> dict[str, float]:
     """The repeats' per-region metrics on the parent: ``<name>_mean`` and ``<name>_std``
     (sample) of each ``test_rmse_<P>_<region>`` and lesion contrast metric every child logged,
@@ -214,7 +108,10 @@ def region_summary(children: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _summarize(parent, tracker, trials, state) -> RepeatsResult:
-    """Table 2/3 on the parent run, the representative repeat, the ensemble maps."""
+    """Table 2/3 on the parent run, the representative repeat, the ensemble maps
+    (:mod:`oefray.orchestration.ensemble`, scan by scan on Ray Data)."""
+    from oefray.orchestration.ensemble import run_ensemble
+
     failed = [t.error for t in trials if t.error is not None]
     if failed:
         raise OefrayError(None, f"{len(failed)} repeat(s) failed: {failed[0]}")
@@ -236,16 +133,23 @@ def _summarize(parent, tracker, trials, state) -> RepeatsResult:
         tmp_path = Path(tmp)
         summary.to_csv(tmp_path / "repeats_summary.csv")
         parent.log_artifact_file(tmp_path / "repeats_summary.csv")
-        rep = tracker.download_artifacts(representative, "", tmp_path / "representative")
         for name in ("oef_maps.png", "training_curves.png", "rmse_per_patient.csv"):
-            if (Path(rep) / name).is_file():
-                parent.log_artifact_file(Path(rep) / name, "representative")
-        ens = tmp_path / "ensemble"
-        _ensemble_maps(tracker, child_ids, ens)
-        parent.log_artifact_dir(ens / "maps", "maps")
-        parent.log_artifact_file(_uncertainty_figure(ens / "maps", tmp_path / "uncertainty.png"))
+            try:  # the files alone: the representative's maps stay where they are
+                path = tracker.download_artifacts(representative, name, tmp_path / "rep")
+            except OefrayError:
+                continue
+            parent.log_artifact_file(Path(path), "representative")
         test = tracker.get_run(child_ids[0]).data.params.get("test_subjects", "")
-        spread = spread_per_region(ens / "maps", Path(state["features"]), test.split(","))
+        ensemble = run_ensemble(
+            tracker.tracking_uri,
+            child_ids,
+            parent.run_id,
+            state["features"],
+            [s for s in test.split(",") if s],
+            tmp_path,
+        )
+        parent.log_artifact_file(ensemble.figure)
+        spread = ensemble.spread
         if len(spread):
             spread.to_csv(tmp_path / "ensemble_spread_per_region.csv", index=False)
             parent.log_artifact_file(tmp_path / "ensemble_spread_per_region.csv")

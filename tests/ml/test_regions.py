@@ -11,7 +11,6 @@ from oefray.ml.regions import (
     lesion_contrast,
     mirror_region,
     per_region_rmse,
-    region_means,
     scan_mirror,
 )
 
@@ -139,17 +138,6 @@ def test_evaluate_regions_of_two_scans():
     floor_core = report.floor["infarct core"]["OEF"]
     assert report.rmse["infarct core"]["OEF"] == pytest.approx(0.5 * floor_core, rel=0.02)
     assert report.contrast_summary()["contrast_recovered"] == pytest.approx(0.5)
-
-
-def test_region_means_leave_out_nans_and_empty_regions():
-    values = np.array([1.0, 2.0, np.nan, 4.0, 10.0, 20.0, 30.0])
-    region = np.array([1, 1, 1, 1, 2, 2, 2])
-    got = region_means(values, region, {2: "b", 1: "a", 5: "none"})
-    assert list(got) == ["b", "a"]
-    assert got["a"] == {"mean": pytest.approx(7 / 3), "median": 2.0, "voxels": 3}
-    assert got["b"] == {"mean": 20.0, "median": 20.0, "voxels": 3}
-    with pytest.raises(ValueError, match="values and region"):
-        region_means(values, region[:-1], {1: "a"})
 
 
 def test_scan_mirror_is_the_mirror_region_of_the_scan_volume():

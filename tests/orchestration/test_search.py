@@ -131,7 +131,7 @@ def test_resume_of_a_run_that_is_no_tune_says_so(tmp_path, capsys):
 # A real search, interrupted and resumed
 # --------------------------------------------------------------------------------------------
 
-EPOCHS = 12
+EPOCHS = 6
 # Small, slow-ish epochs (batch 32) so that Ctrl-C reliably lands inside the second trial; no ASHA
 # rung (grace period beyond the last epoch) so which trials finish does not depend on the draw.
 SPACE = f"""
