@@ -5,7 +5,7 @@ the peak resident memory of the driver and of the largest Ray worker.
 Usage::
 
     python benchmarks/scale.py [--factors 1,4,16] [--workers 2] [--preset demo] [--keep DIR]
-    python benchmarks/scale.py --preset full --factors 1    # the paper's protocol at full size
+    python benchmarks/scale.py --preset full --factors 1 --ccm   # the paper's protocol, full size
 
 Each stage runs as the ``oefray`` command a user types, in a process of its own, started on a
 local Ray runtime of ``--workers`` CPUs; a sampler polls the resident memory (RSS) of that
@@ -13,6 +13,13 @@ process (the driver) and of every Ray worker process below it (``ray::…``) eve
 ``f`` is the paper's 18 subjects plus ``18 (f - 1)`` more (split 8:10 like the paper's), the
 ``--preset`` grid (``demo``: ~18,500 brain voxels each; ``full``: ~1.2M, the paper's 1 mm
 protocol, issue 14 item 5), seed 0.
+
+Per cohort it also prints the sizes on disk (the BIDS dataset, the features, the training run's
+MLflow artifacts) and where the training's time went, from its MLflow run: before the run opened
+(Ray, the statistics pass, materialising the windows), from then to the epoch's metrics (the
+trainer's start, the workers' cache, the epoch: ``epoch_seconds``, ``samples_per_second``, the
+data feed and shard size), and after (the test scans' batch inference, their maps, the tables
+and the model). ``--ccm`` adds an ``oefray baseline ccm`` stage on the same features.
 
 Throughput: preprocess in brain voxels/s, train in windows/s (training and validation windows
 of the epoch plus the test windows evaluated, over the stage's wall time), each per CPU. The
@@ -82,12 +89,41 @@ def _stage(argv: list[str], log: Path) -> tuple[float, dict[str, int]]:
     return time.perf_counter() - t0, peaks
 
 
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _train_breakdown(base: Path, total_s: float) -> tuple[str, Path]:
+    """Where the training command's time went, from its MLflow run (module docstring), and the
+    run's artifact folder."""
+    from urllib.parse import urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    result = json.loads((base / "train.json").read_text())
+    client = MlflowClient(f"sqlite:///{base}/mlflow.db")
+    run = client.get_run(result["run_id"])
+    last_epoch = max(m.timestamp for m in client.get_metric_history(run.info.run_id, "loss"))
+    start, end = run.info.start_time, run.info.end_time
+    m, tags = run.data.metrics, run.data.tags
+    text = (
+        f"before the run {total_s - (end - start) / 1e3:.1f} s, to the epoch's metrics "
+        f"{(last_epoch - start) / 1e3:.1f} s (epoch {m['epoch_seconds']:.1f} s, "
+        f"{m['samples_per_second']:,.0f} windows/s, {tags.get('oefray.data_feed')} "
+        f"{tags.get('oefray.shard_mb')} MB a worker), evaluation and logging "
+        f"{(end - last_epoch) / 1e3:.1f} s; test OEF RMSE {m['test_rmse_OEF']:.2f} %, floor "
+        f"{m['floor_rmse_OEF']:.2f} %"
+    )
+    return text, Path(urlparse(run.info.artifact_uri).path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factors", default="1,4,16")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--preset", default="demo", help="cohort grid: tiny, demo or full")
     parser.add_argument("--keep", type=Path, default=None)
+    parser.add_argument("--ccm", action="store_true", help="also run oefray baseline ccm")
     args = parser.parse_args()
     factors = [int(f) for f in args.factors.split(",")]
     root = args.keep or Path(tempfile.mkdtemp(prefix="oefray-scale-"))
@@ -119,16 +155,31 @@ def main() -> None:
                 "train_per_cpu": windows / t_tr / args.workers,
                 "train_driver": p_tr["driver"],
             }
-            for name, t, p in (
+            stages = [
                 ("simulate", t_sim, p_sim),
                 ("preprocess", t_pre, p_pre),
                 ("train+evaluate", t_tr, p_tr),
-            ):
+            ]
+            if args.ccm:
+                ccm = ["baseline", "ccm", str(base / "features"), "--workers", str(args.workers)]
+                ccm += ["--tracking-uri", uri, "--results", str(base / "ccm.json")]
+                t_ccm, p_ccm = _stage(ccm, log)
+                stages.append(("baseline ccm", t_ccm, p_ccm))
+            for name, t, p in stages:
                 print(
                     f"x{f:<3d} {name:15s} {t:8.1f} s  driver peak {p['driver'] * mb:8.0f} MB  "
                     f"largest worker {p['worker'] * mb:8.0f} MB",
                     flush=True,
                 )
+            breakdown, artifacts = _train_breakdown(base, t_tr)
+            sizes = {
+                "BIDS": _size(base / "bids"),
+                "features": _size(base / "features"),
+                "train run artifacts": _size(artifacts),
+            }
+            on_disk = ", ".join(f"{k} {v / 1e6:,.0f} MB" for k, v in sizes.items())
+            print(f"x{f:<3d} on disk: {on_disk}", flush=True)
+            print(f"x{f:<3d} train: {breakdown}", flush=True)
             print(
                 f"x{f:<3d} {len(subjects)} subjects, {voxels:,} brain voxels, {windows:,} windows: "
                 f"preprocess {rows[f]['preprocess_per_cpu']:,.0f} voxels/s/CPU, "

@@ -27,7 +27,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,11 @@ import numpy as np
 from oefray.config import CCMRunConfig
 from oefray.errors import FeaturesError, OefrayError
 from oefray.io.manifest import FeaturesManifest
+from oefray.physics.constants import PARAMETERS
 from oefray.tracking.names import COMMAND_TAG
 
-#: The library's reference columns: the parameters (``PARAMETERS`` order), then the decay fit.
-REFERENCE_COLUMNS: tuple[str, ...] = ("Y", "v", "R2", "S0", "chi_nb", "A", "B", "E")
+#: The library's reference columns: the parameters, then the decay fit.
+REFERENCE_COLUMNS: tuple[str, ...] = (*PARAMETERS, "A", "B", "E")
 
 
 def _check_features(root: Path):
@@ -108,17 +109,15 @@ class CCMScanModel:
     def __init__(self, libraries: dict[tuple[float, ...], Any]) -> None:
         self.libraries = libraries
 
-    def predict_scan(self, features: str, key: str, with_targets: bool):
+    def predict_scan(self, features: str, key: str, record, with_targets: bool):
         from oefray.io import features as fio
-        from oefray.io.manifest import FeaturesManifest
         from oefray.ml.ccm import predict
         from oefray.orchestration.inference import ScanArrays
-        from oefray.physics.constants import PARAMETERS
 
-        table, good = _good_voxels(features, key)
-        scheme = tuple(FeaturesManifest.load(features).subjects[key].echo_times_s)
+        scheme = tuple(record.echo_times_s)
         if scheme not in self.libraries:
             raise OefrayError(features, f"no CCM library for the echo times {scheme} of {key}")
+        table, good = _good_voxels(features, key)
         x = np.column_stack([good[c].to_numpy() for c in ("A", "B", "E", "S")])
         true = None
         if with_targets:
@@ -162,7 +161,6 @@ def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[st
     from oefray.orchestration.inference import MapsTarget, run_inference
     from oefray.orchestration.reference import reference_sample
     from oefray.orchestration.runtime import ray_runtime
-    from oefray.physics.constants import PARAMETERS
     from oefray.tracking import Tracker, writable_tracking_uri
 
     t0 = time.perf_counter()
@@ -184,7 +182,7 @@ def run_ccm(features: str | Path, config: CCMRunConfig | None = None) -> dict[st
         te = np.asarray(manifest.subjects[train[0]].echo_times_s)
         a, b, e = (reference.column(c) for c in ("A", "B", "E"))
         snr = estimate_snr(a, b, e, te)
-        ccm_config = CCMConfig(**config.ccm_overrides(), snr=snr)
+        ccm_config = replace(defaults, snr=snr)
         schemes = list(dict.fromkeys(tuple(manifest.subjects[k].echo_times_s) for k in test))
         payload = build_libraries(reference.sample[:, : len(PARAMETERS)], schemes, ccm_config, root)
         n_library = min(len(reference.sample), ccm_config.library_size or len(reference.sample))

@@ -58,13 +58,17 @@ def ensemble_maps(
     Raises
     ------
     OefrayError
-        A repeat without the scan's map.
+        A label that is not one, or a repeat without the scan's map.
     """
     import nibabel as nib
 
-    from oefray.io.maps import write_named_map
-    from oefray.io.names import MAP_NAMES
+    from oefray.io.maps import scatter_map, write_named_map
+    from oefray.io.names import MAP_NAMES, check_label
 
+    try:  # it names the files read and written: checked before any of them
+        check_label(label)
+    except ValueError as exc:
+        raise OefrayError(None, str(exc)) from None
     oef: tuple[np.ndarray, np.ndarray] | None = None
     for name in MAP_NAMES:
         imgs = []
@@ -82,10 +86,8 @@ def ensemble_maps(
         for kind, values in stats.items():
             write_named_map(out, label, name, values, idx, shape, affine, kind=kind)
         if name == "OEF":
-            volumes = [np.full(int(np.prod(shape)), np.nan, np.float32) for _ in stats]
-            for volume, values in zip(volumes, stats.values(), strict=True):
-                volume[idx] = values
-            oef = (volumes[0].reshape(shape), volumes[1].reshape(shape))
+            mean, std = (scatter_map(v, idx, shape) for v in stats.values())
+            oef = (mean, std)
     assert oef is not None  # OEF is among MAP_NAMES
     return oef
 
@@ -227,10 +229,14 @@ def run_ensemble(
     )
     parts: dict[str, Any] = {}
     panels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    done: set[str] = set()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i, key in enumerate(map(str, batch["scan"])):
             if str(batch["error"][i]):
                 raise OefrayError(None, str(batch["error"][i]))
+            if key in done:  # a retried task's repeat: its parts are in already
+                continue
+            done.add(key)
             merge_parts(parts, json.loads(str(batch["parts"][i])))
             if key in figure:
                 panels[key] = (np.asarray(batch["mean"][i]), np.asarray(batch["std"][i]))

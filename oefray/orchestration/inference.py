@@ -290,9 +290,12 @@ class ScanArrays:
 
 
 class ScanModel(Protocol):
-    """A method loaded in a worker: predicts one scan of a features folder."""
+    """A method loaded in a worker: predicts scan ``key`` of a features folder (``record``: its
+    manifest record, which the caller has read)."""
 
-    def predict_scan(self, features: str, key: str, with_targets: bool) -> ScanArrays: ...
+    def predict_scan(
+        self, features: str, key: str, record: SubjectRecord, with_targets: bool
+    ) -> ScanArrays: ...
 
 
 class ModelPayload(Protocol):
@@ -307,7 +310,9 @@ class LSTMScanModel:
     def __init__(self, bundle: ModelBundle) -> None:
         self.bundle = bundle
 
-    def predict_scan(self, features: str, key: str, with_targets: bool) -> ScanArrays:
+    def predict_scan(
+        self, features: str, key: str, record: SubjectRecord, with_targets: bool
+    ) -> ScanArrays:
         from oefray.orchestration.data import scan_windows
 
         windows = scan_windows(features, key, self.bundle.window, with_targets=with_targets)
@@ -407,12 +412,13 @@ class ScanPredictor:
 
         if root not in self.manifests:
             self.manifests[root] = FeaturesManifest.load(root)
-        arrays = self.model.predict_scan(root, key, self.with_targets)
+        record = self.manifests[root].subjects[key]
+        arrays = self.model.predict_scan(root, key, record, self.with_targets)
 
         def evaluate_into(folder: str | os.PathLike[str] | None) -> ScanOutput:
             return scan_output(
                 key,
-                self.manifests[root].subjects[key],
+                record,
                 arrays.pred,
                 arrays.true,
                 arrays.idx,

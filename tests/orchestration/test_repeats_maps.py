@@ -73,6 +73,10 @@ def test_ensemble_maps_of_new_and_old_names(tmp_path):
     assert sidecar["Units"] == "1/s" and "standard deviation" in sidecar["Description"]
     figure = plot_uncertainty_maps(panels, tmp_path / "uncertainty.png")
     assert figure.stat().st_size > 10_000
+    # a label that is not one (text read from a manifest) names no file: nothing is read
+    with pytest.raises(OefrayError, match="label must be a BIDS subject label"):
+        ensemble_maps(_Artifacts(tmp_path), ["child0"], "../P6", out, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(OefrayError, match="^run child2 has no map maps/sub-P6_desc-Y_pred.nii.gz$"):
         ensemble_maps(_Artifacts(tmp_path), ["child0", "child2"], "P6", out, tmp_path / "dl")
 
